@@ -1,0 +1,164 @@
+"""Self-describing checkpoints: one safetensors file holding the weights and, in its metadata,
+the full LSMSConfig (model, text encoder identity and hash, preprocessing) as JSON.
+
+Loading never unpickles: safetensors stores raw tensors only. A PyTorch pickle (``.pt``,
+``.pth``) is refused with a message, because unpickling can run code hidden in the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .config import ConfigError, LSMSConfig
+
+FORMAT_NAME = "lsms-checkpoint"
+FORMAT_VERSION = "1"
+TEXT_PREFIX = "text_encoder."
+DEFAULT_CHECKPOINT = Path(__file__).parent / "weights" / "lsms-reflits.safetensors"
+_PICKLE_MAGIC = (b"\x80", b"PK\x03\x04")  # raw pickle protocol 2+, or torch's zip container
+
+
+class CheckpointError(ValueError):
+    """The file is not a usable LSMS checkpoint; the message names the file and the problem."""
+
+
+@dataclass
+class Checkpoint:
+    """A checkpoint read from disk: its config, weights and identity."""
+
+    path: Path
+    config: LSMSConfig
+    model_state: dict[str, torch.Tensor]
+    text_state: dict[str, torch.Tensor] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+    sha256: str = ""
+
+    @property
+    def identity(self) -> dict[str, str]:
+        """Name and weights hash: what provenance records say proposed a mask."""
+        return {"name": str(self.extra.get("name", self.path.stem)), "sha256": self.sha256,
+                "preset": self.config.preset}
+
+
+def resolve_checkpoint(path: str | os.PathLike) -> Path:
+    """``"default"`` -> the model shipped in the package; otherwise the path, checked to exist."""
+    if str(path) == "default":
+        if not DEFAULT_CHECKPOINT.is_file():
+            raise CheckpointError(
+                f"the default model is not installed ({DEFAULT_CHECKPOINT} is missing): reinstall "
+                "lsms-napari, or pass --checkpoint PATH to a model trained with lsms-train")
+        return DEFAULT_CHECKPOINT
+    resolved = Path(path).expanduser()
+    if not resolved.is_file():
+        raise CheckpointError(f"checkpoint {resolved} does not exist: pass a .safetensors file written by "
+                              "lsms-train, or 'default' for the shipped model")
+    return resolved
+
+
+def save_checkpoint(path: str | os.PathLike, model: nn.Module, config: LSMSConfig,
+                    text_encoder: nn.Module | None = None, extra: dict[str, Any] | None = None,
+                    half: bool = False) -> Path:
+    """Write ``model`` (and a fine-tuned text encoder's trainable weights) atomically.
+
+    half: store floating-point parameters as fp16 (buffers such as BatchNorm statistics stay
+    fp32); loading always returns fp32.
+    """
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    tensors: dict[str, torch.Tensor] = {}
+    parameter_names = {name for name, _ in model.named_parameters()}
+    for name, tensor in model.state_dict().items():
+        tensor = tensor.detach().cpu()
+        if half and name in parameter_names and tensor.is_floating_point():
+            tensor = tensor.half()
+        tensors[name] = tensor.contiguous()
+    if text_encoder is not None and not config.text.frozen:
+        for name, param in text_encoder.named_parameters():
+            if param.requires_grad:
+                tensors[TEXT_PREFIX + name] = param.detach().cpu().contiguous()
+    metadata = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "config": config.to_json(),
+                "extra": json.dumps(extra or {}, sort_keys=True, default=str)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
+    try:
+        save_file(tensors, temp, metadata=metadata)
+        with open(temp, "rb") as written:
+            os.fsync(written.fileno())
+        os.replace(temp, path)
+    finally:
+        if os.path.exists(temp):
+            os.unlink(temp)
+    return path
+
+
+def _refuse_pickle(path: Path, head: bytes) -> None:
+    if head.startswith(_PICKLE_MAGIC):
+        raise CheckpointError(
+            f"{path} is a PyTorch pickle (.pt/.pth), not an LSMS checkpoint. Pickles can run code "
+            "when loaded, so lsms-napari never opens them. Use a .safetensors checkpoint written by "
+            "lsms-train (to import SegNeXt ImageNet weights, use lsms_core.mscan_import)")
+
+
+def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
+    """Read and check a checkpoint without building a model. Raises CheckpointError."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
+    path = resolve_checkpoint(path)
+    data = path.read_bytes()
+    _refuse_pickle(path, data[:4])
+    try:
+        tensors = load(data)
+    except (SafetensorError, ValueError, RuntimeError, OSError) as exc:
+        raise CheckpointError(f"{path} is not a readable safetensors file (truncated or damaged?): {exc}") from exc
+    metadata = _read_metadata(path, data)
+    if metadata.get("format") != FORMAT_NAME:
+        raise CheckpointError(f"{path} is a safetensors file but not an LSMS checkpoint (no '{FORMAT_NAME}' "
+                              "metadata): was it written by lsms-train?")
+    if metadata.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"{path} has checkpoint format {metadata.get('format_version')!r}; this "
+                              f"lsms-napari reads format {FORMAT_VERSION}: upgrade lsms-napari")
+    try:
+        config = LSMSConfig.from_json(metadata["config"])
+        extra = json.loads(metadata.get("extra", "{}"))
+    except (ConfigError, KeyError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path}: the stored configuration is unusable: {exc}") from exc
+    model_state = {k: v.float() if v.dtype == torch.float16 else v
+                   for k, v in tensors.items() if not k.startswith(TEXT_PREFIX)}
+    text_state = {k[len(TEXT_PREFIX):]: v for k, v in tensors.items() if k.startswith(TEXT_PREFIX)}
+    return Checkpoint(path, config, model_state, text_state, extra, hashlib.sha256(data).hexdigest())
+
+
+def _read_metadata(path: Path, data: bytes) -> dict[str, str]:
+    """The safetensors header's ``__metadata__`` (the header is 8-byte length + JSON)."""
+    try:
+        length = int.from_bytes(data[:8], "little")
+        header = json.loads(data[8:8 + length])
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path}: unreadable safetensors header: {exc}") from exc
+    return header.get("__metadata__", {}) or {}
+
+
+def load_model(path: str | os.PathLike, device: torch.device | str = "cpu") -> tuple[nn.Module, Checkpoint]:
+    """Build the model a checkpoint describes and load its weights (strict), in eval mode."""
+    from .model import build_model
+
+    checkpoint = read_checkpoint(path)
+    model = build_model(checkpoint.config.model)
+    try:
+        model.load_state_dict(checkpoint.model_state, strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{checkpoint.path}: weights do not fit the stored configuration "
+                              f"(preset {checkpoint.config.preset}): {exc}") from exc
+    return model.to(device).eval(), checkpoint

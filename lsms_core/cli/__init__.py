@@ -1,0 +1,1 @@
+"""Console scripts of lsms_core (lsms-info, lsms-segment)."""

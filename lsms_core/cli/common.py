@@ -1,0 +1,28 @@
+"""What every console script shares: turning expected errors into one clear line, not a traceback."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+from ..checkpoint import CheckpointError
+from ..config import ConfigError
+from ..inference import ExpressionError
+from ..preprocessing import ImageError
+from ..text_encoder import TextEncoderNotFound
+
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    CheckpointError, ConfigError, ExpressionError, ImageError, TextEncoderNotFound, FileNotFoundError,
+    PermissionError, ValueError, RuntimeError)
+
+
+def run_cli(prog: str, main: Callable[[], int]) -> int:
+    """Run ``main``; expected errors print ``prog: error: message`` and exit 2."""
+    try:
+        return main()
+    except USER_ERRORS as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130

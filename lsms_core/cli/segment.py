@@ -1,0 +1,65 @@
+"""``lsms-segment``: segment the lesion a referring expression names on one slice -> mask PNG."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .common import run_cli
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lsms-segment", description=__doc__)
+    parser.add_argument("image", help="a DICOM file, a PNG/JPEG/TIFF, or a .npy array (HU for CT)")
+    parser.add_argument("--text", required=True, help='the referring expression, e.g. "the largest lesion"')
+    parser.add_argument("--checkpoint", default="default", help="a .safetensors checkpoint, or 'default'")
+    parser.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda or cuda:N")
+    parser.add_argument("-o", "--output", required=True, help="where to write the mask (binary PNG, 0/255)")
+    parser.add_argument("--frame", type=int, help="slice of a multi-frame DICOM or 3-D .npy")
+    parser.add_argument("--units", choices=("auto", "hu", "raw"), default="auto",
+                        help="for .npy: are values Hounsfield units? (auto: guess from the values)")
+    parser.add_argument("--text-encoder", help="local text encoder directory, if the checkpoint's is elsewhere")
+    parser.add_argument("--json", action="store_true", help="print pixels, seconds and the model's identity")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_cli("lsms-segment", lambda: _segment(args))
+
+
+def _segment(args: argparse.Namespace) -> int:
+    from PIL import Image
+
+    from ..image_io import read_slice
+    from ..inference import Segmenter, clean_expression
+
+    start = time.perf_counter()
+    clean_expression(args.text)  # fail before loading anything
+    output = Path(args.output)
+    if not output.parent.exists():
+        raise FileNotFoundError(f"output folder {output.parent} does not exist")
+    units = {"auto": None, "hu": True, "raw": False}[args.units]
+    image = read_slice(args.image, frame=args.frame, hounsfield=units)
+    segmenter = Segmenter(args.checkpoint, device=args.device, text_encoder_path=args.text_encoder)
+    loaded = time.perf_counter()
+    result = segmenter.segment(image, args.text)
+    Image.fromarray(result.mask.astype(np.uint8) * 255).save(output, format="PNG")
+    report = {"output": str(output), "pixels": result.pixels, "height": image.shape[0], "width": image.shape[1],
+              "seconds": round(time.perf_counter() - start, 4), "load_seconds": round(loaded - start, 4),
+              "segment_seconds": round(result.seconds, 4), "model": segmenter.describe(), "text": result.text,
+              "hounsfield": image.hounsfield, "notes": result.notes}
+    if args.json:
+        print(json.dumps(report, sort_keys=True))
+    else:
+        print(f"{result.pixels} pixels -> {output} ({report['seconds']:.2f} s, {result.device})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

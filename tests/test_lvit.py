@@ -1,0 +1,80 @@
+"""LViT layout (QaTa-COV19 / MosMedData+) import and export round-trip."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from lsms_core.dataset import AnnotationDataset
+from lsms_core.dataset.lvit import export_lvit, import_lvit, read_text_table, write_text_table
+from lsms_core.dataset.validate import validate_dataset
+
+
+def _make_layout(root: Path, style: str, rng) -> dict[tuple[str, str], tuple[np.ndarray, np.ndarray, str]]:
+    """A small LViT folder as the papers ship it; returns what it holds, keyed by (split, mask name)."""
+    content = {}
+    for folder, count in (("Train", 3), ("Val", 1), ("Test", 2)):
+        base = root / f"{folder}_Folder"
+        (base / "img").mkdir(parents=True)
+        (base / "labelcol").mkdir()
+        rows = []
+        for i in range(count):
+            name = f"covid_{folder.lower()}_{i}.png"
+            image = rng.integers(0, 256, size=(40, 48), dtype=np.uint8)
+            mask = np.zeros((40, 48), bool)
+            mask[5 + i:20, 10:30 - i] = True
+            mask_name = f"mask_{name}" if style == "qata" else name
+            Image.fromarray(image).save(base / "img" / name)
+            Image.fromarray(mask.astype(np.uint8) * 255).save(base / "labelcol" / mask_name)
+            text = f"Bilateral pulmonary infection, {i + 1} infected areas, lower left lung."
+            rows.append((mask_name, text))
+            content[(folder, mask_name)] = (image, mask, text)
+        write_text_table(base / f"{folder}_text.xlsx", rows)
+    return content
+
+
+@pytest.mark.parametrize("style", ["qata", "mosmed"])
+def test_import_then_export_round_trips(tmp_path, rng, style):
+    source = tmp_path / "lvit"
+    content = _make_layout(source, style, rng)
+    dataset = import_lvit(source, tmp_path / "dataset", modality="CR")
+    assert len(dataset) == 6
+    assert {r["split"] for r in dataset.records} == {"train", "val", "test"}
+    assert [p for p in validate_dataset(tmp_path / "dataset") if p.severity == "error"] == []
+    counts = export_lvit(tmp_path / "dataset", tmp_path / "out", style=style)
+    assert counts == {"train": 3, "val": 1, "test": 2}
+    for (folder, mask_name), (image, mask, text) in content.items():
+        base = tmp_path / "out" / f"{folder}_Folder"
+        image_name = mask_name[5:] if style == "qata" else mask_name
+        np.testing.assert_array_equal(np.asarray(Image.open(base / "img" / image_name)), image)
+        np.testing.assert_array_equal(np.asarray(Image.open(base / "labelcol" / mask_name)) > 0, mask)
+        assert read_text_table(base / f"{folder}_text.xlsx")[mask_name] == text
+
+
+def test_cli_import_export_and_errors(tmp_path, rng):
+    _make_layout(tmp_path / "lvit", "qata", rng)
+    run = lambda *a: subprocess.run([sys.executable, "-m", "training.data_cli", *a],  # noqa: E731
+                                    capture_output=True, text=True, timeout=120)
+    done = run("import-lvit", str(tmp_path / "lvit"), str(tmp_path / "d"))
+    assert done.returncode == 0, done.stderr
+    assert run("validate", str(tmp_path / "d")).returncode == 0
+    assert run("export-lvit", str(tmp_path / "d"), str(tmp_path / "o")).returncode == 0
+    refused = run("export-lvit", str(tmp_path / "d"), str(tmp_path / "o"))  # never overwrite an export
+    assert refused.returncode == 2 and "not empty" in refused.stderr
+    missing = run("import-lvit", str(tmp_path / "nowhere"), str(tmp_path / "e"))
+    assert missing.returncode == 2 and "not an LViT layout" in missing.stderr
+
+
+def test_hu_images_export_through_their_window(tmp_path):
+    dataset = AnnotationDataset.create(tmp_path / "d")
+    hu = np.array([[-1000, -100, 50, 250]] * 4, np.float32)
+    dataset.add(hu, np.zeros((4, 4), bool), "no lesion", split="test", split_group="p", modality="CT", units="HU",
+                window={"center": 50.0, "width": 400.0})
+    export_lvit(tmp_path / "d", tmp_path / "o")
+    png = np.asarray(Image.open(next((tmp_path / "o" / "Test_Folder" / "img").glob("*.png"))))
+    assert png[0].tolist() == [0, 32, 128, 255]  # window [-150, 250] HU -> [0, 255]

@@ -1,0 +1,142 @@
+"""RefLiTS: built from the real LiTS volume, valid, leak-free splits, and expressions that fit
+their lesion and no other lesion on the slice, checked here by measuring the slice again."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from collections import defaultdict
+
+import numpy as np
+import pytest
+from scipy import ndimage
+from skimage.measure import regionprops
+
+from lsms_core.dataset import AnnotationDataset
+from lsms_core.lits import LIVER, TUMOUR
+
+
+@pytest.fixture(scope="module")
+def reflits(tmp_path_factory):
+    root = tmp_path_factory.mktemp("reflits") / "RefLiTS"
+    done = subprocess.run([sys.executable, "-m", "training.data_cli", "build-lits", str(root)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return root, done.stdout
+
+
+def test_build_then_validate_passes_and_counts_are_printed(reflits):
+    root, stdout = reflits
+    rows = {line.split()[0]: [int(v) for v in line.split()[1:]] for line in stdout.splitlines()
+            if line.split() and line.split()[0] in ("train", "val", "test")}
+    assert set(rows) == {"train", "val", "test"}
+    dataset = AnnotationDataset.open(root)
+    for split, (slices, lesions, expressions) in rows.items():
+        records = dataset.select(split)
+        assert expressions == len(records) > 0
+        assert slices == len({r["source"]["axial_slice"] for r in records})
+        assert 0 < lesions <= expressions
+    done = subprocess.run([sys.executable, "-m", "training.data_cli", "validate", str(root)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_splits_are_blocks_with_gaps_of_at_least_five_slices(reflits):
+    dataset = AnnotationDataset.open(reflits[0])
+    slices = defaultdict(set)
+    for record in dataset.records:
+        slices[record["split"]].add(record["source"]["axial_slice"])
+    for a in slices:
+        for b in slices:
+            if a < b:
+                closest = min(abs(i - j) for i in slices[a] for j in slices[b])
+                assert closest > 5, f"{a} and {b} slices only {closest} apart"
+
+
+def _measure(hu, labels):
+    """Every tumour component (>= 6 px) with independently computed measurements."""
+    liver = labels >= LIVER
+    depth = ndimage.distance_transform_edt(liver)
+    components, _ = ndimage.label(labels == TUMOUR, structure=np.ones((3, 3)))
+    rows, cols = np.nonzero(liver)
+    lesions = []
+    for region in regionprops(components):
+        if region.area < 6:
+            continue
+        mask = components == region.label
+        ring = ndimage.binary_dilation(mask, iterations=6) & (labels == LIVER)
+        lesions.append({"mask": mask, "area": region.area, "r": region.centroid[0], "c": region.centroid[1],
+                        "contrast": hu[mask].mean() - hu[ring].mean(), "depth": depth[mask].min(),
+                        "solidity": region.solidity, "ecc": region.eccentricity})
+    return lesions, rows.mean(), cols.mean(), depth.max()
+
+
+def _fits(word, lesion, lesions, centre_r, centre_c, max_depth) -> bool:
+    """Loose (margin-free) meaning of each word: what a reader checking the image would apply."""
+    areas = sorted((x["area"] for x in lesions), reverse=True)
+    return {
+        "largest": lesion["area"] == areas[0],
+        "second_largest": len(areas) > 1 and lesion["area"] == areas[1],
+        "smallest": lesion["area"] == areas[-1],
+        "darkest": lesion["contrast"] == min(x["contrast"] for x in lesions),
+        "upper": lesion["r"] < centre_r, "lower": lesion["r"] > centre_r,
+        "left": lesion["c"] < centre_c, "right": lesion["c"] > centre_c,
+        "peripheral": lesion["depth"] < 3.5, "central": lesion["depth"] > 0.275 * max_depth,
+        "hypodense": lesion["contrast"] < -12.5, "hyperdense": lesion["contrast"] > 12.5,
+        "isodense": abs(lesion["contrast"]) < 14,
+        "round": lesion["solidity"] >= 0.875 and lesion["ecc"] <= 0.85, "irregular": lesion["solidity"] < 0.84,
+    }[word]
+
+
+def _words(text: str) -> list[str]:
+    text = text.lower()
+    words = []
+    text = text.replace("second largest", " second_largest ").replace("most hypodense", " darkest ")
+    text = text.replace("at the liver surface", " peripheral ").replace("deep inside the liver", " central ")
+    text = text.replace("biggest", "largest")
+    for word in ("second_largest", "largest", "smallest", "darkest", "upper", "lower", "left", "right",
+                 "peripheral", "central", "hypodense", "hyperdense", "isodense", "round", "irregular"):
+        if re.search(rf"\b{word}\b", text):
+            words.append(word)
+    return words
+
+
+def test_every_expression_fits_its_lesion_and_no_other(reflits, lits):
+    dataset = AnnotationDataset.open(reflits[0])
+    checked = 0
+    for record in dataset.records:
+        z = record["source"]["axial_slice"]
+        hu, labels = lits.hu[z], lits.labels[z]
+        truth = dataset.read_mask(record)
+        np.testing.assert_array_equal(dataset.read_image(record), hu)
+        lesions, centre_r, centre_c, max_depth = _measure(hu, labels)
+        text = record["text"].lower()
+        if re.search(r"\b(all|every)\b", text):
+            np.testing.assert_array_equal(truth, labels == TUMOUR)
+            continue
+        targets = [x for x in lesions if np.array_equal(x["mask"], truth)]
+        assert len(targets) == 1, f"{record['text']!r}: the mask is not one lesion of slice {z}"
+        target = targets[0]
+        if "only" in text:
+            assert len(lesions) == 1, f"{record['text']!r} but slice {z} has {len(lesions)} lesions"
+            continue
+        words = _words(record["text"])
+        assert words, f"no attribute words in {record['text']!r}"
+        args = (lesions, centre_r, centre_c, max_depth)
+        assert all(_fits(w, target, *args) for w in words), f"{record['text']!r} does not fit its lesion (slice {z})"
+        for other in lesions:
+            if other is not target:
+                assert not all(_fits(w, other, *args) for w in words), \
+                    f"{record['text']!r} also fits another lesion on slice {z}"
+        checked += 1
+    assert checked > 100
+
+
+def test_kinds_and_long_forms_are_present(reflits):
+    dataset = AnnotationDataset.open(reflits[0])
+    kinds = {k for r in dataset.records for k in r["expression_kinds"]}
+    assert kinds == {"size", "position", "density", "shape", "count"}
+    long_forms = [r["text"] for r in dataset.records if r["text"].startswith("A ") and r["text"].endswith(".")]
+    assert len(long_forms) > 30
+    assert any(" part of the liver" in t and "on this slice" in t for t in long_forms)

@@ -1,0 +1,174 @@
+"""lsms-train: recipe, outputs, resume after SIGKILL on the same schedule, torchrun with 2 CPU ranks."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from lsms_core.checkpoint import read_checkpoint
+from lsms_core.dataset import AnnotationDataset
+from lsms_core.inference import Segmenter
+from lsms_core.model import build_model
+from lsms_core.config import preset
+from training.config import TrainConfig
+from training.reflits import SOFT_TISSUE_WINDOW, expressions_for_slice
+from training.trainer import Trainer, parameter_groups, poly_factor
+
+SMALL = ["--preset", "lsms-tiny", "--image-size", "64", "--batch-size", "4", "--lr", "1e-3", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def mini_dataset(tmp_path_factory, lits):
+    """16 training and 6 validation expressions from real LiTS slices."""
+    root = tmp_path_factory.mktemp("mini") / "data"
+    dataset = AnnotationDataset.create(root, window=SOFT_TISSUE_WINDOW)
+    rng = random.Random(0)
+    for split, slices, limit in (("train", (30, 40, 64, 90, 120), 16), ("val", (20, 100, 110), 6)):
+        count = 0
+        for z in slices:
+            for expression in expressions_for_slice(lits.hu[z], lits.labels[z], rng=rng)[:5]:
+                if count < limit:
+                    dataset.add(lits.hu[z], expression.mask, expression.text, split=split, split_group=f"{split}-{z}",
+                                modality="CT", units="HU", window=SOFT_TISSUE_WINDOW,
+                                expression_kinds=expression.kinds)
+                    count += 1
+    assert len(dataset.select("train")) == 16 and len(dataset.select("val")) == 6
+    return root
+
+
+def _run(*args: str, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "training.train_cli", *args], capture_output=True, text=True,
+                          timeout=600, **kwargs)
+
+
+def _log(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+
+
+def test_poly_schedule_and_no_decay_on_norms():
+    assert poly_factor(0, 100, 0.9) == 1.0
+    assert poly_factor(50, 100, 0.9) == pytest.approx(0.5 ** 0.9)
+    assert poly_factor(100, 100, 0.9) == 0.0
+    assert poly_factor(0, 100, 0.9, warmup=10) == pytest.approx(0.1)
+    model = build_model(preset("lsms-tiny"))
+    decay, plain = parameter_groups(model, 0.01)
+    plain_ids = {id(p) for p in plain["params"]}
+    assert id(model.backbone.block1[0].norm1.weight) in plain_ids
+    assert id(model.backbone.norm4.bias) in plain_ids
+    assert id(model.decode_head.squeeze[1].weight) in plain_ids  # GroupNorm
+    assert id(model.backbone.block1[0].attn.proj_1.weight) in {id(p) for p in decay["params"]}
+    assert plain["weight_decay"] == 0.0 and decay["weight_decay"] == 0.01
+
+
+def test_paper_recipe_is_the_default():
+    config = TrainConfig(dataset="d", output="o")
+    assert (config.lr, config.weight_decay, config.poly_power, config.batch_size, config.image_size,
+            config.epochs, config.contrastive_weight, config.warmup_iters, config.augment) == \
+        (3e-5, 0.01, 0.9, 16, 480, 100, 0.125, 0, False)
+
+
+def test_training_writes_checkpoints_and_a_json_log(mini_dataset, tmp_path):
+    config = TrainConfig(dataset=str(mini_dataset), output=str(tmp_path / "run"), preset="lsms-tiny",
+                         image_size=64, epochs=2, batch_size=4, lr=1e-3, model_name="mini")
+    summary = Trainer(config, show_progress=False).run()
+    log = _log(tmp_path / "run")
+    assert [r["event"] for r in log] == ["start", "epoch", "epoch", "end"]
+    assert log[0]["iterations"] == 8 and log[0]["batches_per_epoch"] == 4
+    for record in log[1:3]:
+        assert 0.0 <= record["val_dice"] <= 1.0 and record["val_n"] == 6
+        assert record["lr"] == pytest.approx(1e-3 * poly_factor(record["iteration"] - 1, 8, 0.9))
+        assert record["train_total"] > 0 and record["images_per_s"] > 0
+    assert summary["iterations"] == 8
+    best = read_checkpoint(tmp_path / "run" / "best.safetensors")
+    assert best.config.preset == "lsms-tiny" and best.config.preprocess.image_size == 64
+    assert best.config.text.sha256 and best.extra["name"] == "mini"
+    assert best.extra["val"]["n"] == 6
+    result = Segmenter(tmp_path / "run" / "last.safetensors", device="cpu").segment(
+        AnnotationDataset.open(mini_dataset).read_image(AnnotationDataset.open(mini_dataset).records[0]),
+        "the largest lesion", hounsfield=True)
+    assert result.mask.shape == (128, 128)
+
+
+def test_text_free_training(mini_dataset, tmp_path):
+    config = TrainConfig(dataset=str(mini_dataset), output=str(tmp_path / "run"), preset="lsms-tiny", use_text=False,
+                         image_size=64, epochs=1, batch_size=8, lr=1e-3)
+    Trainer(config, show_progress=False).run()
+    stored = read_checkpoint(tmp_path / "run" / "last.safetensors")
+    assert not stored.config.model.use_text
+    assert Segmenter(tmp_path / "run" / "last.safetensors", device="cpu").text_encoder is None
+
+
+def _state_iteration(run_dir: Path) -> int:
+    from safetensors import safe_open
+
+    path = run_dir / "train_state.safetensors"
+    if not path.exists():
+        return -1
+    try:
+        with safe_open(str(path), "pt") as handle:
+            return json.loads(handle.metadata()["progress"])["iteration"]
+    except Exception:  # being replaced at this instant
+        return -1
+
+
+def test_killed_run_resumes_on_the_same_schedule(mini_dataset, tmp_path):
+    args = [str(mini_dataset), *SMALL, "--epochs", "3", "--save-every-steps", "1"]
+    straight = _run(*args, "-o", str(tmp_path / "straight"))
+    assert straight.returncode == 0, straight.stderr
+
+    killed_dir = tmp_path / "killed"
+    process = subprocess.Popen([sys.executable, "-m", "training.train_cli", *args, "-o", str(killed_dir)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while _state_iteration(killed_dir) < 6 and time.time() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    assert process.poll() is None, "the run ended before it could be killed"
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait(30)
+    stopped_at = _state_iteration(killed_dir)
+    assert 6 <= stopped_at < 12  # mid-run: epoch 2 or 3 of 3
+
+    resumed = _run(*args, "-o", str(killed_dir), "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    log = _log(killed_dir)
+    assert any(r["event"] == "resume" for r in log)
+    assert log[-1]["event"] == "end" and log[-1]["iterations"] == 12
+    final_epoch = [r for r in log if r["event"] == "epoch"][-1]
+    assert final_epoch["epoch"] == 3 and final_epoch["iteration"] == 12
+    # Same schedule, same data order, same random state: the same weights as the run never killed.
+    a = load_file(str(tmp_path / "straight" / "last.safetensors"))
+    b = load_file(str(killed_dir / "last.safetensors"))
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-6)
+
+
+def test_resume_without_state_is_a_clear_error(mini_dataset, tmp_path):
+    done = _run(str(mini_dataset), *SMALL, "-o", str(tmp_path / "empty"), "--resume")
+    assert done.returncode == 2 and "nothing to resume" in done.stderr
+
+
+def test_torchrun_two_cpu_ranks_agree(mini_dataset, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           "-m", "training.train_cli", str(mini_dataset), *SMALL, "--epochs", "2",
+                           "-o", str(tmp_path / "ddp")], capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    log = _log(tmp_path / "ddp")
+    assert log[0]["world_size"] == 2
+    assert log[0]["batches_per_epoch"] == 2  # 16 samples / 2 ranks / batch 4
+    end = log[-1]
+    assert end["event"] == "end" and end["iterations"] == 4
+    checksums = end["rank_checksums"]
+    assert len(checksums) == 2 and checksums[0] == checksums[1]
+    assert read_checkpoint(tmp_path / "ddp" / "best.safetensors").config.preset == "lsms-tiny"

@@ -1,0 +1,164 @@
+"""Training samples: dataset annotations -> (image, target, text), through lsms_core's one preprocessing.
+
+Images are preprocessed once and cached in memory as grey (1,S,S) in [0,1] (many annotations
+share a slice); normalisation to the model's 3-channel input happens per batch.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from lsms_core.config import PreprocessConfig
+from lsms_core.dataset import AnnotationDataset, DatasetError
+from lsms_core.preprocessing import to_model_input, to_model_target
+
+_SWAPS = {"horizontal": ("left", "right"), "vertical": ("upper", "lower")}
+
+
+def open_training_dataset(path: str | os.PathLike) -> AnnotationDataset:
+    """A dataset folder, or an LViT-layout folder imported on the fly into a temporary dataset."""
+    path = Path(path)
+    if (path / "dataset.json").is_file():
+        return AnnotationDataset.open(path)
+    if any((path / f"{split}_Folder").is_dir() for split in ("Train", "Val", "Test")):
+        from lsms_core.dataset.lvit import import_lvit
+
+        return import_lvit(path, Path(tempfile.mkdtemp(prefix="lsms-lvit-")) / "dataset")
+    raise DatasetError(f"{path} is neither a dataset (dataset.json) nor an LViT layout (Train_Folder ...)")
+
+
+def grey_from_model_input(model_input: torch.Tensor, prep: PreprocessConfig) -> torch.Tensor:
+    """Invert the normalisation of ``to_model_input`` on channel 0: (3,S,S) -> grey (1,S,S) in [0,1]."""
+    return model_input[:1] * prep.std[0] + prep.mean[0]
+
+
+def normalise(grey: torch.Tensor, prep: PreprocessConfig) -> torch.Tensor:
+    """Grey (B,1,S,S) in [0,1] -> model input (B,3,S,S), as ``to_model_input`` does."""
+    mean = torch.tensor(prep.mean, device=grey.device).view(1, 3, 1, 1)
+    std = torch.tensor(prep.std, device=grey.device).view(1, 3, 1, 1)
+    return (grey.expand(-1, 3, -1, -1) - mean) / std
+
+
+@dataclass
+class Sample:
+    grey: torch.Tensor  # (1,S,S) in [0,1]
+    target: torch.Tensor  # (1,S,S) in {0,1}
+    text: str
+    index: int
+
+
+class ReferringSamples(torch.utils.data.Dataset):
+    """The annotations of one split as model-ready samples (cached, optionally augmented)."""
+
+    def __init__(self, dataset: AnnotationDataset, split: str | None, prep: PreprocessConfig,
+                 augment: bool = False, seed: int = 0) -> None:
+        self.dataset = dataset
+        self.records = dataset.select(split)
+        if not self.records:
+            raise DatasetError(f"{dataset.root} has no annotations in split {split!r}")
+        self.prep = prep
+        self.augment = augment
+        self.seed = seed
+        self._grey: dict[str, torch.Tensor] = {}
+        self._targets: dict[int, torch.Tensor] = {}
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def grey(self, record: dict) -> torch.Tensor:
+        key = record["image"]
+        if key not in self._grey:
+            model_input = to_model_input(self.dataset.read_image(record), self.prep, record["units"] == "HU")
+            self._grey[key] = grey_from_model_input(model_input, self.prep)
+        return self._grey[key]
+
+    def target(self, index: int) -> torch.Tensor:
+        if index not in self._targets:
+            self._targets[index] = to_model_target(self.dataset.read_mask(self.records[index]), self.prep.image_size)
+        return self._targets[index]
+
+    def __getitem__(self, index: int) -> Sample:
+        record = self.records[index]
+        grey, target, text = self.grey(record), self.target(index), record["text"]
+        if self.augment:
+            generator = torch.Generator().manual_seed(hash((self.seed, self.epoch, index)) & 0x7FFFFFFF)
+            grey, target, text = augment_sample(grey, target, text, generator)
+        return Sample(grey, target, text, index)
+
+
+def _swap_words(text: str, pair: tuple[str, str]) -> str:
+    a, b = pair
+    return re.sub(rf"\b({a}|{b})\b", lambda m: b if m.group(1) == a else a, text)
+
+
+def augment_sample(grey: torch.Tensor, target: torch.Tensor, text: str,
+                   generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """Flips that keep the text true (left<->right, upper<->lower swapped in it), a small random
+    zoom/shift, and brightness/contrast jitter. No rotations: they would change 'upper'."""
+    rand = lambda: float(torch.rand((), generator=generator))  # noqa: E731
+    if rand() < 0.5:
+        grey, target, text = grey.flip(-1), target.flip(-1), _swap_words(text, _SWAPS["horizontal"])
+    if rand() < 0.5:
+        grey, target, text = grey.flip(-2), target.flip(-2), _swap_words(text, _SWAPS["vertical"])
+    scale = 1.0 + 0.2 * (rand() - 0.5)
+    shift = [0.1 * (rand() - 0.5), 0.1 * (rand() - 0.5)]
+    theta = torch.tensor([[scale, 0.0, shift[0]], [0.0, scale, shift[1]]]).unsqueeze(0)
+    grid = F.affine_grid(theta, (1, 1, *grey.shape[-2:]), align_corners=False)
+    grey = F.grid_sample(grey[None], grid, mode="bilinear", padding_mode="border", align_corners=False)[0]
+    target = (F.grid_sample(target[None], grid, mode="nearest", padding_mode="zeros", align_corners=False)[0] > 0.5).float()
+    contrast, brightness = 1.0 + 0.2 * (rand() - 0.5), 0.1 * (rand() - 0.5)
+    grey = ((grey - 0.5) * contrast + 0.5 + brightness).clamp(0, 1)
+    return grey, target, text
+
+
+class TextFeatureCache:
+    """Word features of a frozen text encoder, computed once per distinct expression (on the CPU)."""
+
+    def __init__(self, encoder) -> None:
+        self.encoder = encoder
+        self._features: dict[str, torch.Tensor] = {}
+
+    def prefill(self, texts: list[str], batch_size: int = 64) -> None:
+        missing = sorted(set(texts) - set(self._features))
+        for start in range(0, len(missing), batch_size):
+            chunk = missing[start:start + batch_size]
+            with torch.inference_mode():
+                words, mask = self.encoder.encode(chunk, "cpu")
+            for i, text in enumerate(chunk):
+                self._features[text] = words[i, : int(mask[i].sum())].clone()
+
+    def batch(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B,T,C_l) features padded to the longest, and the (B,T) mask."""
+        self.prefill(texts)
+        rows = [self._features[t] for t in texts]
+        length = max(r.shape[0] for r in rows)
+        words = torch.zeros(len(rows), length, rows[0].shape[1])
+        mask = torch.zeros(len(rows), length)
+        for i, row in enumerate(rows):
+            words[i, : row.shape[0]] = row
+            mask[i, : row.shape[0]] = 1
+        return words, mask
+
+
+def collate(samples: list[Sample]) -> dict:
+    return {"grey": torch.stack([s.grey for s in samples]), "target": torch.stack([s.target for s in samples]),
+            "text": [s.text for s in samples], "index": [s.index for s in samples]}
+
+
+def epoch_order(size: int, epoch: int, seed: int, rank: int = 0, world: int = 1) -> list[int]:
+    """This rank's sample indices for one epoch, from torch's DistributedSampler (seeded shuffle,
+    padded to divide evenly across ranks); the same list on every run, so a resumed epoch can
+    skip exactly the batches already done."""
+    sampler = torch.utils.data.DistributedSampler(range(size), num_replicas=world, rank=rank, shuffle=True,
+                                                  seed=seed, drop_last=False)
+    sampler.set_epoch(epoch)
+    return list(sampler)

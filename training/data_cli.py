@@ -1,0 +1,120 @@
+"""``lsms-data``: validate datasets, import/export LViT's layout, build RefLiTS from the real LiTS CT."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from lsms_core.cli.common import run_cli
+from lsms_core.dataset.store import DatasetError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lsms-data", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    validate = sub.add_parser("validate", help="check a dataset; per problem, the line and what is wrong")
+    validate.add_argument("dataset")
+    validate.add_argument("--deep", action="store_true", help="also decode every mask to check it is binary")
+    validate.add_argument("--json", action="store_true")
+    imp = sub.add_parser("import-lvit", help="LViT layout (QaTa-COV19 / MosMedData+) -> new dataset")
+    imp.add_argument("source")
+    imp.add_argument("dataset")
+    imp.add_argument("--modality", default="OT", help="DICOM modality of the images (CR, CT, ...; default OT)")
+    exp = sub.add_parser("export-lvit", help="dataset -> LViT layout")
+    exp.add_argument("dataset")
+    exp.add_argument("output")
+    exp.add_argument("--style", choices=("qata", "mosmed"), default="qata",
+                     help="qata: masks named mask_<image>; mosmed: masks share the image's name")
+    lits = sub.add_parser("build-lits", help="build RefLiTS from the LiTS volume of liver-ct-segmentation-package")
+    lits.add_argument("dataset")
+    lits.add_argument("--min-area", type=int, default=20, help="smallest lesion (px) that gets expressions")
+    lits.add_argument("--per-lesion", type=int, default=4, help="at most this many expressions per lesion")
+    lits.add_argument("--gap", type=int, default=5, help="slices left out between train/val/test blocks (>= 5)")
+    lits.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_cli("lsms-data", lambda: COMMANDS[args.command](args))
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from lsms_core.dataset.validate import validate_dataset
+
+    problems = validate_dataset(args.dataset, deep=args.deep)
+    errors = [p for p in problems if p.severity == "error"]
+    if args.json:
+        print(json.dumps({"ok": not errors, "errors": [str(p) for p in errors],
+                          "warnings": [str(p) for p in problems if p.severity != "error"]}))
+    else:
+        for problem in problems:
+            print(problem)
+        if not errors:
+            from lsms_core.dataset import AnnotationDataset
+
+            dataset = AnnotationDataset.open(args.dataset)
+            per_split = {s: len(dataset.select(s)) for s in ("train", "val", "test")}
+            print(f"{args.dataset}: valid, {len(dataset)} annotations ({per_split})")
+        else:
+            print(f"{args.dataset}: {len(errors)} problem(s)", file=sys.stderr)
+    return 1 if errors else 0
+
+
+def _progress_bar(description: str):
+    from tqdm import tqdm
+
+    bar = tqdm(desc=description, unit="img", leave=False)
+
+    def update(done: int, total: int) -> None:
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    return bar, update
+
+
+def _import(args: argparse.Namespace) -> int:
+    from lsms_core.dataset.lvit import import_lvit
+
+    bar, update = _progress_bar("import")
+    with bar:
+        dataset = import_lvit(args.source, args.dataset, modality=args.modality, progress=update)
+    print(f"imported {len(dataset)} annotations into {args.dataset}")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from lsms_core.dataset.lvit import export_lvit
+
+    counts = export_lvit(args.dataset, args.output, style=args.style)
+    print(f"exported {counts} to {args.output}")
+    return 0
+
+
+def _build_lits(args: argparse.Namespace) -> int:
+    from lsms_core.dataset import AnnotationDataset
+    from lsms_core.lits import load_lits_volume
+
+    from .reflits import SOFT_TISSUE_WINDOW, build_reflits
+
+    if args.gap < 5:
+        raise DatasetError(f"--gap must be at least 5 slices so neighbouring slices do not leak, got {args.gap}")
+    dataset = AnnotationDataset.create(args.dataset, modality="CT", window=SOFT_TISSUE_WINDOW,
+                                       description="RefLiTS: referring expressions for the tumours of LiTS case 117")
+    bar, update = _progress_bar("build-lits")
+    with bar:
+        counts = build_reflits(load_lits_volume(), dataset.add, min_area=args.min_area, per_lesion=args.per_lesion,
+                               gap=args.gap, seed=args.seed, progress=update)
+    print(f"{'split':<6} {'slices':>7} {'lesions':>8} {'expressions':>12}")
+    for split, row in counts.items():
+        print(f"{split:<6} {row['slices']:>7} {row['lesions']:>8} {row['expressions']:>12}")
+    print(f"RefLiTS written to {args.dataset}")
+    return 0
+
+
+COMMANDS = {"validate": _validate, "import-lvit": _import, "export-lvit": _export, "build-lits": _build_lits}
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,96 @@
+"""The resumable training state, in safetensors (no pickles): optimiser moments, RNG states,
+counters and the run's config. Written atomically next to ``last.safetensors``."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+STATE_FILE = "train_state.safetensors"
+
+
+@dataclass
+class Progress:
+    """Where a run is: ``epoch`` in progress, batches done in it, iterations done in total."""
+
+    epoch: int = 0
+    step_in_epoch: int = 0
+    iteration: int = 0
+    best_dice: float = -1.0
+    best_epoch: int = -1
+    seconds: float = 0.0
+    history: list[dict] = field(default_factory=list)
+
+
+def save_state(directory: Path, optimizer: torch.optim.Optimizer, progress: Progress, config_json: str,
+               scaler: torch.amp.GradScaler | None = None,
+               weights: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write the state; ``weights`` (e.g. ``model.*``) go in the same file, so weights and
+    optimiser state can never come from two different moments."""
+    from safetensors.torch import save_file
+
+    tensors: dict[str, torch.Tensor] = {"rng.cpu": torch.get_rng_state()}
+    for name, value in (weights or {}).items():
+        tensors[name] = value.detach().cpu().contiguous()
+    if torch.cuda.is_available():
+        for i, state in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda{i}"] = state
+    opt_state = optimizer.state_dict()
+    for index, values in opt_state["state"].items():
+        for name, value in values.items():
+            tensor = value if isinstance(value, torch.Tensor) else torch.tensor(value)
+            tensors[f"opt.{index}.{name}"] = tensor.detach().cpu().contiguous()
+    metadata = {"progress": json.dumps(progress.__dict__), "config": config_json,
+                "param_groups": json.dumps(opt_state["param_groups"]),
+                "scaler": json.dumps(scaler.state_dict() if scaler is not None else None)}
+    path = directory / STATE_FILE
+    fd, temp = tempfile.mkstemp(dir=directory, prefix=f".{STATE_FILE}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(tensors, temp, metadata=metadata)
+        os.replace(temp, path)
+    finally:
+        if os.path.exists(temp):
+            os.unlink(temp)
+    return path
+
+
+def read_state(directory: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    path = directory / STATE_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"nothing to resume in {directory}: {STATE_FILE} is missing")
+    with safe_open(str(path), "pt") as handle:
+        metadata = handle.metadata()
+    return load_file(str(path)), metadata
+
+
+def restore_state(tensors: dict[str, torch.Tensor], metadata: dict[str, str], optimizer: torch.optim.Optimizer,
+                  scaler: torch.amp.GradScaler | None = None) -> Progress:
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        if key.startswith("opt."):
+            _, index, name = key.split(".", 2)
+            state.setdefault(int(index), {})[name] = value
+    groups = json.loads(metadata["param_groups"])
+    device = optimizer.param_groups[0]["params"][0].device
+    for index, values in state.items():
+        for name, value in values.items():
+            values[name] = value if name == "step" else value.to(device)
+    optimizer.load_state_dict({"state": state, "param_groups": groups})
+    torch.set_rng_state(tensors["rng.cpu"])
+    if torch.cuda.is_available():
+        cuda = [tensors[k] for k in sorted(k for k in tensors if k.startswith("rng.cuda"))]
+        if len(cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda)
+    scaler_state = json.loads(metadata.get("scaler", "null"))
+    if scaler is not None and scaler_state:
+        scaler.load_state_dict(scaler_state)
+    return Progress(**json.loads(metadata["progress"]))

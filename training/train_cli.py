@@ -1,0 +1,94 @@
+"""``lsms-train``: train LSMS on an annotation dataset (or an LViT folder); resumable; torchrun-ready."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from lsms_core.cli.common import run_cli
+from lsms_core.config import PRESETS
+
+from .config import TrainConfig
+
+
+def build_parser() -> argparse.ArgumentParser:
+    defaults = TrainConfig(dataset="", output="")
+    p = argparse.ArgumentParser(prog="lsms-train", description=__doc__,
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("dataset", help="dataset folder (dataset.json) or LViT layout (Train_Folder, ...)")
+    p.add_argument("-o", "--output", required=True, help="run folder: checkpoints, log.jsonl, resumable state")
+    p.add_argument("--resume", action="store_true", help="continue the run in --output with its stored settings")
+    p.add_argument("--preset", default=defaults.preset, choices=sorted(PRESETS))
+    p.add_argument("--no-text", action="store_true", help="text-free variant (no language branch, no L_con)")
+    p.add_argument("--image-size", type=int, default=defaults.image_size)
+    p.add_argument("--epochs", type=int, default=defaults.epochs)
+    p.add_argument("--batch-size", type=int, default=defaults.batch_size, help="per process")
+    p.add_argument("--lr", type=float, default=defaults.lr)
+    p.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
+    p.add_argument("--poly-power", type=float, default=defaults.poly_power)
+    p.add_argument("--warmup-iters", type=int, default=defaults.warmup_iters)
+    p.add_argument("--contrastive-weight", type=float, default=defaults.contrastive_weight, help="alpha")
+    p.add_argument("--boundary-weight", type=float, default=defaults.boundary_weight, help="lambda")
+    p.add_argument("--temperature", type=float, default=defaults.temperature, help="tau")
+    p.add_argument("--text-encoder", help="local HuggingFace BERT-family directory (default: all-MiniLM-L6-v2)")
+    p.add_argument("--max-tokens", type=int, default=defaults.max_tokens)
+    p.add_argument("--train-text-layers", default="", help="encoder layers to fine-tune, e.g. '0-9' or '4,5' "
+                                                              "(default: none, frozen and cached)")
+    p.add_argument("--text-lr", type=float, help="learning rate of the fine-tuned text layers (default: --lr)")
+    p.add_argument("--augment", action="store_true", help="flips with matching text, zoom/shift, intensity jitter")
+    p.add_argument("--init-mscan", help="SegNeXt MSCAN ImageNet checkpoint (mscan_t.pth) for the encoder")
+    p.add_argument("--window", type=float, nargs=2, metavar=("CENTER", "WIDTH"),
+                   default=(defaults.window_center, defaults.window_width), help="CT window in HU")
+    p.add_argument("--seed", type=int, default=defaults.seed)
+    p.add_argument("--device", default=defaults.device, help="auto, cpu, cuda")
+    p.add_argument("--no-amp", action="store_true", help="no bf16/fp16 autocast on CUDA")
+    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--save-every-steps", type=int, default=defaults.save_every_steps)
+    p.add_argument("--model-name", default=defaults.model_name, help="name stored in the checkpoints")
+    p.add_argument("--half-checkpoints", action="store_true", help="store best/last weights in fp16")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (the JSON log still grows)")
+    return p
+
+
+def parse_layers(text: str) -> tuple[int, ...]:
+    layers: list[int] = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        if "-" in part:
+            low, high = (int(v) for v in part.split("-"))
+            layers.extend(range(low, high + 1))
+        else:
+            layers.append(int(part))
+    return tuple(layers)
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    return TrainConfig(
+        dataset=args.dataset, output=args.output, preset=args.preset, use_text=not args.no_text,
+        image_size=args.image_size, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+        weight_decay=args.weight_decay, poly_power=args.poly_power, warmup_iters=args.warmup_iters,
+        contrastive_weight=args.contrastive_weight, boundary_weight=args.boundary_weight,
+        temperature=args.temperature, text_encoder=args.text_encoder, max_tokens=args.max_tokens,
+        train_text_layers=parse_layers(args.train_text_layers), text_lr=args.text_lr, augment=args.augment,
+        init_mscan=args.init_mscan, window_center=args.window[0], window_width=args.window[1], seed=args.seed,
+        device=args.device, amp=not args.no_amp, channels_last=args.channels_last,
+        save_every_steps=args.save_every_steps, model_name=args.model_name, half_checkpoints=args.half_checkpoints)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+
+    def train() -> int:
+        from .trainer import Trainer
+
+        trainer = Trainer(config_from_args(args), resume=args.resume, show_progress=not args.no_progress)
+        summary = trainer.run()
+        if trainer.is_main:
+            print(json.dumps(summary))
+        return 0
+
+    return run_cli("lsms-train", train)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

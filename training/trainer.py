@@ -1,0 +1,327 @@
+"""The training loop behind ``lsms-train``: one process, or many under ``torchrun`` (DDP).
+
+Per epoch: shuffled batches (a seeded DistributedSampler order), focal + boundary-weighted dice
++ alpha x contrastive loss, AdamW with poly decay per iteration; then validation (mean
+per-image Dice / IoU at each image's own size) and self-describing ``best`` / ``last``
+checkpoints, a resumable state and one JSON line in ``log.jsonl``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from lsms_core.checkpoint import save_checkpoint
+from lsms_core.config import LSMSConfig, PreprocessConfig, TextEncoderConfig, preset
+from lsms_core.device import autocast, autocast_dtype, resolve_device
+from lsms_core.losses import LossConfig, LSMSLoss
+from lsms_core.metrics import Scores
+from lsms_core.model import build_model
+from lsms_core.preprocessing import to_output_mask
+
+from .config import TrainConfig
+from .data import ReferringSamples, TextFeatureCache, collate, epoch_order, normalise, open_training_dataset
+from .state import Progress, read_state, restore_state, save_state
+
+LOG_FILE = "log.jsonl"
+_NORMS = (nn.BatchNorm2d, nn.LayerNorm, nn.GroupNorm, nn.SyncBatchNorm)
+
+
+def poly_factor(iteration: int, total: int, power: float, warmup: int = 0) -> float:
+    """Learning-rate multiplier: linear warm-up, then ``(1 - it/total)^power``."""
+    if warmup and iteration < warmup:
+        return (iteration + 1) / warmup
+    return max(1.0 - iteration / max(total, 1), 0.0) ** power
+
+
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW groups: weight decay everywhere except on normalisation layers' parameters."""
+    no_decay = {id(p) for m in model.modules() if isinstance(m, _NORMS) for p in m.parameters(recurse=False)}
+    decay = [p for p in model.parameters() if p.requires_grad and id(p) not in no_decay]
+    plain = [p for p in model.parameters() if p.requires_grad and id(p) in no_decay]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": plain, "weight_decay": 0.0}]
+
+
+class Trainer:
+    """Builds everything a run needs from a TrainConfig; ``run()`` trains to the end."""
+
+    def __init__(self, config: TrainConfig, resume: bool = False, show_progress: bool = True) -> None:
+        self.rank, self.world = _init_distributed()
+        self.is_main = self.rank == 0
+        self.output = Path(config.output)
+        resumed = read_state(self.output) if resume else None
+        if resumed is not None:
+            stored = TrainConfig.from_json(resumed[1]["config"])
+            changed = stored.differences(config)
+            if changed and self.is_main:
+                print(f"lsms-train: resuming with the stored settings; ignoring {sorted(changed)}")
+            config = TrainConfig(**{**stored.__dict__, "device": config.device})
+        self.config = config
+        self.show_progress = show_progress and self.is_main
+        self.device = resolve_device(config.device)
+        if self.world > 1 and self.device.type == "cuda":
+            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+            torch.cuda.set_device(self.device)
+        torch.manual_seed(config.seed)
+        np.random.seed(config.seed)
+
+        self.prep = PreprocessConfig(image_size=config.image_size, window_center=config.window_center,
+                                     window_width=config.window_width).validate()
+        dataset = open_training_dataset(config.dataset)
+        self.train_samples = ReferringSamples(dataset, config.train_split, self.prep, config.augment, config.seed)
+        self.val_samples = ReferringSamples(dataset, config.val_split, self.prep) if dataset.select(config.val_split) else None
+
+        self.text_encoder, self.text_cache = self._build_text(config)
+        text_config = self.text_encoder.config if self.text_encoder is not None else TextEncoderConfig()
+        # A text-free model never reads text_dim; keep the default encoder's for a uniform config.
+        text_dim = self.text_encoder.hidden_size if self.text_encoder is not None else 384
+        model_config = preset(config.preset, use_text=config.use_text, text_dim=text_dim)
+        self.lsms_config = LSMSConfig(model=model_config, text=text_config, preprocess=self.prep, preset=config.preset)
+        self.model = build_model(model_config)
+        if config.init_mscan:
+            from lsms_core.mscan_import import import_mscan
+
+            report = import_mscan(self.model, config.init_mscan)
+            if self.is_main:
+                print(f"lsms-train: MSCAN weights: {report.summary()}")
+        if resumed is not None:
+            self.model.load_state_dict({k[6:]: v for k, v in resumed[0].items() if k.startswith("model.")})
+            if self.text_encoder is not None and not self.text_encoder.frozen:
+                self.text_encoder.load_state_dict({k[5:]: v for k, v in resumed[0].items() if k.startswith("text.")},
+                                                  strict=False)
+        self.model.to(self.device)
+        if config.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        self.net: nn.Module = self.model
+        if self.world > 1:
+            if self.device.type == "cuda":
+                self.net = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+            # On CPU, SyncBatchNorm is unavailable: each rank keeps its own batch statistics and
+            # DDP broadcasts rank 0's running statistics every forward, so the ranks stay equal.
+            self.net = nn.parallel.DistributedDataParallel(
+                self.net, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+
+        groups = parameter_groups(self.model, config.weight_decay)
+        if self.text_encoder is not None and not self.text_encoder.frozen:
+            text_params = [p for p in self.text_encoder.parameters() if p.requires_grad]
+            groups.append({"params": text_params, "weight_decay": config.weight_decay, "lr": config.text_lr or config.lr})
+        for group in groups:
+            group.setdefault("lr", config.lr)
+            group["initial_lr"] = group["lr"]
+        self.optimizer = torch.optim.AdamW(groups, lr=config.lr)
+        self.loss = LSMSLoss(LossConfig(contrastive_weight=config.contrastive_weight if config.use_text else 0.0,
+                                        boundary_weight=config.boundary_weight, temperature=config.temperature))
+        amp_dtype = autocast_dtype(self.device) if config.amp else None
+        self.scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+        self.use_amp = amp_dtype is not None
+
+        self.batches_per_epoch = math.ceil(math.ceil(len(self.train_samples) / self.world) / config.batch_size)
+        self.total_iterations = self.batches_per_epoch * config.epochs
+        self.progress = Progress()
+        if resumed is not None:
+            self.progress = restore_state(*resumed, self.optimizer, self.scaler)
+        if self.is_main:
+            self.output.mkdir(parents=True, exist_ok=True)
+
+    # --- set-up helpers ---------------------------------------------------------------------
+    def _build_text(self, config: TrainConfig):
+        if not config.use_text:
+            return None, None
+        from lsms_core.text_encoder import TextEncoder
+
+        encoder = TextEncoder(TextEncoderConfig(path=config.text_encoder, max_tokens=config.max_tokens,
+                                                train_layers=tuple(config.train_text_layers),
+                                                name=config.text_encoder_name or (
+                                                    Path(config.text_encoder).name if config.text_encoder
+                                                    else TextEncoderConfig().name)))
+        if encoder.frozen:
+            cache = TextFeatureCache(encoder)
+            texts = [r["text"] for r in self.train_samples.records]
+            if self.val_samples is not None:
+                texts += [r["text"] for r in self.val_samples.records]
+            cache.prefill(texts)
+            return encoder, cache
+        return encoder.to(self.device), None
+
+    def _words(self, texts: list[str]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        if self.text_encoder is None:
+            return None, None
+        if self.text_cache is not None:
+            words, mask = self.text_cache.batch(texts)
+            return words.to(self.device), mask.to(self.device)
+        return self.text_encoder.encode(texts, self.device)
+
+    def _log(self, record: dict) -> None:
+        if self.is_main:
+            with open(self.output / LOG_FILE, "a") as handle:
+                handle.write(json.dumps(record, sort_keys=True) + "\n")
+
+    # --- the loop -----------------------------------------------------------------------------
+    def run(self) -> dict:
+        cfg = self.config
+        if self.progress.iteration == 0:
+            self._log({"event": "start", "epochs": cfg.epochs, "iterations": self.total_iterations,
+                       "batches_per_epoch": self.batches_per_epoch, "train_samples": len(self.train_samples),
+                       "val_samples": len(self.val_samples) if self.val_samples else 0, "world_size": self.world,
+                       "device": str(self.device), "config": json.loads(cfg.to_json()), "time": time.time()})
+        else:
+            self._log({"event": "resume", "epoch": self.progress.epoch, "iteration": self.progress.iteration,
+                       "time": time.time()})
+        while self.progress.epoch < cfg.epochs:
+            self._train_epoch(self.progress.epoch)
+        summary = {"event": "end", "best_dice": self.progress.best_dice, "best_epoch": self.progress.best_epoch,
+                   "iterations": self.progress.iteration, "seconds": round(self.progress.seconds, 1),
+                   "time": time.time()}
+        if self.world > 1:
+            summary["rank_checksums"] = self._rank_checksums()
+        self._log(summary)
+        _barrier(self.world)
+        return summary
+
+    def _train_epoch(self, epoch: int) -> None:
+        cfg = self.config
+        self.train_samples.epoch = epoch
+        order = epoch_order(len(self.train_samples), epoch, cfg.seed, self.rank, self.world)
+        batches = [order[i:i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
+        skip = self.progress.step_in_epoch
+        self.net.train()
+        if self.text_encoder is not None:
+            self.text_encoder.train()
+        totals: dict[str, float] = {}
+        seen, start = 0, time.perf_counter()
+        bar = None
+        if self.show_progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(batches), initial=skip, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch",
+                       dynamic_ncols=True)
+        for batch_indices in batches[skip:]:
+            terms = self._step([self.train_samples[i] for i in batch_indices])
+            seen += len(batch_indices)
+            for name, value in terms.items():
+                totals[name] = totals.get(name, 0.0) + value * len(batch_indices)
+            self.progress.step_in_epoch += 1
+            self.progress.iteration += 1
+            if bar is not None:
+                rate = seen * self.world / max(time.perf_counter() - start, 1e-9)
+                bar.set_postfix(loss=f"{terms['total']:.4f}", img_s=f"{rate:.1f}",
+                                lr=f"{self.optimizer.param_groups[0]['lr']:.2e}")
+                bar.update(1)
+            if cfg.save_every_steps and self.progress.iteration % cfg.save_every_steps == 0:
+                self._save_state()
+        if bar is not None:
+            bar.close()
+        elapsed = time.perf_counter() - start
+        self.progress.seconds += elapsed
+        record = {"event": "epoch", "epoch": epoch + 1, "epochs": cfg.epochs, "iteration": self.progress.iteration,
+                  "iterations": self.total_iterations, "lr": self.optimizer.param_groups[0]["lr"],
+                  "images_per_s": round(seen * self.world / max(elapsed, 1e-9), 2),
+                  "seconds": round(self.progress.seconds, 1), "time": time.time()}
+        record.update({f"train_{k}": round(v / max(seen, 1), 5) for k, v in totals.items()})
+        scores = self.validate() if self.val_samples is not None and self.is_main else None
+        if scores is not None:
+            record.update(val_dice=round(scores.dice, 5), val_miou=round(scores.miou, 5), val_n=scores.n)
+        self.progress.epoch = epoch + 1
+        self.progress.step_in_epoch = 0
+        self.progress.history.append({k: record[k] for k in ("epoch", "iteration") if k in record})
+        if self.is_main:
+            score = scores.dice if scores is not None else -float(record.get("train_total", 0.0))
+            if score > self.progress.best_dice:
+                self.progress.best_dice, self.progress.best_epoch = score, epoch + 1
+                self._save_checkpoint("best.safetensors", epoch + 1, scores)
+            self._save_checkpoint("last.safetensors", epoch + 1, scores)
+        self._save_state()
+        self._log(record)
+
+    def _step(self, samples) -> dict[str, float]:
+        batch = collate(samples)
+        factor = poly_factor(self.progress.iteration, self.total_iterations, self.config.poly_power,
+                             self.config.warmup_iters)
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["initial_lr"] * factor
+        image = normalise(batch["grey"].to(self.device), self.prep)
+        target = batch["target"].to(self.device)
+        if self.config.channels_last:
+            image = image.contiguous(memory_format=torch.channels_last)
+        words, mask = self._words(batch["text"])
+        with autocast(self.device) if self.use_amp else nullcontext():
+            output = self.net(image, words, mask, features=True)
+        terms = self.loss(output, target)
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(terms["total"]).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            terms["total"].backward()
+            self.optimizer.step()
+        return {k: float(v.detach()) for k, v in terms.items()}
+
+    def _rank_checksums(self) -> list[float]:
+        """Sum of every weight on each rank: equal lists prove the replicas stayed identical."""
+        local = torch.tensor([sum(float(p.detach().double().sum()) for p in self.model.parameters())],
+                             dtype=torch.float64, device=self.device)
+        gathered = [torch.zeros_like(local) for _ in range(self.world)]
+        dist.all_gather(gathered, local)
+        return [float(g.item()) for g in gathered]
+
+    @torch.no_grad()
+    def validate(self, batch_size: int | None = None) -> Scores:
+        """Mean per-image Dice / IoU on the validation split, each mask at its image's size."""
+        self.model.eval()
+        samples = self.val_samples
+        scores = Scores()
+        step = batch_size or self.config.batch_size
+        for start in range(0, len(samples), step):
+            indices = list(range(start, min(start + step, len(samples))))
+            grey = torch.stack([samples.grey(samples.records[i]) for i in indices]).to(self.device)
+            words, mask = self._words([samples.records[i]["text"] for i in indices])
+            with autocast(self.device) if self.use_amp else nullcontext():
+                logits = self.model(normalise(grey, self.prep), words, mask)
+            for row, i in enumerate(indices):
+                truth = samples.dataset.read_mask(samples.records[i])
+                prediction, _ = to_output_mask(logits[row], truth.shape)
+                scores.add(prediction, truth)
+        self.model.train()
+        return scores
+
+    # --- saving -------------------------------------------------------------------------------
+    def _save_checkpoint(self, name: str, epoch: int, scores: Scores | None) -> None:
+        extra = {"name": self.config.model_name, "epoch": epoch, "iteration": self.progress.iteration,
+                 "train_config": json.loads(self.config.to_json()),
+                 "val": scores.summary() if scores is not None else None}
+        save_checkpoint(self.output / name, self.model, self.lsms_config, self.text_encoder, extra,
+                        half=self.config.half_checkpoints)
+
+    def _save_state(self) -> None:
+        """Resumable state + weights (rank 0 writes; every rank waits for it)."""
+        if self.is_main:
+            weights = {f"model.{k}": v for k, v in self.model.state_dict().items()}
+            if self.text_encoder is not None and not self.text_encoder.frozen:
+                weights.update({f"text.{n}": p for n, p in self.text_encoder.named_parameters() if p.requires_grad})
+            save_state(self.output, self.optimizer, self.progress, self.config.to_json(), self.scaler, weights)
+        _barrier(self.world)
+
+
+def _init_distributed() -> tuple[int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend)
+    if dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _barrier(world: int) -> None:
+    if world > 1 and dist.is_initialized():
+        dist.barrier()

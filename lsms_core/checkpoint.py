@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .atomic import atomic_write_bytes
 from .config import ConfigError, LSMSConfig
 
 FORMAT_NAME = "lsms-checkpoint"
@@ -72,7 +72,7 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, config: LSMSConfi
     half: store floating-point parameters as fp16 (buffers such as BatchNorm statistics stay
     fp32); loading always returns fp32.
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     path = Path(path)
     tensors: dict[str, torch.Tensor] = {}
@@ -89,16 +89,7 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, config: LSMSConfi
     metadata = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "config": config.to_json(),
                 "extra": json.dumps(extra or {}, sort_keys=True, default=str)}
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        save_file(tensors, temp, metadata=metadata)
-        with open(temp, "rb") as written:
-            os.fsync(written.fileno())
-        os.replace(temp, path)
-    finally:
-        if os.path.exists(temp):
-            os.unlink(temp)
+    atomic_write_bytes(path, save(tensors, metadata=metadata))
     return path
 
 

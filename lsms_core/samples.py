@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 from .image_io import Slice, read_slice
 
-# Axial slice 60 of LiTS case 117: three tumours, in RefLiTS's test split (never trained on).
-REFLITS_SLICE = 60
+# Axial slice 100 of LiTS case 117: four tumours with expressions, in RefLiTS's test split (never trained on).
+REFLITS_SLICE = 100
 
 
 @dataclass(frozen=True)

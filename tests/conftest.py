@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import random
+
 import numpy as np
 import pytest
 import torch
 
 from lsms_core.config import LSMSConfig, PreprocessConfig, preset
+from lsms_core.dataset import AnnotationDataset
 
 
 @pytest.fixture(scope="session")
@@ -38,6 +41,27 @@ def tiny_checkpoint(tmp_path, tiny_config, text_encoder):
     config = tiny_config.replace(text=text_encoder.config)
     model = build_model(config.model).eval()
     return save_checkpoint(tmp_path / "tiny.safetensors", model, config, extra={"name": "tiny-test"})
+
+
+@pytest.fixture(scope="session")
+def mini_dataset(tmp_path_factory, lits):
+    """16 training and 6 validation expressions from real LiTS slices."""
+    from training.reflits import SOFT_TISSUE_WINDOW, expressions_for_slice
+
+    root = tmp_path_factory.mktemp("mini") / "data"
+    dataset = AnnotationDataset.create(root, window=SOFT_TISSUE_WINDOW)
+    rng = random.Random(0)
+    for split, slices, limit in (("train", (30, 40, 64, 90, 120), 16), ("val", (20, 100, 110), 6)):
+        count = 0
+        for z in slices:
+            for expression in expressions_for_slice(lits.hu[z], lits.labels[z], rng=rng)[:5]:
+                if count < limit:
+                    dataset.add(lits.hu[z], expression.mask, expression.text, split=split, split_group=f"{split}-{z}",
+                                modality="CT", units="HU", window=SOFT_TISSUE_WINDOW,
+                                expression_kinds=expression.kinds)
+                    count += 1
+    assert len(dataset.select("train")) == 16 and len(dataset.select("val")) == 6
+    return root
 
 
 @pytest.fixture

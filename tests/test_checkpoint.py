@@ -108,7 +108,7 @@ def test_save_is_atomic_and_keeps_the_old_file_on_failure(tmp_path, tiny_config,
     def fail(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr("safetensors.torch.save_file", fail)
+    monkeypatch.setattr("lsms_core.checkpoint.atomic_write_bytes", fail)
     with pytest.raises(OSError):
         save_checkpoint(path, model, tiny_config)
     assert path.read_bytes() == before
@@ -181,3 +181,30 @@ def test_mscan_import_reports_shape_mismatches():
     report = import_mscan(model, _official_mscan_t_state())
     assert report.shape_mismatch and "patch_embed1.proj.0.weight" in report.shape_mismatch
     assert "tensors" in report.summary()
+
+
+def test_atomic_write_keeps_the_old_file_when_the_rename_fails(tmp_path, monkeypatch):
+    from lsms_core.atomic import atomic_write_bytes
+
+    target = tmp_path / "file.bin"
+    atomic_write_bytes(target, b"old")
+
+    def broken_replace(*args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("os.replace", broken_replace)
+    with pytest.raises(OSError):
+        atomic_write_bytes(target, b"new")
+    assert target.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["file.bin"]  # the temporary file is gone
+
+
+def test_atomic_write_gives_normal_permissions(tmp_path):
+    import os
+
+    from lsms_core.atomic import atomic_write_bytes
+
+    umask = os.umask(0o022)
+    os.umask(umask)
+    atomic_write_bytes(tmp_path / "f", b"x")
+    assert (tmp_path / "f").stat().st_mode & 0o777 == 0o666 & ~umask

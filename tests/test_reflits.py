@@ -15,13 +15,14 @@ from skimage.measure import regionprops
 
 from lsms_core.dataset import AnnotationDataset
 from lsms_core.lits import LIVER, TUMOUR
+from training.reflits import resample_plane
 
 
 @pytest.fixture(scope="module")
 def reflits(tmp_path_factory):
     root = tmp_path_factory.mktemp("reflits") / "RefLiTS"
-    done = subprocess.run([sys.executable, "-m", "training.data_cli", "build-lits", str(root)],
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run([sys.executable, "-m", "training.data_cli", "build-lits", str(root),
+                           "--oblique-per-block", "4"], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     return root, done.stdout
 
@@ -35,8 +36,10 @@ def test_build_then_validate_passes_and_counts_are_printed(reflits):
     for split, (slices, lesions, expressions) in rows.items():
         records = dataset.select(split)
         assert expressions == len(records) > 0
-        assert slices == len({r["source"]["axial_slice"] for r in records})
+        assert slices == len({r["image"] for r in records})
         assert 0 < lesions <= expressions
+        oblique = [r for r in records if "oblique" in r["source"]]
+        assert bool(oblique) == (split == "train")  # extra planes only ever in training
     done = subprocess.run([sys.executable, "-m", "training.data_cli", "validate", str(root)],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -46,12 +49,22 @@ def test_splits_are_blocks_with_gaps_of_at_least_five_slices(reflits):
     dataset = AnnotationDataset.open(reflits[0])
     slices = defaultdict(set)
     for record in dataset.records:
-        slices[record["split"]].add(record["source"]["axial_slice"])
+        if "axial_slice" in record["source"]:
+            slices[record["split"]].add(record["source"]["axial_slice"])
     for a in slices:
         for b in slices:
             if a < b:
                 closest = min(abs(i - j) for i in slices[a] for j in slices[b])
                 assert closest > 5, f"{a} and {b} slices only {closest} apart"
+    # Tilted training planes stay inside their training block: every voxel they sample is
+    # more than 5 slices from any validation or test slice.
+    held_out = slices["val"] | slices["test"]
+    for record in dataset.records:
+        plane = record["source"].get("oblique")
+        if plane:
+            gap = min(min(abs(z - plane["z_min"]), abs(z - plane["z_max"])) for z in held_out)
+            inside = [z for z in held_out if plane["z_min"] <= z <= plane["z_max"]]
+            assert not inside and gap > 5, f"training plane {plane} comes within {gap} slices of held-out data"
 
 
 def _measure(hu, labels):
@@ -106,8 +119,13 @@ def test_every_expression_fits_its_lesion_and_no_other(reflits, lits):
     dataset = AnnotationDataset.open(reflits[0])
     checked = 0
     for record in dataset.records:
-        z = record["source"]["axial_slice"]
-        hu, labels = lits.hu[z], lits.labels[z]
+        plane = record["source"].get("oblique")
+        if plane:
+            hu, labels, _, _ = resample_plane(lits, plane["z_centre"], plane["tilt_rows_deg"], plane["tilt_cols_deg"])
+            z = f"oblique {plane}"
+        else:
+            z = record["source"]["axial_slice"]
+            hu, labels = lits.hu[z], lits.labels[z]
         truth = dataset.read_mask(record)
         np.testing.assert_array_equal(dataset.read_image(record), hu)
         lesions, centre_r, centre_c, max_depth = _measure(hu, labels)
@@ -131,6 +149,13 @@ def test_every_expression_fits_its_lesion_and_no_other(reflits, lits):
                     f"{record['text']!r} also fits another lesion on slice {z}"
         checked += 1
     assert checked > 100
+
+
+def test_an_untilted_plane_is_the_axial_slice(lits):
+    hu, labels, z_min, z_max = resample_plane(lits, 60.0)
+    np.testing.assert_array_equal(hu, lits.hu[60])
+    np.testing.assert_array_equal(labels, lits.labels[60])
+    assert z_min == z_max == 60.0
 
 
 def test_kinds_and_long_forms_are_present(reflits):

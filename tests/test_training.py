@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -16,34 +15,14 @@ import torch
 from safetensors.torch import load_file
 
 from lsms_core.checkpoint import read_checkpoint
+from lsms_core.config import preset
 from lsms_core.dataset import AnnotationDataset
 from lsms_core.inference import Segmenter
 from lsms_core.model import build_model
-from lsms_core.config import preset
 from training.config import TrainConfig
-from training.reflits import SOFT_TISSUE_WINDOW, expressions_for_slice
 from training.trainer import Trainer, parameter_groups, poly_factor
 
 SMALL = ["--preset", "lsms-tiny", "--image-size", "64", "--batch-size", "4", "--lr", "1e-3", "--no-progress"]
-
-
-@pytest.fixture(scope="module")
-def mini_dataset(tmp_path_factory, lits):
-    """16 training and 6 validation expressions from real LiTS slices."""
-    root = tmp_path_factory.mktemp("mini") / "data"
-    dataset = AnnotationDataset.create(root, window=SOFT_TISSUE_WINDOW)
-    rng = random.Random(0)
-    for split, slices, limit in (("train", (30, 40, 64, 90, 120), 16), ("val", (20, 100, 110), 6)):
-        count = 0
-        for z in slices:
-            for expression in expressions_for_slice(lits.hu[z], lits.labels[z], rng=rng)[:5]:
-                if count < limit:
-                    dataset.add(lits.hu[z], expression.mask, expression.text, split=split, split_group=f"{split}-{z}",
-                                modality="CT", units="HU", window=SOFT_TISSUE_WINDOW,
-                                expression_kinds=expression.kinds)
-                    count += 1
-    assert len(dataset.select("train")) == 16 and len(dataset.select("val")) == 6
-    return root
 
 
 def _run(*args: str, **kwargs) -> subprocess.CompletedProcess:

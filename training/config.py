@@ -55,6 +55,7 @@ class TrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items() if k in known})
 
-    def differences(self, other: "TrainConfig", ignore: tuple[str, ...] = ("device", "epochs")) -> dict:
+    def differences(self, other: "TrainConfig", ignore: tuple[str, ...] = ("device",)) -> dict:
+        """Fields (other than ``ignore``) whose values differ: what a resume will not apply."""
         mine, theirs = dataclasses.asdict(self), dataclasses.asdict(other)
         return {k: (mine[k], theirs[k]) for k in mine if k not in ignore and mine[k] != theirs[k]}

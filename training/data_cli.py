@@ -29,9 +29,13 @@ def build_parser() -> argparse.ArgumentParser:
     lits = sub.add_parser("build-lits", help="build RefLiTS from the LiTS volume of liver-ct-segmentation-package")
     lits.add_argument("dataset")
     lits.add_argument("--min-area", type=int, default=20, help="smallest lesion (px) that gets expressions")
-    lits.add_argument("--per-lesion", type=int, default=4, help="at most this many expressions per lesion")
+    lits.add_argument("--per-lesion", type=int, default=6, help="at most this many expressions per lesion")
     lits.add_argument("--gap", type=int, default=5, help="slices left out between train/val/test blocks (>= 5)")
     lits.add_argument("--seed", type=int, default=0)
+    lits.add_argument("--oblique-per-block", type=int, default=0,
+                      help="extra training slices per training block, resampled on slightly tilted planes "
+                           "(val/test unchanged)")
+    lits.add_argument("--max-tilt", type=float, default=6.0, help="largest tilt of those planes, degrees")
     return parser
 
 
@@ -65,7 +69,7 @@ def _validate(args: argparse.Namespace) -> int:
 def _progress_bar(description: str):
     from tqdm import tqdm
 
-    bar = tqdm(desc=description, unit="img", leave=False)
+    bar = tqdm(desc=description, unit="img", leave=False, disable=None)  # None: off when not a terminal
 
     def update(done: int, total: int) -> None:
         bar.total = total
@@ -106,7 +110,8 @@ def _build_lits(args: argparse.Namespace) -> int:
     bar, update = _progress_bar("build-lits")
     with bar:
         counts = build_reflits(load_lits_volume(), dataset.add, min_area=args.min_area, per_lesion=args.per_lesion,
-                               gap=args.gap, seed=args.seed, progress=update)
+                               gap=args.gap, seed=args.seed, oblique_per_block=args.oblique_per_block,
+                               max_tilt_deg=args.max_tilt, progress=update)
     print(f"{'split':<6} {'slices':>7} {'lesions':>8} {'expressions':>12}")
     for split, row in counts.items():
         print(f"{split:<6} {row['slices']:>7} {row['lesions']:>8} {row['expressions']:>12}")

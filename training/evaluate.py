@@ -32,7 +32,7 @@ def evaluate(checkpoint: str, dataset_dir: str, split: str = "test", text_mode: 
     if progress:
         from tqdm import tqdm
 
-        iterator = tqdm(records, desc=f"eval {split}", unit="img", leave=False)
+        iterator = tqdm(records, desc=f"eval {split}", unit="img", leave=False, disable=None)
     for record in iterator:
         image = dataset.read_image(record)
         text = record["text"] if text_mode == "as-is" else NEUTRAL_TEXT

@@ -199,7 +199,7 @@ def long_sentence(keys: tuple[str, ...], noun: str = "lesion") -> str:
 
 
 def expressions_for_slice(hu: np.ndarray, labels: np.ndarray, min_area: int = 20, distractor_area: int = 6,
-                          per_lesion: int = 4, rng: random.Random | None = None) -> list[Expression]:
+                          per_lesion: int = 6, rng: random.Random | None = None) -> list[Expression]:
     """Referring expressions for the lesions of one slice (see the module docstring)."""
     rng = rng or random.Random(0)
     lesions = measure_lesions(hu, labels, distractor_area)
@@ -246,9 +246,15 @@ def expressions_for_slice(hu: np.ndarray, labels: np.ndarray, min_area: int = 20
     return expressions
 
 
-def block_splits(n_slices: int, pattern: tuple[tuple[str, int], ...] = (("train", 30), ("val", 10), ("test", 12)),
+# Held-out blocks sit between training blocks, so no test or validation slice lies beyond the
+# anatomy the model was trained on (a test block at the end of the volume would be extrapolation).
+SPLIT_PATTERN = (("train", 14), ("test", 11), ("train", 18), ("val", 12), ("train", 18), ("test", 11), ("train", 14))
+
+
+def block_splits(n_slices: int, pattern: tuple[tuple[str, int], ...] = SPLIT_PATTERN,
                  gap: int = 5) -> dict[int, tuple[str, int]]:
-    """Axial slice index -> (split, block number); ``gap`` slices between blocks are left out."""
+    """Axial slice index -> (split, block number). Blocks follow ``pattern`` (repeated if the
+    volume is longer); ``gap`` slices between blocks are left out of every split."""
     assignment: dict[int, tuple[str, int]] = {}
     position, block = 0, 0
     for split, length in itertools.cycle(pattern):
@@ -261,30 +267,86 @@ def block_splits(n_slices: int, pattern: tuple[tuple[str, int], ...] = (("train"
     return assignment
 
 
-def build_reflits(volume: LitsVolume, add: Callable[..., dict], min_area: int = 20, per_lesion: int = 4,
-                  gap: int = 5, seed: int = 0, progress: Callable[[int, int], None] | None = None) -> dict:
-    """Generate RefLiTS into ``add`` (``AnnotationDataset.add``); returns counts per split."""
+def resample_plane(volume: LitsVolume, z_centre: float, tilt_rows_deg: float = 0.0,
+                   tilt_cols_deg: float = 0.0) -> tuple[np.ndarray, np.ndarray, float, float]:
+    """The slice on the plane ``z = z_centre + (r - rc) tan(tilt_rows) + (c - cc) tan(tilt_cols)``.
+
+    Returns HU (H,W) float32 (trilinear), labels (H,W) uint8 (nearest) and the plane's z range.
+    Zero tilts at a whole z give back the axial slice exactly.
+    """
+    height, width = volume.hu.shape[1:]
+    rows, cols = np.mgrid[0:height, 0:width].astype(np.float64)
+    z = (z_centre + (rows - (height - 1) / 2) * np.tan(np.radians(tilt_rows_deg))
+         + (cols - (width - 1) / 2) * np.tan(np.radians(tilt_cols_deg)))
+    coordinates = np.stack([z, rows, cols])
+    hu = ndimage.map_coordinates(volume.hu, coordinates, order=1, mode="nearest").astype(np.float32)
+    labels = ndimage.map_coordinates(volume.labels, coordinates, order=0, mode="nearest").astype(np.uint8)
+    return hu, labels, float(z.min()), float(z.max())
+
+
+def oblique_planes(z_low: int, z_high: int, count: int, max_tilt_deg: float, height: int, width: int,
+                   rng: random.Random) -> list[tuple[float, float, float]]:
+    """``count`` random (z_centre, tilt_rows, tilt_cols) planes lying wholly within [z_low, z_high]."""
+    planes = []
+    for _ in range(count):
+        tilt_r, tilt_c = (rng.uniform(-max_tilt_deg, max_tilt_deg) for _ in range(2))
+        half = ((height - 1) / 2 * abs(np.tan(np.radians(tilt_r))) + (width - 1) / 2 * abs(np.tan(np.radians(tilt_c))))
+        if 2 * half > z_high - z_low:  # too steep for this block: flatten it to fit
+            shrink = (z_high - z_low) / (2 * half) * 0.99
+            tilt_r, tilt_c = tilt_r * shrink, tilt_c * shrink
+            half *= shrink
+        planes.append((rng.uniform(z_low + half, z_high - half), tilt_r, tilt_c))
+    return planes
+
+
+def build_reflits(volume: LitsVolume, add: Callable[..., dict], min_area: int = 20, per_lesion: int = 6,
+                  gap: int = 5, seed: int = 0, oblique_per_block: int = 0, max_tilt_deg: float = 6.0,
+                  progress: Callable[[int, int], None] | None = None) -> dict:
+    """Generate RefLiTS into ``add`` (``AnnotationDataset.add``); returns counts per split.
+
+    ``oblique_per_block`` > 0 adds that many resampled, slightly tilted slices per *training*
+    block (each wholly inside its block, expressions generated and checked on the new slice):
+    more distinct training images of the same tumours. Validation and test stay the axial
+    slices, identical whatever this option is (the extra slices draw from their own RNG).
+    """
     rng = random.Random(seed)
     splits = block_splits(len(volume.hu), gap=gap)
     counts = {s: {"slices": 0, "lesions": 0, "expressions": 0} for s in ("train", "val", "test")}
-    for z in range(len(volume.hu)):
-        if progress is not None:
-            progress(z + 1, len(volume.hu))
-        if z not in splits or not (volume.labels[z] == TUMOUR).any():
-            continue
-        split, block = splits[z]
-        expressions = expressions_for_slice(volume.hu[z], volume.labels[z], min_area=min_area,
-                                            per_lesion=per_lesion, rng=rng)
+    source = {"dataset": "LiTS (liver-ct-segmentation-package 1.6.0)", "case": volume.case}
+
+    def save(hu, labels, split, block, rng, where) -> None:
+        expressions = expressions_for_slice(hu, labels, min_area=min_area, per_lesion=per_lesion, rng=rng)
         if not expressions:
-            continue
+            return
         counts[split]["slices"] += 1
         counts[split]["lesions"] += len({e.lesion_index for e in expressions if e.lesion_index is not None})
         for expression in expressions:
-            add(volume.hu[z], expression.mask, expression.text, split=split,
-                split_group=f"{volume.case}-block{block:02d}", patient_key=volume.case, modality="CT", units="HU",
-                window=SOFT_TISSUE_WINDOW, attributes=expression.attributes, expression_kinds=expression.kinds,
-                source={"dataset": "LiTS (liver-ct-segmentation-package 1.6.0)", "case": volume.case,
-                        "axial_slice": z, "lesion": expression.lesion_index},
-                user="lsms-data build-lits")
+            add(hu, expression.mask, expression.text, split=split, split_group=f"{volume.case}-block{block:02d}",
+                patient_key=volume.case, modality="CT", units="HU", window=SOFT_TISSUE_WINDOW,
+                attributes=expression.attributes, expression_kinds=expression.kinds,
+                source={**source, **where, "lesion": expression.lesion_index}, user="lsms-data build-lits")
             counts[split]["expressions"] += 1
+
+    blocks: dict[int, list[int]] = {}
+    for z in range(len(volume.hu)):
+        if progress is not None:
+            progress(z + 1, len(volume.hu))
+        if z not in splits:
+            continue
+        split, block = splits[z]
+        blocks.setdefault(block, []).append(z)
+        if (volume.labels[z] == TUMOUR).any():
+            save(volume.hu[z], volume.labels[z], split, block, rng, {"axial_slice": z})
+    extra_rng = random.Random(seed + 1)
+    height, width = volume.hu.shape[1:]
+    for block, zs in sorted(blocks.items()):
+        if splits[zs[0]][0] != "train" or oblique_per_block <= 0:
+            continue
+        for z_centre, tilt_r, tilt_c in oblique_planes(min(zs), max(zs), oblique_per_block, max_tilt_deg,
+                                                       height, width, extra_rng):
+            hu, labels, z_min, z_max = resample_plane(volume, z_centre, tilt_r, tilt_c)
+            if (labels == TUMOUR).any():
+                plane = {"z_centre": z_centre, "tilt_rows_deg": tilt_r, "tilt_cols_deg": tilt_c,
+                         "z_min": z_min, "z_max": z_max}  # full precision: the plane can be resampled exactly
+                save(hu, labels, "train", block, extra_rng, {"oblique": plane})
     return counts

@@ -4,12 +4,12 @@ counters and the run's config. Written atomically next to ``last.safetensors``."
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+
+from lsms_core.atomic import atomic_write_bytes
 
 STATE_FILE = "train_state.safetensors"
 
@@ -32,7 +32,7 @@ def save_state(directory: Path, optimizer: torch.optim.Optimizer, progress: Prog
                weights: dict[str, torch.Tensor] | None = None) -> Path:
     """Write the state; ``weights`` (e.g. ``model.*``) go in the same file, so weights and
     optimiser state can never come from two different moments."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     tensors: dict[str, torch.Tensor] = {"rng.cpu": torch.get_rng_state()}
     for name, value in (weights or {}).items():
@@ -49,14 +49,7 @@ def save_state(directory: Path, optimizer: torch.optim.Optimizer, progress: Prog
                 "param_groups": json.dumps(opt_state["param_groups"]),
                 "scaler": json.dumps(scaler.state_dict() if scaler is not None else None)}
     path = directory / STATE_FILE
-    fd, temp = tempfile.mkstemp(dir=directory, prefix=f".{STATE_FILE}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, temp, metadata=metadata)
-        os.replace(temp, path)
-    finally:
-        if os.path.exists(temp):
-            os.unlink(temp)
+    atomic_write_bytes(path, save(tensors, metadata=metadata))
     return path
 
 

@@ -203,7 +203,7 @@ class Trainer:
             from tqdm import tqdm
 
             bar = tqdm(total=len(batches), initial=skip, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch",
-                       dynamic_ncols=True)
+                       dynamic_ncols=True, disable=None)  # None: off when stderr is not a terminal
         for batch_indices in batches[skip:]:
             terms = self._step([self.train_samples[i] for i in batch_indices])
             seen += len(batch_indices)

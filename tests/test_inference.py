@@ -78,9 +78,8 @@ def test_cuda_out_of_memory_falls_back_to_cpu(tiny_checkpoint, lits, monkeypatch
     assert segmenter.device.type == "cpu"  # later calls stay on the CPU
 
 
-def test_requesting_missing_cuda_is_a_clear_error(tiny_checkpoint):
-    if torch.cuda.is_available():
-        pytest.skip("this machine has CUDA; the error path is for machines without")
+def test_requesting_missing_cuda_is_a_clear_error(tiny_checkpoint, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # as on a machine without a GPU
     with pytest.raises(RuntimeError, match="no CUDA"):
         Segmenter(tiny_checkpoint, device="cuda")
 

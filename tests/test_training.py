@@ -151,3 +151,15 @@ def test_torchrun_two_cpu_ranks_agree(mini_dataset, tmp_path):
     checksums = end["rank_checksums"]
     assert len(checksums) == 2 and checksums[0] == checksums[1]
     assert read_checkpoint(tmp_path / "ddp" / "best.safetensors").config.preset == "lsms-tiny"
+
+
+def test_sample_cache_is_bounded():
+    from training.data import BoundedCache
+
+    cache = BoundedCache(max_bytes=3 * 4 * 100)  # room for three 100-float tensors
+    made = []
+    for key in range(5):
+        cache.get(key, lambda k=key: made.append(k) or torch.full((100,), float(k)))
+    assert len(cache._items) == 3 and list(cache._items) == [2, 3, 4]
+    assert cache.get(4, lambda: made.append("again") or torch.zeros(100))[0] == 4.0  # a hit: not remade
+    assert made == [0, 1, 2, 3, 4]

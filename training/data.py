@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import tempfile
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,11 +56,37 @@ class Sample:
     index: int
 
 
+class BoundedCache:
+    """Least-recently-used tensors up to ``max_bytes`` (small datasets stay wholly in memory,
+    large ones do not exhaust it)."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._items: OrderedDict = OrderedDict()
+        self._bytes = 0
+
+    def get(self, key, make) -> torch.Tensor:
+        if key in self._items:
+            self._items.move_to_end(key)
+            return self._items[key]
+        value = make()
+        self._items[key] = value
+        self._bytes += value.numel() * value.element_size()
+        while self._bytes > self.max_bytes and len(self._items) > 1:
+            _, dropped = self._items.popitem(last=False)
+            self._bytes -= dropped.numel() * dropped.element_size()
+        return value
+
+
 class ReferringSamples(torch.utils.data.Dataset):
-    """The annotations of one split as model-ready samples (cached, optionally augmented)."""
+    """The annotations of one split as model-ready samples (cached, optionally augmented).
+
+    Preprocessed slices (shared by their annotations) and targets are kept in a bounded cache:
+    ``cache_bytes`` (default 2 GiB) for each.
+    """
 
     def __init__(self, dataset: AnnotationDataset, split: str | None, prep: PreprocessConfig,
-                 augment: bool = False, seed: int = 0) -> None:
+                 augment: bool = False, seed: int = 0, cache_bytes: int = 2 << 30) -> None:
         self.dataset = dataset
         self.records = dataset.select(split)
         if not self.records:
@@ -67,24 +94,23 @@ class ReferringSamples(torch.utils.data.Dataset):
         self.prep = prep
         self.augment = augment
         self.seed = seed
-        self._grey: dict[str, torch.Tensor] = {}
-        self._targets: dict[int, torch.Tensor] = {}
+        self._grey = BoundedCache(cache_bytes)
+        self._targets = BoundedCache(cache_bytes)
         self.epoch = 0
 
     def __len__(self) -> int:
         return len(self.records)
 
     def grey(self, record: dict) -> torch.Tensor:
-        key = record["image"]
-        if key not in self._grey:
+        def make() -> torch.Tensor:
             model_input = to_model_input(self.dataset.read_image(record), self.prep, record["units"] == "HU")
-            self._grey[key] = grey_from_model_input(model_input, self.prep)
-        return self._grey[key]
+            return grey_from_model_input(model_input, self.prep)
+
+        return self._grey.get(record["image"], make)
 
     def target(self, index: int) -> torch.Tensor:
-        if index not in self._targets:
-            self._targets[index] = to_model_target(self.dataset.read_mask(self.records[index]), self.prep.image_size)
-        return self._targets[index]
+        return self._targets.get(index, lambda: to_model_target(self.dataset.read_mask(self.records[index]),
+                                                                self.prep.image_size))
 
     def __getitem__(self, index: int) -> Sample:
         record = self.records[index]

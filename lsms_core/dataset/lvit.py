@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..preprocessing import luminance
 from .store import AnnotationDataset, DatasetError
 
 LVIT_SPLITS = {"Train": "train", "Val": "val", "Test": "test"}
@@ -55,7 +56,7 @@ def _read_grey(path: Path) -> np.ndarray:
     if array.ndim == 3:
         if np.array_equal(array[..., 0], array[..., 1]) and np.array_equal(array[..., 0], array[..., 2]):
             return array[..., 0]
-        return np.round(array[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114])).astype(np.uint8)
+        return np.round(luminance(array)).astype(np.uint8)
     return array
 
 

@@ -174,7 +174,7 @@ class AnnotationDataset:
         end = data.rfind(b"\n") + 1
         self.torn_tail = end < len(data)
         loads = json.loads
-        for raw in data[:end].splitlines():
+        for raw in data[:end].split(b"\n")[:-1]:  # only \n ends a line (a stray \r must not shift numbers)
             self._lines += 1
             if not raw.strip():
                 continue
@@ -202,6 +202,10 @@ class AnnotationDataset:
         return [r for r in self.records if split is None or r.get("split") == split]
 
     def path(self, relative: str) -> Path:
+        """The file a record names; never outside the dataset folder, whatever the line says."""
+        parts = Path(relative).parts
+        if not parts or Path(relative).is_absolute() or ".." in parts:
+            raise DatasetError(f"{relative!r} is not a path inside the dataset {self.root}")
         return self.root / relative
 
     def read_image(self, record: dict[str, Any]) -> np.ndarray:

@@ -28,6 +28,7 @@ class Slice:
     spacing_mm: (row, column) pixel spacing in mm, or None when the file does not say.
     window: the file's own display window (center, width) in the units of ``pixels``, or None.
     sop_instance_uid: the DICOM instance UID (hash it before storing it anywhere).
+    patient_key: pseudonymous key of the patient (HMAC of PatientID with this user's secret).
     """
 
     pixels: np.ndarray
@@ -37,6 +38,7 @@ class Slice:
     window: tuple[float, float] | None = None
     sop_instance_uid: str | None = None
     source: Path | None = None
+    patient_key: str | None = None  # pseudonymous (lsms_core.privacy), never an identifier
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -126,64 +128,11 @@ def _read_plain_image(path: Path) -> Slice:
 
 
 def read_dicom(path: Path, frame: int | None = None) -> Slice:
-    """One DICOM slice: modality LUT applied (HU for CT), MONOCHROME1 inverted, spacing kept."""
-    import pydicom
-    from pydicom.errors import InvalidDicomError
-    from pydicom.pixels import apply_modality_lut
+    """One DICOM slice in physical units (see lsms_core.dicom); ``frame`` picks one of several."""
+    from .dicom import read_dicom_file
 
-    try:
-        dataset = pydicom.dcmread(path)
-    except (InvalidDicomError, OSError, EOFError, ValueError) as exc:
-        raise ImageError(f"{path}: not a readable DICOM file ({exc})") from exc
-    if "PixelData" not in dataset and "FloatPixelData" not in dataset:
-        raise ImageError(f"{path}: this DICOM object has no pixel data (it is a "
-                         f"{getattr(dataset, 'SOPClassUID', 'non-image object')!s}), so there is nothing to segment")
-    try:
-        raw = dataset.pixel_array
-    except Exception as exc:  # pydicom raises many types for missing decoders or damaged data
-        syntax = getattr(getattr(dataset, "file_meta", None), "TransferSyntaxUID", None)
-        name = getattr(syntax, "name", str(syntax))
-        raise ImageError(f"{path}: cannot decode the pixel data (transfer syntax {name}): {exc}. For "
-                         "compressed DICOM install a decoder: pip install pylibjpeg pylibjpeg-libjpeg "
-                         "pylibjpeg-openjpeg") from exc
-    samples = int(getattr(dataset, "SamplesPerPixel", 1))
-    frames = int(getattr(dataset, "NumberOfFrames", 1) or 1)
-    if frames > 1:
-        raw = _pick_frame(raw, frame, path, "multi-frame DICOM")
-    if samples == 3:
-        pixels = luminance(raw)
-    else:
-        pixels = apply_modality_lut(raw, dataset)
-    pixels = check_slice(pixels)
-    modality = str(getattr(dataset, "Modality", "OT"))
-    if samples == 1 and getattr(dataset, "PhotometricInterpretation", "") == "MONOCHROME1":
-        pixels = pixels.max() + pixels.min() - pixels
-    return Slice(pixels, modality == "CT" and samples == 1, modality, _spacing(dataset), _window(dataset),
-                 str(getattr(dataset, "SOPInstanceUID", "")) or None, path)
-
-
-def _spacing(dataset) -> tuple[float, float] | None:
-    for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
-        value = getattr(dataset, keyword, None)
-        if value is not None and len(value) == 2:
-            row, col = float(value[0]), float(value[1])
-            if row > 0 and col > 0:
-                return row, col
-    return None
-
-
-def _window(dataset) -> tuple[float, float] | None:
-    center, width = getattr(dataset, "WindowCenter", None), getattr(dataset, "WindowWidth", None)
-    if center is None or width is None:
-        return None
-    try:
-        return _first_value(center), _first_value(width)
-    except (TypeError, ValueError, IndexError):
-        return None
-
-
-def _first_value(value) -> float:
-    """A DICOM DS that may be multi-valued (several windows): the first one."""
-    if isinstance(value, (str, bytes, int, float)):
-        return float(value)
-    return float(value[0])
+    volume = read_dicom_file(path)
+    if len(volume.pixels) == 1:
+        return volume.slice(0)
+    _pick_frame(volume.pixels, frame, path, "multi-frame DICOM")  # says how many frames when none is chosen
+    return volume.slice(frame)

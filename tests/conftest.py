@@ -64,6 +64,33 @@ def mini_dataset(tmp_path_factory, lits):
     return root
 
 
+def write_ct_series(folder, count: int = 3, spacing_mm: float = 3.0, shuffle: bool = True):
+    """``count`` copies of pydicom-data's 512x512 CT slice as a series along z, slice i's pixels
+    raised by 10 * i; file names shuffled so that only positions give the order."""
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    ds = pydicom.dcmread(get_testdata_file("693_UNCI.dcm"))
+    base = ds.pixel_array.copy()
+    names = [f"img{i:02d}.dcm" for i in range(count)]
+    if shuffle:
+        random.Random(1).shuffle(names)
+    for i in range(count):
+        ds.ImagePositionPatient = [0.0, 0.0, spacing_mm * i]
+        ds.SOPInstanceUID = pydicom.uid.generate_uid()
+        ds.InstanceNumber = count - i
+        ds.PixelData = (base + 10 * i).astype(base.dtype).tobytes()
+        ds.save_as(folder / names[i])
+    return folder
+
+
+@pytest.fixture
+def ct_series(tmp_path):
+    folder = tmp_path / "series"
+    folder.mkdir()
+    return write_ct_series(folder)
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)

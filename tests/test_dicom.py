@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import random
-
 import numpy as np
 import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
+from conftest import write_ct_series
 from lsms_core.dicom import read_dicom
 from lsms_core.preprocessing import ImageError
 
@@ -41,23 +40,9 @@ def test_monochrome1_is_inverted_after_the_voi_step():
     assert volume.spacing_mm is None  # PixelSpacing 0\\0 means unknown
 
 
-def _write_series(folder, count=4):
-    ds = pydicom.dcmread(get_testdata_file("693_UNCI.dcm"))
-    base = ds.pixel_array.copy()
-    z0 = float(ds.ImagePositionPatient[2])
-    names = [f"img{i:02d}.dcm" for i in range(count)]
-    random.Random(1).shuffle(names)  # file names do not follow the anatomy
-    for i in range(count):
-        ds.ImagePositionPatient = [ds.ImagePositionPatient[0], ds.ImagePositionPatient[1], z0 + 2.5 * i]
-        ds.SOPInstanceUID = pydicom.uid.generate_uid()
-        ds.InstanceNumber = count - i
-        ds.PixelData = (base + 10 * i).astype(base.dtype).tobytes()
-        ds.save_as(folder / names[i])
-    (folder / "notes.txt").write_text("not dicom")
-
-
 def test_series_folder_is_sorted_along_the_slice_normal(tmp_path):
-    _write_series(tmp_path)
+    write_ct_series(tmp_path, count=4, spacing_mm=2.5)
+    (tmp_path / "notes.txt").write_text("not dicom")
     volume = read_dicom(tmp_path)
     assert volume.pixels.shape == (4, 512, 512)
     steps = np.diff(volume.pixels[:, 100, 100])

@@ -1,0 +1,50 @@
+"""napari reader for DICOM: one file (single or multi-frame) or a folder holding a series.
+
+PNG, JPEG and TIFF are left to napari's own readers.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lsms_core.dicom import read_dicom
+
+from .layers import volume_layer_data
+
+DICOM_SUFFIXES = {".dcm", ".dicom", ".ima"}
+
+
+def _looks_like_dicom(path: Path) -> bool:
+    if path.suffix.lower() in DICOM_SUFFIXES:
+        return True
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(132)[128:132] == b"DICM"
+    except OSError:
+        return False
+
+
+def napari_get_reader(path):
+    """The reader function if ``path`` is a DICOM file or a folder with DICOM files, else None."""
+    if isinstance(path, (list, tuple)):
+        if len(path) != 1:
+            return None
+        path = path[0]
+    path = Path(path)
+    if path.is_dir():
+        files = [p for p in sorted(path.iterdir())[:50] if p.is_file()]
+        return read_dicom_layers if any(_looks_like_dicom(p) for p in files) else None
+    return read_dicom_layers if _looks_like_dicom(path) else None
+
+
+def read_dicom_layers(path) -> list[tuple]:
+    """[(data, kwargs, "image")]: values in HU for CT, spacing as scale, the file's window as contrast.
+
+    Raises lsms_core.preprocessing.ImageError with a message naming the file and the problem;
+    napari shows it as a notification.
+    """
+    if isinstance(path, (list, tuple)):
+        path = path[0]
+    path = Path(path)
+    volume = read_dicom(path)
+    return [volume_layer_data(volume, path.stem if path.is_file() else path.name)]

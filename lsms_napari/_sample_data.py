@@ -1,0 +1,38 @@
+"""File > Open Sample > lsms-napari: a RefLiTS CT slice, a DICOM CT slice, a MONOCHROME1 radiograph."""
+
+from __future__ import annotations
+
+from lsms_core.dicom import Volume, read_dicom
+from lsms_core.samples import REFLITS_SLICE, SAMPLES, load_sample
+from lsms_core.windows import DEFAULT_WINDOW
+
+from .layers import volume_layer_data
+
+
+def reflits_slice() -> list[tuple]:
+    """Axial slice 100 of LiTS case 117 (four tumours; RefLiTS test split) in HU."""
+    image = load_sample("reflits")
+    volume = Volume(image.pixels[None], True, "CT", None, None, (DEFAULT_WINDOW.center, DEFAULT_WINDOW.width),
+                    [None], [], "lits-117", [])
+    data, kwargs, kind = volume_layer_data(volume, f"RefLiTS slice {REFLITS_SLICE}")
+    kwargs["metadata"]["lsms"]["description"] = SAMPLES["reflits"].title
+    return [(data, kwargs, kind)]
+
+
+def _dicom_sample(key: str) -> list[tuple]:
+    from pydicom.data import get_testdata_file
+
+    name = {"ct": "693_UNCI.dcm", "xray": "RG1_UNCI.dcm"}[key]
+    data, kwargs, kind = volume_layer_data(read_dicom(get_testdata_file(name)), SAMPLES[key].title.split(",")[0])
+    kwargs["metadata"]["lsms"]["description"] = SAMPLES[key].title
+    return [(data, kwargs, kind)]
+
+
+def dicom_ct() -> list[tuple]:
+    """A 512x512 abdominal CT slice from pydicom-data (693_UNCI.dcm)."""
+    return _dicom_sample("ct")
+
+
+def chest_radiograph() -> list[tuple]:
+    """A MONOCHROME1 chest radiograph from pydicom-data (RG1_UNCI.dcm)."""
+    return _dicom_sample("xray")

@@ -1,0 +1,65 @@
+"""What the plugin knows about an image layer, kept in ``layer.metadata["lsms"]``.
+
+The reader and the sample data fill it; images opened by napari's own readers (PNG, TIFF) have
+none, and count as raw values of unknown spacing. Only pseudonymous keys are stored, never
+patient identifiers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from lsms_core.dicom import Volume
+from lsms_core.windows import DEFAULT_WINDOW
+
+KEY = "lsms"
+
+
+@dataclass
+class SourceInfo:
+    hounsfield: bool = False
+    modality: str = "OT"
+    spacing_mm: tuple[float, float] | None = None
+    window: tuple[float, float] | None = None  # the file's own (centre, width)
+    patient_key: str | None = None
+    sop_instance_uids: list[str | None] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)
+    description: str = ""
+
+    def to_metadata(self) -> dict:
+        return {KEY: asdict(self)}
+
+    @classmethod
+    def of(cls, layer) -> "SourceInfo":
+        raw = (getattr(layer, "metadata", None) or {}).get(KEY)
+        if not raw:
+            return cls()
+        known = {k: v for k, v in raw.items() if k in cls.__dataclass_fields__}
+        info = cls(**known)
+        info.spacing_mm = tuple(info.spacing_mm) if info.spacing_mm else None
+        info.window = tuple(info.window) if info.window else None
+        return info
+
+
+def contrast_limits(pixels: np.ndarray, window: tuple[float, float] | None, hounsfield: bool) -> tuple[float, float]:
+    """Initial display contrast: the file's window, else soft tissue for CT, else the 0.5-99.5 percentiles."""
+    if window is not None:
+        return window[0] - window[1] / 2, window[0] + window[1] / 2
+    if hounsfield:
+        return DEFAULT_WINDOW.limits
+    low, high = np.percentile(pixels, (0.5, 99.5))
+    return float(low), float(max(high, low + 1e-6))
+
+
+def volume_layer_data(volume: Volume, name: str) -> tuple[np.ndarray, dict, str]:
+    """napari LayerData for a read volume: 2-D for one slice, 3-D (Z,H,W) for a stack."""
+    data = volume.pixels[0] if len(volume.pixels) == 1 else volume.pixels
+    row, col = volume.spacing_mm or (1.0, 1.0)
+    scale = (row, col) if data.ndim == 2 else (volume.slice_spacing_mm or 1.0, row, col)
+    info = SourceInfo(volume.hounsfield, volume.modality, volume.spacing_mm, volume.window, volume.patient_key,
+                      list(volume.sop_instance_uids), [str(f) for f in volume.files])
+    kwargs = {"name": name, "scale": scale, "colormap": "gray", "metadata": info.to_metadata(),
+              "contrast_limits": contrast_limits(volume.pixels, volume.window, volume.hounsfield)}
+    return data, kwargs, "image"

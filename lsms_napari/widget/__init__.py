@@ -1,0 +1,5 @@
+"""The "Referring Lesion Segment" widget."""
+
+from .widget import ReferringLesionSegmentWidget
+
+__all__ = ["ReferringLesionSegmentWidget"]

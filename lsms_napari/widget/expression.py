@@ -1,0 +1,49 @@
+"""RefHL-Seg-style expressions from optional structured fields (paper section IV-A).
+
+"A vascular tumor in segment VI of the liver, with a diameter of 7.5mm, irregular shape, clear
+boundary, and non-ring enhancement." The free text, when given, comes first and wins.
+"""
+
+from __future__ import annotations
+
+LESION_TYPES = ("", "lesion", "tumour", "cyst", "hemangioma", "hepatocellular carcinoma", "metastasis",
+                "focal nodular hyperplasia", "abscess", "nodule")
+LOCATIONS = ("", "segment I", "segment II", "segment III", "segment IV", "segment V", "segment VI",
+             "segment VII", "segment VIII", "right lobe", "left lobe", "caudate lobe")
+SIZES = ("", "largest", "second largest", "smallest")
+SHAPES = ("", "round", "oval", "irregular", "lobulated")
+BOUNDARIES = ("", "clear", "ill-defined")
+ENHANCEMENTS = ("", "ring", "non-ring", "arterial", "no")
+
+# attribute field -> expression kind (schema.EXPRESSION_KINDS)
+FIELD_KINDS = {"lesion_type": "type", "location": "location", "size": "size", "shape": "shape",
+               "boundary": "boundary", "enhancement": "enhancement", "diameter_mm": "diameter"}
+
+
+def compose_expression(free_text: str, fields: dict[str, str | float | None]) -> str:
+    """The expression to segment: free text if given, else a sentence from the fields."""
+    free = " ".join((free_text or "").split())
+    if free:
+        return free
+    kind = fields.get("lesion_type") or "lesion"
+    size = fields.get("size")
+    text = f"The {size} {kind}" if size else f"A {kind}"
+    location = fields.get("location")
+    if location:
+        text += f" in the {location} of the liver" if "lobe" in location else f" in {location} of the liver"
+    details = []
+    if fields.get("diameter_mm"):
+        details.append(f"a diameter of {float(fields['diameter_mm']):.1f}mm")
+    if fields.get("shape"):
+        details.append(f"{fields['shape']} shape")
+    if fields.get("boundary"):
+        details.append(f"{fields['boundary']} boundary")
+    if fields.get("enhancement"):
+        details.append(f"{fields['enhancement']} enhancement")
+    if details:
+        text += ", with " + ", ".join(details[:-1]) + (" and " if len(details) > 1 else "") + details[-1]
+    return text + "."
+
+
+def expression_kinds(fields: dict[str, str | float | None]) -> list[str]:
+    return sorted({FIELD_KINDS[k] for k, v in fields.items() if v not in (None, "") and k in FIELD_KINDS})

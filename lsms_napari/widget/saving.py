@@ -1,0 +1,52 @@
+"""Save a corrected mask as an annotation through lsms_core's one writer (no Qt here)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from lsms_core.dataset import AnnotationDataset, DatasetError
+from lsms_core.image_io import file_sha256
+from lsms_core.measure import measure_mask
+from lsms_core.privacy import pseudonymous_key
+from lsms_core.windows import Window
+
+from ..layers import SourceInfo
+from .session import Proposal, pixels_sha
+
+
+class WrongImageError(DatasetError):
+    """The mask would be saved against pixels other than those it was drawn on."""
+
+
+def save_annotation(dataset_dir: str | Path, proposal: Proposal, mask: np.ndarray, pixels: np.ndarray,
+                    info: SourceInfo, window: Window) -> dict:
+    """Append one annotation; returns the record written. ``pixels`` are the source slice now."""
+    mask = np.asarray(mask) > 0
+    if pixels_sha(pixels) != proposal.image_sha:
+        raise WrongImageError("the image under this mask changed since it was segmented (another layer, slice or "
+                              "edited pixels): segment it again before saving")
+    if mask.shape != pixels.shape:
+        raise WrongImageError(f"the mask is {mask.shape} but its image slice is {pixels.shape}")
+    request = proposal.request
+    attributes = dict(request.attributes)
+    measured = measure_mask(mask, info.spacing_mm, pixels, info.hounsfield)
+    if measured.pixels and info.spacing_mm and not attributes.get("diameter_mm"):
+        attributes["diameter_mm"] = round(measured.longest, 1)
+    index = request.slice_index or 0
+    source: dict = {"frame": request.slice_index}
+    if info.files:
+        path = Path(info.files[index] if index < len(info.files) else info.files[0])
+        if path.is_file():
+            source["file_sha256"] = file_sha256(path)
+    uid = info.sop_instance_uids[index] if index < len(info.sop_instance_uids) else None
+    if uid:
+        source["sop_uid_hash"] = pseudonymous_key(uid, "u")
+    group = info.patient_key or f"img-{proposal.image_sha[:16]}"
+    dataset = AnnotationDataset.create(dataset_dir, exist_ok=True, modality=info.modality,
+                                       window=window.to_record())
+    return dataset.add(pixels, mask, request.text, split_group=group, patient_key=group, modality=info.modality,
+                       units="HU" if info.hounsfield else "raw", spacing_mm=info.spacing_mm,
+                       window=window.to_record(), attributes=attributes, expression_kinds=request.kinds,
+                       source=source, model=proposal.model, proposal=proposal.mask)

@@ -1,0 +1,73 @@
+"""Per-widget state, without Qt: the warm model, and the proposals the model made.
+
+Each proposal remembers the layer, slice and pixel content it was computed on, so a mask is never
+saved against a different image, even if the user switched layers or slices meanwhile.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from lsms_core.inference import Segmenter
+
+
+def pixels_sha(pixels: np.ndarray) -> str:
+    array = np.ascontiguousarray(pixels)
+    return hashlib.sha256(array.tobytes() + str(array.shape).encode() + str(array.dtype).encode()).hexdigest()
+
+
+@dataclass
+class SegmentRequest:
+    """What Segment sends to the worker: one slice (H,W) and the expression."""
+
+    pixels: np.ndarray
+    text: str
+    hounsfield: bool
+    source_layer: str
+    slice_index: int | None  # None for a 2-D layer
+    attributes: dict = field(default_factory=dict)
+    kinds: list[str] = field(default_factory=list)
+    checkpoint: str = "default"
+    device: str = "auto"
+
+    @property
+    def image_sha(self) -> str:
+        return pixels_sha(self.pixels)
+
+
+@dataclass
+class Proposal:
+    """A model's mask, tied to the request that produced it."""
+
+    request: SegmentRequest
+    mask: np.ndarray  # (H,W) bool, as proposed
+    model: dict
+    seconds: float
+    image_sha: str
+
+
+class WidgetSession:
+    """Keeps one Segmenter warm per (checkpoint, device) and the proposals by labels-layer name."""
+
+    def __init__(self) -> None:
+        self._segmenters: dict[tuple[str, str], Segmenter] = {}
+        self.proposals: dict[str, Proposal] = {}
+
+    def segmenter(self, checkpoint: str, device: str) -> Segmenter:
+        key = (str(checkpoint), str(device))
+        if key not in self._segmenters:
+            self._segmenters.clear()  # one model in memory at a time
+            self._segmenters[key] = Segmenter(checkpoint, device=device)
+        return self._segmenters[key]
+
+    def is_loaded(self, checkpoint: str, device: str) -> bool:
+        return (str(checkpoint), str(device)) in self._segmenters
+
+    def run(self, request: SegmentRequest) -> Proposal:
+        """Load (if needed) and segment; runs in a worker thread."""
+        segmenter = self.segmenter(request.checkpoint, request.device)
+        result = segmenter.segment(request.pixels, request.text, hounsfield=request.hounsfield)
+        return Proposal(request, result.mask, result.model, result.seconds, request.image_sha)

@@ -1,0 +1,197 @@
+"""The "Referring Lesion Segment" widget in a real napari viewer (pytest-qt, Xvfb)."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+from napari.layers import Labels
+from qtpy.QtCore import Qt, QTimer
+
+from lsms_core.dataset import AnnotationDataset
+from lsms_core.dataset.validate import validate_dataset
+from lsms_napari.widget import ReferringLesionSegmentWidget
+
+SEGMENT_TIMEOUT_MS = 180_000
+
+
+@pytest.fixture
+def setup(make_napari_viewer, monkeypatch, tmp_path):
+    monkeypatch.setenv("LSMS_NAPARI_SECRET", "test-secret")
+    viewer = make_napari_viewer()
+    [image] = viewer.open_sample("lsms-napari", "reflits")
+    widget = ReferringLesionSegmentWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget.device_combo.setCurrentText("cpu")
+    widget.dataset_path.setText(str(tmp_path / "annotations"))
+    return viewer, widget, image
+
+
+def _labels(viewer) -> list[Labels]:
+    return [layer for layer in viewer.layers if isinstance(layer, Labels)]
+
+
+def _segment(qtbot, viewer, widget, text: str) -> Labels:
+    before = len(_labels(viewer))
+    widget.expression.setText(text)
+    qtbot.mouseClick(widget.segment_button, Qt.LeftButton)
+    qtbot.waitUntil(lambda: len(_labels(viewer)) == before + 1, timeout=SEGMENT_TIMEOUT_MS)
+    return _labels(viewer)[-1]
+
+
+def _errors(root) -> list[str]:
+    return [str(p) for p in validate_dataset(root) if p.severity == "error"]
+
+
+def test_segment_adds_labels_on_the_source_and_a_second_keeps_the_first(qtbot, setup):
+    viewer, widget, image = setup
+    first = _segment(qtbot, viewer, widget, "the largest lesion")
+    assert first.data.shape == image.data.shape and first.data.dtype == np.uint8
+    np.testing.assert_allclose(first.scale, image.scale)
+    assert first.metadata["lsms_source"] == image.name and first.name == "the largest lesion"
+    assert first.data.any()  # the default model finds a lesion on this slice
+    assert "px" in widget.measurements.text() and "HU" in widget.measurements.text()
+    second = _segment(qtbot, viewer, widget, "all lesions")
+    assert _labels(viewer) == [first, second] and first.data.any()
+
+
+def test_viewer_keeps_answering_while_segment_runs(qtbot, setup):
+    viewer, widget, image = setup
+    ticks = []
+    timer = QTimer()
+    timer.timeout.connect(lambda: ticks.append(viewer.dims.current_step))
+    widget.expression.setText("the largest lesion")
+    start = time.perf_counter()
+    timer.start(20)
+    qtbot.mouseClick(widget.segment_button, Qt.LeftButton)  # this widget's first run also loads the model
+    assert not widget.segment_button.isEnabled()  # the click returned at once; the work is in a thread
+    viewer.add_points([[10, 10]], name="clicked meanwhile")  # the viewer takes edits meanwhile
+    qtbot.waitUntil(lambda: len(_labels(viewer)) == 1, timeout=SEGMENT_TIMEOUT_MS)
+    elapsed = time.perf_counter() - start
+    timer.stop()
+    assert "clicked meanwhile" in viewer.layers
+    assert elapsed > 0.2, "the run was too short to tell"
+    # A blocked event loop would serve no ticks until the end; a free one serves most of them.
+    assert len(ticks) >= 0.3 * elapsed / 0.020, f"{len(ticks)} timer ticks in {elapsed:.2f} s"
+
+
+def test_structured_fields_compose_the_expression(qtbot, setup):
+    viewer, widget, image = setup
+    widget.field_combos["size"].setCurrentText("largest")
+    widget.field_combos["location"].setCurrentText("right lobe")
+    labels = _segment(qtbot, viewer, widget, "")
+    assert labels.name == "The largest lesion in the right lobe of the liver."
+
+
+def test_edit_save_and_read_back(qtbot, setup, tmp_path):
+    viewer, widget, image = setup
+    labels = _segment(qtbot, viewer, widget, "the largest lesion")
+    proposal = labels.data.copy()
+    edited = proposal.copy()
+    edited[:, :64] = 0  # the radiologist erases part of it
+    labels.data = edited
+    widget.window_combo.setCurrentText("liver")
+    worker = widget.save()
+    with qtbot.waitSignal(worker.finished, timeout=60_000):
+        pass
+    assert "Saved" in widget.data_status.text()
+    root = tmp_path / "annotations"
+    assert _errors(root) == []
+    dataset = AnnotationDataset.open(root)
+    [record] = dataset.records
+    np.testing.assert_array_equal(dataset.read_mask(record), edited > 0)
+    np.testing.assert_array_equal(dataset.read_mask(record, "proposal"), proposal > 0)
+    np.testing.assert_array_equal(dataset.read_image(record), image.data)
+    assert record["text"] == "the largest lesion" and record["units"] == "HU"
+    assert record["window"]["name"] == "liver"
+    assert record["provenance"]["model"]["name"] == "lsms-reflits"
+    assert record["provenance"]["edit_dice"] == pytest.approx(
+        2 * ((edited > 0) & (proposal > 0)).sum() / ((edited > 0).sum() + (proposal > 0).sum()))
+
+
+def test_a_crash_between_two_saves_loses_nothing(qtbot, setup, tmp_path, monkeypatch):
+    viewer, widget, image = setup
+    _segment(qtbot, viewer, widget, "the largest lesion")
+    with qtbot.waitSignal(widget.save().finished, timeout=60_000):
+        pass
+    from lsms_core.dataset import store
+
+    def crash(self, line):
+        raise OSError("simulated crash while appending")
+
+    monkeypatch.setattr(store.AnnotationDataset, "_append_line", crash)
+    _segment(qtbot, viewer, widget, "all lesions")
+    with qtbot.waitSignal(widget.save().finished, timeout=60_000):
+        pass
+    assert "not saved" in widget.data_status.text()
+    monkeypatch.undo()
+    root = tmp_path / "annotations"
+    assert _errors(root) == [] and [r["text"] for r in AnnotationDataset.open(root).records] == ["the largest lesion"]
+    with qtbot.waitSignal(widget.save().finished, timeout=60_000):
+        pass
+    assert [r["text"] for r in AnnotationDataset.open(root).records] == ["the largest lesion", "all lesions"]
+
+
+def test_refuses_to_attach_a_mask_to_a_changed_image(qtbot, setup, tmp_path):
+    viewer, widget, image = setup
+    _segment(qtbot, viewer, widget, "the largest lesion")
+    image.data = image.data + 1.0  # the pixels under the mask are no longer the ones segmented
+    with qtbot.waitSignal(widget.save().finished, timeout=60_000):
+        pass
+    assert "changed since it was segmented" in widget.data_status.text()
+    assert not (tmp_path / "annotations" / "annotations.jsonl").exists()
+
+
+def test_no_finding_is_a_valid_annotation(qtbot, setup, tmp_path):
+    viewer, widget, image = setup
+    labels = _segment(qtbot, viewer, widget, "a cyst in segment II")
+    labels.data = np.zeros_like(labels.data)
+    assert widget.update_measurements() == "no finding (empty mask)"
+    with qtbot.waitSignal(widget.save().finished, timeout=60_000):
+        pass
+    assert _errors(tmp_path / "annotations") == []
+
+
+def test_cancel_and_closed_source_discard_the_result(qtbot, setup):
+    viewer, widget, image = setup
+    widget.expression.setText("the largest lesion")
+    qtbot.mouseClick(widget.segment_button, Qt.LeftButton)
+    worker = widget._worker
+    qtbot.mouseClick(widget.cancel_button, Qt.LeftButton)
+    qtbot.waitUntil(lambda: not worker.is_running, timeout=SEGMENT_TIMEOUT_MS)
+    qtbot.wait(200)
+    assert _labels(viewer) == [] and widget.status.text() == "Cancelled."
+    qtbot.mouseClick(widget.segment_button, Qt.LeftButton)
+    worker = widget._worker
+    viewer.layers.remove(image)
+    qtbot.waitUntil(lambda: not worker.is_running, timeout=SEGMENT_TIMEOUT_MS)
+    qtbot.wait(200)
+    assert _labels(viewer) == [] and "closed while segmenting" in widget.status.text()
+
+
+def test_current_slice_of_a_stack(qtbot, make_napari_viewer, ct_series):
+    viewer = make_napari_viewer()
+    [stack] = viewer.open(str(ct_series), plugin="lsms-napari")
+    widget = ReferringLesionSegmentWidget(viewer)
+    widget.device_combo.setCurrentText("cpu")
+    viewer.dims.set_point(0, 3.0)  # the middle slice, in world units (mm)
+    pixels, index = widget.current_slice(stack)
+    assert index == 1
+    labels = _segment(qtbot, viewer, widget, "the largest lesion")
+    assert labels.data.shape == (3, 512, 512)
+    assert not labels.data[0].any() and not labels.data[2].any()  # only the slice it was computed on
+
+
+def test_export_and_train_from_the_widget(qtbot, setup, mini_dataset, tmp_path):
+    viewer, widget, image = setup
+    widget.dataset_path.setText(str(mini_dataset))
+    with qtbot.waitSignal(widget.export_lvit(str(tmp_path / "lvit")).finished, timeout=60_000):
+        pass
+    assert (tmp_path / "lvit" / "Train_Folder" / "Train_text.xlsx").exists()
+    run = widget.train(["--preset", "lsms-tiny", "--image-size", "64", "--epochs", "1", "--batch-size", "8",
+                        "--lr", "1e-3"])
+    qtbot.waitUntil(lambda: widget.use_model_button.isEnabled(), timeout=300_000)
+    assert "training finished" in widget.data_status.text()
+    qtbot.mouseClick(widget.use_model_button, Qt.LeftButton)
+    assert widget.checkpoint() == str(run.best_checkpoint)

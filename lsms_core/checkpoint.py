@@ -24,7 +24,7 @@ FORMAT_NAME = "lsms-checkpoint"
 FORMAT_VERSION = "1"
 TEXT_PREFIX = "text_encoder."
 DEFAULT_CHECKPOINT = Path(__file__).parent / "weights" / "lsms-reflits.safetensors"
-_PICKLE_MAGIC = (b"\x80", b"PK\x03\x04")  # raw pickle protocol 2+, or torch's zip container
+_PICKLE_SUFFIXES = {".pt", ".pth", ".ckpt", ".bin", ".pkl", ".pickle", ".tar"}
 
 
 class CheckpointError(ValueError):
@@ -93,8 +93,21 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, config: LSMSConfi
     return path
 
 
+def _looks_like_pickle(path: Path, head: bytes) -> bool:
+    """A PyTorch/pickle file, judged from its first bytes (and its name when they say nothing).
+
+    A safetensors file starts with its header's length (8 bytes, little-endian) and then ``{``;
+    that length may well begin with 0x80, the pickle protocol byte, so it is checked first.
+    """
+    if head[8:9] == b"{":
+        return False
+    if head.startswith(b"PK\x03\x04") or (head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")):
+        return True  # torch's zip container, or a raw pickle of protocol 2-5
+    return path.suffix.lower() in _PICKLE_SUFFIXES
+
+
 def _refuse_pickle(path: Path, head: bytes) -> None:
-    if head.startswith(_PICKLE_MAGIC):
+    if _looks_like_pickle(path, head):
         raise CheckpointError(
             f"{path} is a PyTorch pickle (.pt/.pth), not an LSMS checkpoint. Pickles can run code "
             "when loaded, so lsms-napari never opens them. Use a .safetensors checkpoint written by "
@@ -107,8 +120,13 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
     from safetensors.torch import load
 
     path = resolve_checkpoint(path)
-    data = path.read_bytes()
-    _refuse_pickle(path, data[:4])
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read the checkpoint ({exc.strerror or exc})") from exc
+    if not data:
+        raise CheckpointError(f"{path} is empty (0 bytes): the copy or the save was interrupted")
+    _refuse_pickle(path, data[:16])
     try:
         tensors = load(data)
     except (SafetensorError, ValueError, RuntimeError, OSError) as exc:
@@ -123,8 +141,13 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
     try:
         config = LSMSConfig.from_json(metadata["config"])
         extra = json.loads(metadata.get("extra", "{}"))
-    except (ConfigError, KeyError, json.JSONDecodeError) as exc:
+    except ConfigError as exc:
         raise CheckpointError(f"{path}: the stored configuration is unusable: {exc}") from exc
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:  # damaged or hand-edited JSON
+        raise CheckpointError(f"{path}: the stored configuration is unusable ({type(exc).__name__}: {exc}); "
+                              "the file is damaged or was not written by lsms-train") from exc
+    if not isinstance(extra, dict):
+        raise CheckpointError(f"{path}: the stored 'extra' metadata is not a JSON object; the file is damaged")
     model_state = {k: v.float() if v.dtype == torch.float16 else v
                    for k, v in tensors.items() if not k.startswith(TEXT_PREFIX)}
     text_state = {k[len(TEXT_PREFIX):]: v for k, v in tensors.items() if k.startswith(TEXT_PREFIX)}

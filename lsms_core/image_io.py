@@ -18,6 +18,7 @@ from .preprocessing import ImageError, check_slice, luminance
 
 DICOM_SUFFIXES = {".dcm", ".dicom", ".ima", ""}
 PLAIN_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
+MAX_SLICE_PIXELS = 100_000_000  # 10000x10000: above any CT, MR or radiograph; 400 MB as float32
 
 
 @dataclass
@@ -62,22 +63,29 @@ def looks_like_hounsfield(pixels: np.ndarray) -> bool:
 def read_slice(path: str | os.PathLike, frame: int | None = None, hounsfield: bool | None = None) -> Slice:
     """Read a DICOM file, a PNG/JPEG/TIFF or a ``.npy`` array as one slice.
 
-    frame: which frame of a multi-frame DICOM or which slice of a 3-D ``.npy`` (required there).
-    hounsfield: force the unit interpretation of ``.npy`` arrays (None: guess, see
-    ``looks_like_hounsfield``); DICOM decides from its Modality, plain images are never HU.
+    frame: which frame of a multi-frame DICOM or which slice of a 3-D ``.npy`` or TIFF stack
+    (required there). hounsfield: force the unit interpretation of ``.npy`` arrays (None: guess,
+    see ``looks_like_hounsfield``); DICOM decides from its Modality, plain images are never HU.
+
+    Every problem with the file (missing, empty, damaged, not an image, a stack without
+    ``frame``, NaN or infinite pixels, more than MAX_SLICE_PIXELS) raises ImageError with a
+    message that names the file; NaN and infinite values are refused, never replaced.
     """
     path = Path(path)
     if not path.is_file():
         raise ImageError(f"{path}: no such file")
-    if path.stat().st_size == 0:
-        raise ImageError(f"{path}: the file is empty (0 bytes)")
-    suffix = path.suffix.lower()
-    if suffix == ".npy":
-        return _read_npy(path, frame, hounsfield)
-    if suffix in PLAIN_IMAGE_SUFFIXES:
-        return _read_plain_image(path)
-    if suffix in DICOM_SUFFIXES or _has_dicom_preamble(path):
-        return read_dicom(path, frame)
+    try:
+        if path.stat().st_size == 0:
+            raise ImageError(f"{path}: the file is empty (0 bytes)")
+        suffix = path.suffix.lower()
+        if suffix == ".npy":
+            return _read_npy(path, frame, hounsfield)
+        if suffix in PLAIN_IMAGE_SUFFIXES:
+            return _read_plain_image(path, frame)
+        if suffix in DICOM_SUFFIXES or _has_dicom_preamble(path):
+            return read_dicom(path, frame)
+    except OSError as exc:  # unreadable (permissions, I/O error): the libraries' own damage errors are caught below
+        raise ImageError(f"{path}: cannot read the file ({exc.strerror or exc})") from exc
     raise ImageError(f"{path}: unsupported file type {suffix!r}; use DICOM, PNG, JPEG, TIFF or .npy")
 
 
@@ -89,6 +97,8 @@ def _has_dicom_preamble(path: Path) -> bool:
 def _pick_frame(array: np.ndarray, frame: int | None, path: Path, what: str) -> np.ndarray:
     if array.ndim == 2:
         return array
+    if frame is None and array.shape[0] == 1:
+        return array[0]
     if frame is None:
         raise ImageError(f"{path}: this {what} holds {array.shape[0]} slices of {array.shape[1:]}; "
                          f"choose one (--frame 0..{array.shape[0] - 1})")
@@ -97,34 +107,106 @@ def _pick_frame(array: np.ndarray, frame: int | None, path: Path, what: str) -> 
     return array[frame]
 
 
-def _read_npy(path: Path, frame: int | None, hounsfield: bool | None) -> Slice:
+def _checked(array: np.ndarray, path: Path) -> np.ndarray:
+    """check_slice, with the file named in the message."""
     try:
-        array = np.load(path, allow_pickle=False)
-    except ValueError as exc:
-        raise ImageError(f"{path}: not a plain numeric .npy array ({exc})") from exc
-    if array.ndim == 3 and array.shape[-1] not in (1, 3, 4):
-        array = _pick_frame(array, frame, path, "array")
-    pixels = check_slice(array)
+        return check_slice(array)
+    except ImageError as exc:
+        raise ImageError(f"{path}: {exc}") from None
+
+
+def _check_pixel_count(shape: tuple[int, ...], path: Path) -> None:
+    """Refuse, before decoding, an image too large to hold (a damaged header, or not a medical slice)."""
+    height_width = shape[-3:-1] if len(shape) >= 3 and shape[-1] in (3, 4) else shape[-2:]  # colour: (..,H,W,C)
+    count = int(np.prod(height_width, dtype=np.int64))
+    if count > MAX_SLICE_PIXELS:
+        raise ImageError(f"{path}: the image is {'x'.join(map(str, shape))}, {count:,} pixels per slice; this reader "
+                         f"accepts at most {MAX_SLICE_PIXELS:,} (10000x10000): downsample it first")
+
+
+def _read_npy(path: Path, frame: int | None, hounsfield: bool | None) -> Slice:
+    with open(path, "rb") as handle:
+        magic = handle.read(6)
+    if magic != b"\x93NUMPY":
+        what = "an .npz archive" if magic.startswith(b"PK") else "no NumPy header"
+        raise ImageError(f"{path}: not a .npy array ({what}); save the slice with numpy.save")
+    try:
+        mapped = np.load(path, mmap_mode="r", allow_pickle=False)  # the header only: no pixels read yet
+    except MemoryError:
+        raise
+    except Exception as exc:  # a damaged header: ValueError, EOFError, tokenize errors, ...
+        text = _one_line(exc)
+        reason = ("it holds Python objects, which this reader never unpickles" if "objects" in text
+                  else "the file is shorter than its header says (truncated?)" if "mmap length" in text
+                  else f"damaged header: {text}")
+        raise ImageError(f"{path}: not a plain numeric .npy array ({reason})") from exc
+    if mapped.ndim not in (2, 3):
+        raise ImageError(f"{path}: expected one 2-D slice (H,W) or a stack (N,H,W), got an array of shape "
+                         f"{mapped.shape}")
+    _check_pixel_count(mapped.shape, path)
+    if mapped.ndim == 3 and mapped.shape[-1] not in (1, 3, 4):
+        mapped = _pick_frame(mapped, frame, path, "array")
+    pixels = _checked(np.array(mapped), path)
     units = looks_like_hounsfield(pixels) if hounsfield is None else hounsfield
     return Slice(pixels, units, "CT" if units else "OT", source=path)
 
 
-def _read_plain_image(path: Path) -> Slice:
+def _read_plain_image(path: Path, frame: int | None = None) -> Slice:
     if path.suffix.lower() in (".tif", ".tiff"):
-        import tifffile
-
-        array = tifffile.imread(path)
+        array = _read_tiff(path)
+        if array.ndim == 3 and array.shape[-1] not in (1, 3, 4):
+            array = _pick_frame(array, frame, path, "TIFF stack")
     else:
-        from PIL import Image, UnidentifiedImageError
-
-        try:
-            with Image.open(path) as image:
-                array = np.asarray(image.convert("I;16") if image.mode.startswith("I;16") else image)
-        except (UnidentifiedImageError, OSError) as exc:
-            raise ImageError(f"{path}: not a readable image ({exc})") from exc
+        array = _read_with_pillow(path)
     if array.ndim == 3 and array.shape[-1] in (3, 4):
         array = luminance(array)
-    return Slice(check_slice(array), False, "OT", source=path)
+    return Slice(_checked(array, path), False, "OT", source=path)
+
+
+def _read_tiff(path: Path) -> np.ndarray:
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tiff:
+            series = tiff.series[0]
+            _check_pixel_count(tuple(series.shape), path)
+            if int(np.prod(series.shape, dtype=np.int64)) > 4 * MAX_SLICE_PIXELS:
+                raise ImageError(f"{path}: the TIFF holds {'x'.join(map(str, series.shape))} values, too many to "
+                                 "read at once; split the stack")
+            return series.asarray()
+    except ImageError:
+        raise
+    except MemoryError:
+        raise
+    except Exception as exc:  # tifffile on damaged files: TiffFileError, ValueError, struct.error, ...
+        raise ImageError(f"{path}: not a readable TIFF image ({_one_line(exc)})") from exc
+
+
+def _read_with_pillow(path: Path) -> np.ndarray:
+    import warnings
+
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the size is checked just below
+            image = Image.open(path)
+        with image:
+            _check_pixel_count((image.size[1], image.size[0]), path)
+            return np.asarray(image.convert("I;16") if image.mode.startswith("I;16") else image)
+    except Image.DecompressionBombError as exc:
+        raise ImageError(f"{path}: the image is too large to open ({_one_line(exc)}); this reader accepts at most "
+                         f"{MAX_SLICE_PIXELS:,} pixels: downsample it first") from exc
+    except ImageError:
+        raise
+    except MemoryError:
+        raise
+    except Exception as exc:  # Pillow on damaged files: OSError, SyntaxError, ValueError, zlib.error, ...
+        raise ImageError(f"{path}: not a readable image ({_one_line(exc)})") from exc
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def read_dicom(path: Path, frame: int | None = None) -> Slice:
@@ -132,6 +214,7 @@ def read_dicom(path: Path, frame: int | None = None) -> Slice:
     from .dicom import read_dicom_file
 
     volume = read_dicom_file(path)
+    _check_pixel_count(volume.pixels.shape[-2:], path)
     if len(volume.pixels) == 1:
         return volume.slice(0)
     _pick_frame(volume.pixels, frame, path, "multi-frame DICOM")  # says how many frames when none is chosen

@@ -20,28 +20,34 @@ def _looks_like_dicom(path: Path) -> bool:
     try:
         with open(path, "rb") as handle:
             return handle.read(132)[128:132] == b"DICM"
-    except OSError:
+    except (OSError, ValueError):  # unreadable, a folder, a name with a NUL byte
         return False
 
 
 def napari_get_reader(path):
-    """The reader function if ``path`` is a DICOM file or a folder with DICOM files, else None."""
+    """The reader function if ``path`` is a DICOM file or a folder with DICOM files, else None.
+
+    Never raises: a path it cannot look into (no permission, a broken link) is left to other readers.
+    """
     if isinstance(path, (list, tuple)):
         if len(path) != 1:
             return None
         path = path[0]
-    path = Path(path)
-    if path.is_dir():
-        files = [p for p in sorted(path.iterdir())[:50] if p.is_file()]
-        return read_dicom_layers if any(_looks_like_dicom(p) for p in files) else None
+    try:
+        path = Path(path)
+        if path.is_dir():
+            files = [p for p in sorted(path.iterdir())[:50] if p.is_file()]
+            return read_dicom_layers if any(_looks_like_dicom(p) for p in files) else None
+    except (OSError, TypeError, ValueError):
+        return None
     return read_dicom_layers if _looks_like_dicom(path) else None
 
 
 def read_dicom_layers(path) -> list[tuple]:
     """[(data, kwargs, "image")]: values in HU for CT, spacing as scale, the file's window as contrast.
 
-    Raises lsms_core.preprocessing.ImageError with a message naming the file and the problem;
-    napari shows it as a notification.
+    Raises lsms_core.preprocessing.ImageError (and nothing else for a bad file) with a message
+    naming the file and the problem; napari shows it as a notification.
     """
     if isinstance(path, (list, tuple)):
         path = path[0]

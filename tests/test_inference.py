@@ -41,7 +41,7 @@ def test_expression_changes_the_result(tiny_checkpoint, lits):
     assert not np.allclose(a, b)
 
 
-@pytest.mark.parametrize("text", ["", "   \n\t ", "x" * 5000])
+@pytest.mark.parametrize("text", ["", "   \n\t "])  # long ones are cut, not refused: test_bad_inputs
 def test_bad_expressions_are_refused(text):
     with pytest.raises(ExpressionError):
         clean_expression(text)

@@ -218,3 +218,37 @@ def test_upsampled_logits_follow_decoder_logits():
         decoder_logits, _ = model.decode_head([stages[s - 1] for s in model.config.fsd_stages], (16, 16))
         expected = F.interpolate(decoder_logits, size=(64, 64), mode="bilinear", align_corners=False)
         torch.testing.assert_close(model(image, words, mask), expected)
+
+
+@pytest.mark.parametrize("name,stages", [("lsms", (2, 3, 4)), ("lsms-budget", (1, 2, 3, 4))])
+def test_squeeze_before_resize_equals_the_papers_order(name, stages):
+    """The decoder projects each stage before resizing it (cheaper); same logits as resize-concat-squeeze,
+    including a stage that is downsampled (F1 into lsms-budget's S/8 decoder)."""
+    config = preset(name, fsd_stages=stages)
+    model = build_model(config).eval()
+    image = torch.randn(1, 3, 128, 128, generator=torch.Generator().manual_seed(0))
+    words, mask = _words(1, 6, config.text_dim)
+    with torch.no_grad():
+        fast = model(image, words, mask)
+        model.decode_head.literal_squeeze = True
+        literal = model(image, words, mask)
+    assert fast.std() > 0.01
+    torch.testing.assert_close(fast, literal, atol=2e-4, rtol=1e-4)
+
+
+def test_channels_last_gives_the_same_logits():
+    """Inference runs NHWC (faster depthwise convolutions on the CPU); the NMF keeps the layout."""
+    config = preset("lsms-tiny")
+    model = build_model(config).eval()
+    image = torch.randn(2, 3, 96, 96, generator=torch.Generator().manual_seed(1))
+    words, mask = _words(2, 5, config.text_dim)
+    with torch.no_grad():
+        reference = model(image, words, mask)
+        model.to(memory_format=torch.channels_last)
+        nhwc = model(image.contiguous(memory_format=torch.channels_last), words, mask)
+        nmf = model.decode_head.hamburger.ham
+        x = torch.rand(1, 16, 12, 10)
+        nmf_nhwc = nmf(x.contiguous(memory_format=torch.channels_last))
+    torch.testing.assert_close(nhwc, reference, atol=2e-4, rtol=1e-4)
+    assert nmf_nhwc.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(nmf_nhwc, nmf(x), atol=1e-5, rtol=1e-4)

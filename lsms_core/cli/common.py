@@ -12,16 +12,17 @@ from ..preprocessing import ImageError
 from ..text_encoder import TextEncoderNotFound
 
 USER_ERRORS: tuple[type[BaseException], ...] = (
-    CheckpointError, ConfigError, ExpressionError, ImageError, TextEncoderNotFound, FileNotFoundError,
-    PermissionError, ValueError, RuntimeError)
+    CheckpointError, ConfigError, ExpressionError, ImageError, TextEncoderNotFound, OSError, ValueError,
+    RuntimeError)  # OSError: missing files, permissions, a folder given as the output, a full disk
 
 
 def run_cli(prog: str, main: Callable[[], int]) -> int:
-    """Run ``main``; expected errors print ``prog: error: message`` and exit 2."""
+    """Run ``main``; expected errors print ``prog: error: message`` (one line) and exit 2."""
     try:
         return main()
     except USER_ERRORS as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        print(f"{prog}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)

@@ -46,6 +46,8 @@ def _segment(args: argparse.Namespace) -> int:
     output = Path(args.output)
     if not output.parent.exists():
         raise FileNotFoundError(f"output folder {output.parent} does not exist")
+    if output.is_dir():
+        raise IsADirectoryError(f"-o {output} is a folder: name the mask file, e.g. -o {output / 'mask.png'}")
     units = {"auto": None, "hu": True, "raw": False}[args.units]
     if (args.image is None) == (args.sample is None):
         raise ValueError("give either an IMAGE path or --sample NAME")

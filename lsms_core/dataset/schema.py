@@ -11,6 +11,8 @@ import math
 import re
 from typing import Any
 
+from ..privacy import IDENTIFIER_FIELDS
+
 FORMAT_NAME = "lsms-refseg"
 FORMAT_VERSION = 1
 SPLITS = ("train", "val", "test")
@@ -25,7 +27,7 @@ _KEY = re.compile(r"^[A-Za-z0-9:_./-]{1,128}$")
 REQUIRED = {"id": str, "image": str, "mask": str, "height": int, "width": int, "text": str, "split": str,
             "split_group": str, "patient_key": str, "modality": str, "units": str}
 OPTIONAL = {"attributes": dict, "expression_kinds": list, "spacing_mm": (list, type(None)),
-            "window": (dict, type(None)), "source": dict, "provenance": dict}
+            "window": (dict, type(None)), "source": dict, "provenance": dict, "identifiers": dict}
 
 
 def _is_number(value: Any) -> bool:
@@ -93,6 +95,9 @@ def check_record(record: Any) -> list[str]:
     edit = provenance.get("edit_dice")
     if edit is not None and not (_is_number(edit) and 0 <= edit <= 1):
         problems.append(f"provenance.edit_dice must be in [0, 1], got {edit!r}")
+    for name, value in record.get("identifiers", {}).items():
+        if name not in IDENTIFIER_FIELDS or not isinstance(value, str):
+            problems.append(f"identifiers.{name} must be one of {', '.join(IDENTIFIER_FIELDS)} with a text value")
     proposal = provenance.get("proposal")
     if proposal is not None:
         issue = _check_relative_path(proposal, "masks") if isinstance(proposal, str) else "must be a path"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import struct
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,24 +28,56 @@ class Problem:
 
 
 def _npy_shape(path: Path) -> tuple[int, ...]:
+    """The shape of a .npy image, from its header; ValueError if the file cannot be that image."""
     with open(path, "rb") as handle:
-        version = np.lib.format.read_magic(handle)
-        reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        shape, _, dtype = reader(handle)
-    if dtype.hasobject:
-        raise ValueError("holds Python objects, not pixels")
-    return shape
+        if handle.read(6) != b"\x93NUMPY":
+            raise ValueError("no NumPy header")
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)  # the header only, checked against the size
+    except Exception as exc:  # noqa: BLE001 - a damaged header: ValueError, EOFError, SyntaxError, tokenize...
+        text = " ".join(str(exc).split())
+        raise ValueError("holds Python objects, not pixels" if "objects" in text
+                         else "is shorter than its header says (truncated?)" if "mmap length" in text
+                         else f"damaged header: {text}") from None
+    if not np.issubdtype(array.dtype, np.number) or np.issubdtype(array.dtype, np.complexfloating):
+        raise ValueError(f"pixel type {array.dtype} is not a real number type")
+    return tuple(array.shape)
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _png_header_shape(path: Path) -> tuple[int, int]:
+    """(height, width) from a PNG's signature and IHDR chunk (the first 24 bytes, PNG spec 5.2-5.3).
+
+    What Pillow's lazy open checks, ~10x faster: a 100k-line dataset names 200k masks.
+    """
+    with open(path, "rb") as handle:
+        head = handle.read(24)
+    if len(head) < 24 or head[:8] != PNG_SIGNATURE or head[12:16] != b"IHDR":
+        raise ValueError("is not a PNG file (no PNG signature and IHDR header)")
+    width, height = struct.unpack(">II", head[16:24])
+    if not width or not height:
+        raise ValueError(f"has an empty size {width}x{height} in its header")
+    return height, width
 
 
 def _png_shape(path: Path, deep: bool) -> tuple[int, int]:
+    """(height, width) of a mask PNG; ValueError if it is damaged or (``deep``) not binary."""
+    if not deep:
+        return _png_header_shape(path)
     from PIL import Image
 
-    with Image.open(path) as image:
-        width, height = image.size
-        if deep:
-            values = np.unique(np.asarray(image.convert("L")))
-            if not set(values.tolist()) <= {0, 1, 255}:
-                raise ValueError(f"is not binary (values {values[:6].tolist()}...)")
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+            values = np.unique(np.asarray(image.convert("L"))) if deep else None
+    except (FileNotFoundError, MemoryError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - Pillow on damaged files: OSError, SyntaxError, zlib.error...
+        raise ValueError(" ".join(str(exc).split()) or type(exc).__name__) from None
+    if values is not None and not set(values.tolist()) <= {0, 1, 255}:
+        raise ValueError(f"is not binary (values {values[:6].tolist()}...)")
     return height, width
 
 
@@ -108,6 +141,11 @@ def validate_dataset(root: str | os.PathLike, deep: bool = False) -> list[Proble
             if size != expected:
                 problems.append(Problem(f"{kind} {relative} is {size[0]}x{size[1]} but its image is "
                                         f"{expected[0]}x{expected[1]}", line))
+    identified = [line for record, line in zip(dataset.records, dataset.record_lines) if record.get("identifiers")]
+    if identified:
+        problems.append(Problem(f"{len(identified)} annotation(s) hold patient identifiers (saved with the opt-in, "
+                                f"first on line {identified[0]}): remove them before sharing this dataset",
+                                None, "warning"))
     for group, splits in group_splits.items():
         if len(splits) > 1:
             where = ", ".join(f"{s} (line {n})" for s, n in splits.items())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +10,7 @@ import numpy as np
 from lsms_core.dataset import AnnotationDataset, DatasetError
 from lsms_core.image_io import file_sha256
 from lsms_core.measure import measure_mask
-from lsms_core.privacy import pseudonymous_key
+from lsms_core.privacy import dicom_identifiers, pseudonymous_key
 from lsms_core.windows import Window
 
 from ..layers import SourceInfo
@@ -20,9 +21,26 @@ class WrongImageError(DatasetError):
     """The mask would be saved against pixels other than those it was drawn on."""
 
 
+def explain_write_error(error: OSError, dataset_dir: str | Path) -> str:
+    """One line for a failed write: what went wrong, that earlier annotations are intact, what to do."""
+    where = f"the dataset folder {dataset_dir}"
+    if error.errno == errno.ENOSPC or error.errno == getattr(errno, "EDQUOT", None):
+        problem, action = "the disk holding it is full", "free some space, then save again"
+    elif isinstance(error, PermissionError) or error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        problem, action = "it is not writable", "choose a folder you can write to, or fix its permissions"
+    else:
+        problem, action = f"writing failed ({error.strerror or error})", "check the folder, then save again"
+    return (f"could not write to {where}: {problem}. This annotation was not saved (earlier ones are intact); "
+            f"{action}.")
+
+
 def save_annotation(dataset_dir: str | Path, proposal: Proposal, mask: np.ndarray, pixels: np.ndarray,
-                    info: SourceInfo, window: Window) -> dict:
-    """Append one annotation; returns the record written. ``pixels`` are the source slice now."""
+                    info: SourceInfo, window: Window, include_identifiers: bool = False) -> dict:
+    """Append one annotation; returns the record written. ``pixels`` are the source slice now.
+
+    include_identifiers: also store the source DICOM's patient and study identifiers (the
+    user opted in); off, the line holds only pseudonymous keys.
+    """
     mask = np.asarray(mask) > 0
     if pixels_sha(pixels) != proposal.image_sha:
         raise WrongImageError("the image under this mask changed since it was segmented (another layer, slice or "
@@ -36,17 +54,24 @@ def save_annotation(dataset_dir: str | Path, proposal: Proposal, mask: np.ndarra
         attributes["diameter_mm"] = round(measured.longest, 1)
     index = request.slice_index or 0
     source: dict = {"frame": request.slice_index}
+    identifiers = None
     if info.files:
         path = Path(info.files[index] if index < len(info.files) else info.files[0])
         if path.is_file():
             source["file_sha256"] = file_sha256(path)
+            if include_identifiers:
+                identifiers = dicom_identifiers(path)
     uid = info.sop_instance_uids[index] if index < len(info.sop_instance_uids) else None
     if uid:
         source["sop_uid_hash"] = pseudonymous_key(uid, "u")
     group = info.patient_key or f"img-{proposal.image_sha[:16]}"
-    dataset = AnnotationDataset.create(dataset_dir, exist_ok=True, modality=info.modality,
-                                       window=window.to_record())
-    return dataset.add(pixels, mask, request.text, split_group=group, patient_key=group, modality=info.modality,
-                       units="HU" if info.hounsfield else "raw", spacing_mm=info.spacing_mm,
-                       window=window.to_record(), attributes=attributes, expression_kinds=request.kinds,
-                       source=source, model=proposal.model, proposal=proposal.mask)
+    try:
+        dataset = AnnotationDataset.create(dataset_dir, exist_ok=True, modality=info.modality,
+                                           window=window.to_record())
+        return dataset.add(pixels, mask, request.text, split_group=group, patient_key=group, modality=info.modality,
+                           units="HU" if info.hounsfield else "raw", spacing_mm=info.spacing_mm,
+                           window=window.to_record(), attributes=attributes, expression_kinds=request.kinds,
+                           source=source, model=proposal.model, proposal=proposal.mask, identifiers=identifiers,
+                           include_identifiers=include_identifiers)
+    except OSError as error:
+        raise DatasetError(explain_write_error(error, dataset_dir)) from error

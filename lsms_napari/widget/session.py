@@ -47,6 +47,7 @@ class Proposal:
     model: dict
     seconds: float
     image_sha: str
+    notes: list[str] = field(default_factory=list)  # e.g. "cuda ran out of memory; ... on the CPU"
 
 
 class WidgetSession:
@@ -70,4 +71,4 @@ class WidgetSession:
         """Load (if needed) and segment; runs in a worker thread."""
         segmenter = self.segmenter(request.checkpoint, request.device)
         result = segmenter.segment(request.pixels, request.text, hounsfield=request.hounsfield)
-        return Proposal(request, result.mask, result.model, result.seconds, request.image_sha)
+        return Proposal(request, result.mask, result.model, result.seconds, request.image_sha, list(result.notes))

@@ -7,6 +7,7 @@ waits on any of them.
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -16,10 +17,10 @@ from typing import Any
 import numpy as np
 from napari.layers import Image, Labels
 from napari.qt.threading import create_worker
-from napari.utils.notifications import show_error, show_info
+from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import QTimer
-from qtpy.QtWidgets import (QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, QLabel,
-                            QLineEdit, QPushButton, QSpinBox, QVBoxLayout, QWidget)
+from qtpy.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout,
+                            QLabel, QLineEdit, QPushButton, QSpinBox, QVBoxLayout, QWidget)
 
 from lsms_core.inference import ExpressionError, clean_expression
 from lsms_core.measure import measure_mask
@@ -28,8 +29,11 @@ from lsms_core.windows import WINDOW_PRESETS, Window, window_from_limits
 from ..layers import SourceInfo
 from . import expression as ex
 from .saving import save_annotation
-from .session import Proposal, SegmentRequest, WidgetSession
+from .session import Proposal, SegmentRequest, WidgetSession, pixels_sha
 from .training import TrainingProcess
+
+GO_TIMEOUT_S = 10.0  # a worker waits at most this long for the event loop to let it go
+
 
 @dataclass
 class Outcome:
@@ -39,18 +43,31 @@ class Outcome:
     error: str | None = None
 
 
-def guarded(func, *args) -> Outcome:
+def guarded(func, *args, go: threading.Event | None = None) -> Outcome:
     """Run ``func`` in a worker without ever raising: errors come back as a message, so the GUI
-    shows one clear line instead of a traceback."""
+    shows one clear line instead of a traceback. ``go``: wait for it first (see start_worker)."""
+    if go is not None:
+        go.wait(GO_TIMEOUT_S)
     try:
         return Outcome(func(*args))
     except Exception as error:  # noqa: BLE001 (every failure must reach the user as a message)
         return Outcome(error=str(error) or type(error).__name__)
 
 
-def start_worker(func, *args, description: str, on_value, on_error):
-    worker = create_worker(guarded, func, *args, _progress={"desc": description})
+def start_worker(func, *args, description: str, on_value, on_error, on_finished=None):
+    """Run ``guarded(func, *args)`` in a napari worker; returns the (running) worker.
+
+    ``on_finished(worker)`` is called once it ended, whatever happened. The work itself begins
+    once control is back in the event loop, so whoever gets the worker can still connect to its
+    signals: work that fails at once would otherwise finish before anyone listened."""
+    go = threading.Event()
+    worker = create_worker(guarded, func, *args, go=go, _progress={"desc": description})
+    # "started" is delivered in the GUI thread, through its event loop: only then does the work begin.
+    # (Not QTimer.singleShot: PySide6 6.12 loses a reference to None on each call, and Python aborts.)
+    worker.started.connect(lambda: go.set())
     worker.returned.connect(lambda outcome: on_error(outcome.error) if outcome.error else on_value(outcome.value))
+    if on_finished is not None:
+        worker.finished.connect(lambda: on_finished(worker))
     worker.start()
     return worker
 
@@ -67,7 +84,8 @@ class ReferringLesionSegmentWidget(QWidget):
         super().__init__()
         self.viewer = napari_viewer
         self.session = WidgetSession()
-        self._worker = None
+        self._worker = None  # the Segment run in progress (None when idle or cancelled)
+        self._saving = False  # a save is in progress
         self._request_id = 0
         self._training: TrainingProcess | None = None
         self._train_timer = QTimer(self)
@@ -156,6 +174,14 @@ class ReferringLesionSegmentWidget(QWidget):
         dataset_row.addWidget(self.dataset_path)
         dataset_row.addWidget(dataset_browse)
         data_layout.addLayout(dataset_row)
+        self.include_identifiers = QCheckBox("Store patient identifiers")
+        self.include_identifiers.setToolTip(
+            "Off (the default): annotations hold only salted pseudonymous keys, never a name or an ID.\n"
+            "On: each annotation line also stores, under \"identifiers\", the source DICOM's PatientName,\n"
+            "PatientID, PatientBirthDate, PatientSex, AccessionNumber, InstitutionName, StudyDate and\n"
+            "Study/Series/SOP Instance UIDs, verbatim. The dataset is then identifiable: share it only\n"
+            "where patient data may go.")
+        data_layout.addWidget(self.include_identifiers)
         row = QHBoxLayout()
         self.save_button = QPushButton("Save annotation")
         self.save_button.clicked.connect(self.save)
@@ -260,6 +286,9 @@ class ReferringLesionSegmentWidget(QWidget):
         return {k: v for k, v in values.items() if v not in ("", None)}
 
     def segment(self) -> None:
+        if self._worker is not None:  # e.g. Return pressed in the expression while a run goes on
+            self._say("Still segmenting: wait for this run to finish, or press Cancel before starting another.")
+            return
         layer = self.image_layer()
         if layer is None:
             self._fail("open an image first (File > Open, or File > Open Sample > lsms-napari)")
@@ -285,8 +314,8 @@ class ReferringLesionSegmentWidget(QWidget):
         self.cancel_button.setEnabled(True)
         self._worker = start_worker(self.session.run, request, description=f"Segment: {text[:40]}",
                                     on_value=lambda proposal: self._on_proposal(proposal, request_id),
-                                    on_error=lambda error: self._on_error(error, request_id))
-        self._worker.finished.connect(self._on_finished)
+                                    on_error=lambda error: self._on_error(error, request_id),
+                                    on_finished=lambda worker: self._on_finished(request_id))
 
     def cancel(self) -> None:
         """Forget the running request: its result, when it comes, is discarded."""
@@ -296,21 +325,33 @@ class ReferringLesionSegmentWidget(QWidget):
         self._say("Cancelled.")
         self._on_finished()
 
-    def _on_finished(self) -> None:
+    def _on_finished(self, request_id: int | None = None) -> None:
+        """Segment is free again: run ``request_id`` ended (or, with None, was cancelled)."""
+        if request_id is not None and request_id != self._request_id:
+            return  # a cancelled run ending late: the buttons belong to the current one
+        self._worker = None
         self.segment_button.setEnabled(True)
         self.cancel_button.setEnabled(False)
 
     def _on_error(self, error: str, request_id: int) -> None:
         if request_id == self._request_id:
+            self._on_finished(request_id)
             self._fail(f"segmentation failed: {error}")
 
     def _on_proposal(self, proposal: Proposal, request_id: int) -> Labels | None:
         if request_id != self._request_id:
             return None  # cancelled, or superseded by a newer request
+        self._on_finished(request_id)  # free before the layer appears: a click right after it is taken
         request = proposal.request
         source = next((l for l in self._image_layers() if l.name == request.source_layer), None)
         if source is None:
             self._fail(f'the image "{request.source_layer}" was closed while segmenting; the result is discarded')
+            return None
+        index = request.slice_index
+        if source.data.ndim != (2 if index is None else 3) or pixels_sha(
+                source.data if index is None else source.data[index]) != proposal.image_sha:
+            self._fail(f'the image "{source.name}" changed while segmenting (replaced or edited); the result is '
+                       "discarded: press Segment again")
             return None
         data = np.zeros(source.data.shape, dtype=np.uint8)
         if request.slice_index is None:
@@ -327,8 +368,12 @@ class ReferringLesionSegmentWidget(QWidget):
         labels.events.data.connect(lambda event: self.update_measurements())
         self.viewer.layers.selection.active = labels
         found = "no finding" if not proposal.mask.any() else f"{int(proposal.mask.sum())} px"
-        self._say(f'"{request.text}": {found} in {proposal.seconds:.2f} s ({proposal.model.get("name")}). '
-                  "Correct it with the brush, then Save annotation.")
+        moved = self.image_combo.currentText() != source.name  # another image was picked meanwhile
+        where = f' on "{source.name}", the image Segment ran on' if moved else ""
+        self._say(f'"{request.text}": {found}{where} in {proposal.seconds:.2f} s ({proposal.model.get("name")}). '
+                  "Correct it with the brush, then Save annotation." + "".join(f" Note: {n}." for n in proposal.notes))
+        for note in proposal.notes:
+            show_warning(note)
         self.update_measurements()
         return labels
 
@@ -369,6 +414,9 @@ class ReferringLesionSegmentWidget(QWidget):
         """Save the selected Labels layer (a corrected proposal) in a worker; returns the worker."""
         found = self.active_proposal()
         dataset = self.dataset_path.text().strip()
+        if self._saving:
+            self._say_data("Still saving the previous annotation: wait a moment, then save again.")
+            return None
         if found is None:
             self._fail_data("select a Labels layer made by Segment (the mask to save)")
             return None
@@ -383,12 +431,21 @@ class ReferringLesionSegmentWidget(QWidget):
         index = proposal.request.slice_index
         pixels = np.asarray(source.data if index is None else source.data[index])
         mask = self._labels_slice(labels, proposal).copy()
+        self._saving = True
         return start_worker(
             save_annotation, dataset, proposal, mask, pixels, SourceInfo.of(source), self.current_window(source),
-            description="Saving annotation",
-            on_value=lambda record: self._say_data(f"Saved {record['id']} ({record['split']}), edit Dice "
-                                                   f"{record['provenance']['edit_dice']}, to {dataset}."),
-            on_error=lambda error: self._fail_data(f"not saved: {error}"))
+            self.include_identifiers.isChecked(), description="Saving annotation",
+            on_value=lambda record: self._on_saved(dataset, record),
+            on_error=lambda error: self._on_saved(dataset, error=error),
+            on_finished=lambda worker: setattr(self, "_saving", False))
+
+    def _on_saved(self, dataset: str, record: dict | None = None, error: str | None = None) -> None:
+        self._saving = False  # free before the message shows: a Save right after it is taken
+        if error is not None:
+            self._fail_data(f"not saved: {error}")
+            return
+        self._say_data(f"Saved {record['id']} ({record['split']}), edit Dice {record['provenance']['edit_dice']}, "
+                       f"to {dataset}" + (" with patient identifiers." if "identifiers" in record else "."))
 
     def _choose_export(self) -> None:
         path = QFileDialog.getExistingDirectory(self, "Export to an LViT layout (empty folder)")

@@ -1,0 +1,121 @@
+"""What every benchmark shares: interleaved timing, the machine, MAC counts, tables and JSON.
+
+These machines are noisy (shared cores, frequency changes), so comparisons are measured in one
+process with the candidates interleaved run by run, and reported as medians and as ratios of
+medians; absolute figures are only as good as the machine was quiet.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def interleaved(candidates: dict[str, Callable[[], Any]], runs: int, warmup: int = 1) -> dict[str, list[float]]:
+    """Seconds per call of each candidate, ``runs`` rounds of one call each, after ``warmup`` rounds."""
+    for _ in range(warmup):
+        for call in candidates.values():
+            call()
+    seconds: dict[str, list[float]] = {name: [] for name in candidates}
+    for _ in range(runs):
+        for name, call in candidates.items():
+            start = time.perf_counter()
+            call()
+            seconds[name].append(time.perf_counter() - start)
+    return seconds
+
+
+def median_ms(seconds: list[float]) -> float:
+    return 1000.0 * statistics.median(seconds)
+
+
+def spread_ms(seconds: list[float]) -> tuple[float, float]:
+    """(25th, 75th) percentile in ms: how noisy the run was."""
+    q = statistics.quantiles(seconds, n=4, method="inclusive") if len(seconds) > 1 else [seconds[0]] * 3
+    return 1000.0 * q[0], 1000.0 * q[2]
+
+
+def matmul_call(size: int = 2048) -> tuple[Callable[[], Any], float]:
+    """A square fp32 matmul on the CPU and its FLOPs: the machine's practical compute limit."""
+    import torch
+
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    return (lambda: torch.mm(a, b)), 2.0 * size ** 3
+
+
+def count_macs(call: Callable[[], Any]) -> float:
+    """Multiply-accumulates of one call (``FlopCounterMode`` FLOPs / 2; convs, matmuls, attention)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        call()
+    return counter.get_total_flops() / 2.0
+
+
+def params_m(module) -> float:
+    return sum(p.numel() for p in module.parameters()) / 1e6
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, MiB (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def children_peak_rss_mb() -> float:
+    """Largest peak resident memory among finished child processes, MiB."""
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0
+
+
+def machine() -> dict[str, Any]:
+    """CPU model, cores, threads, library versions and GPU (if any) of this run."""
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__, "python": platform.python_version(),
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "date": time.strftime("%Y-%m-%d %H:%M")}
+    return info
+
+
+def print_table(rows: list[dict[str, Any]], columns: list[tuple[str, str, str]]) -> None:
+    """Print ``rows`` as an aligned table; columns are (key, header, format spec)."""
+    cells = [[header for _, header, _ in columns]]
+    for row in rows:
+        line = []
+        for key, _, spec in columns:
+            value = row.get(key)
+            line.append("-" if value is None else (format(value, spec) if spec else str(value)))
+        cells.append(line)
+    widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
+    for n, line in enumerate(cells):
+        print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths))))
+        if n == 0:
+            print("  ".join("-" * w for w in widths))
+
+
+def write_results(name: str, payload: dict[str, Any], path: str | os.PathLike | None = None) -> Path:
+    """Write ``payload`` (+ the machine) as JSON to ``path`` or benchmarks/results/NAME.json."""
+    target = Path(path) if path else RESULTS / f"{name}.json"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"benchmark": name, "machine": machine(), **payload}
+    target.write_text(json.dumps(payload, indent=2) + "\n")
+    print(f"figures written to {target}")
+    return target

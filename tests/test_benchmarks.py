@@ -1,0 +1,74 @@
+"""The benchmark scripts run, at toy sizes, and what they report is consistent.
+
+No timing is asserted (these machines are noisy); the checks are that each script finishes,
+writes every row it promises, and that its counts agree with lsms_core's own.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from benchmarks import data_scale, end_to_end, forward, gpu, training
+from lsms_core.complexity import count_model
+from lsms_core.config import preset
+
+
+def _rows(path) -> list[dict]:
+    return json.loads(path.read_text())["rows"]
+
+
+def test_forward_reports_every_model_and_counts_macs_like_lsms_info(tmp_path):
+    out = tmp_path / "forward.json"
+    assert forward.main(["--sizes", "64", "--runs", "1", "--json", str(out)]) == 0
+    rows = {r["model"]: r for r in _rows(out)}
+    assert set(rows) == {"lsms", "lsms + text encoding", "lsms before speed work", "lsms text-free", "lsms-budget",
+                         "U-Net (MONAI BasicUNet)", "CLIPSeg", "SegFormer-B0", "matmul 2048x2048 fp32"}
+    assert all(r["ms"] > 0 and r["gmacs"] > 0 for r in rows.values())
+    expected = count_model(preset("lsms", text_dim=384), image_size=64, tokens=forward.TOKENS)
+    assert rows["lsms"]["gmacs"] == pytest.approx(expected.gmacs_executed, rel=1e-6)
+    assert rows["lsms before speed work"]["gmacs"] == pytest.approx(expected.gmacs, rel=1e-6)
+    assert rows["lsms"]["params_m"] == pytest.approx(expected.params_m, rel=1e-6)
+    assert rows["U-Net (MONAI BasicUNet)"]["params_m"] == pytest.approx(14.99, abs=0.01)  # Table II: 14.8 M
+    assert rows["lsms"]["vs_lsms"] == 1.0
+
+
+def test_data_scale_opens_validates_and_appends(tmp_path):
+    out = tmp_path / "data.json"
+    assert data_scale.main(["--lines", "40", "--json", str(out)]) == 0
+    [row] = _rows(out)
+    assert row["lines"] == 40 and row["validate_errors"] == 0
+    assert row["open_s"] > 0 and row["append_s"] > 0 and row["open_and_append_s"] > 0
+
+
+def test_training_benchmark_runs_a_child_per_configuration(tmp_path):
+    out = tmp_path / "training.json"
+    assert training.main(["--sizes", "64", "--batches", "1", "2", "--steps", "1", "--warmup", "0",
+                          "--json", str(out)]) == 0
+    rows = _rows(out)
+    assert [(r["size"], r["batch"]) for r in rows] == [(64, 1), (64, 2)]
+    assert all(r["samples_per_s"] > 0 and r["peak_rss_mb"] > 100 for r in rows)
+
+
+def test_gpu_benchmark_says_when_there_is_no_gpu_and_runs_its_code_on_the_cpu(tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    out = tmp_path / "gpu.json"
+    assert gpu.main(["--json", str(out)]) == 0
+    assert json.loads(out.read_text())["measured"] is False
+    monkeypatch.undo()
+    assert gpu.main(["--device", "cpu", "--size", "64", "--rounds", "1", "--train-batch", "2", "--train-steps", "1",
+                     "--json", str(out)]) == 0
+    rows = _rows(out)
+    assert len(rows) == 10 and all(r["images_per_s"] > 0 for r in rows)
+
+
+def test_end_to_end_without_gui(tmp_path):
+    out = tmp_path / "e2e.json"
+    assert end_to_end.main(["--runs", "1", "--cold-runs", "1", "--no-gui", "--json", str(out)]) == 0
+    rows = _rows(out)
+    assert rows[0]["what"].startswith("lsms-segment, cold") and rows[0]["peak_rss_mb"] > 100
+    assert sum("API 480x480" in r["what"] for r in rows) == 2
+    assert all(r["ms"] > 0 for r in rows)

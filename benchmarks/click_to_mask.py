@@ -22,7 +22,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--json", help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
+    from lsms_core.allocator import reuse_freed_memory
 
+    reuse_freed_memory()  # as lsms-napari does, before napari starts its threads
     import napari
     import torch
     from napari.layers import Labels

@@ -107,9 +107,19 @@ def warm_api(path: str, runs: int) -> list[dict]:
             return segmenter.segment(slice_, f"{EXPRESSIONS[i % len(EXPRESSIONS)]} ({i})")
         return call
 
+    def forward_only(segmenter):
+        # The share of the API call that is the network itself (no pre/post-processing, no text encoding).
+        from lsms_core.preprocessing import to_model_input
+
+        image = to_model_input(slice_.pixels, segmenter.checkpoint.config.preprocess, slice_.hounsfield)
+        image = image[None].contiguous(memory_format=torch.channels_last)
+        words, mask = segmenter.encode_text("the largest lesion")
+        return lambda: segmenter.model(image, words, mask)
+
     calls = {f"API {own_size}x{own_size} (default model), new expression": fresh(own),
              f"API {own_size}x{own_size} (default model), repeated expression":
                  lambda: own.segment(slice_, "the largest lesion"),
+             "model forward alone, 480x480 (same slice, cached words)": forward_only(at_480),
              "API 480x480, new expression": fresh(at_480),
              "API 480x480, repeated expression": lambda: at_480.segment(slice_, "the largest lesion")}
     with torch.inference_mode():

@@ -9,7 +9,8 @@ default config: the referring-segmentation model a user could take instead; its 
 includes its own text transformer) and SegFormer-B0 (transformers default config). Each
 conv peer runs in whichever memory format is faster for it here (picked by a short trial).
 
-Reported: median ms (and quartiles), params, MACs (FlopCounterMode), achieved GFLOP/s and its
+The process uses the allocator settings ``Segmenter`` applies (``lsms_core/allocator.py``), for
+every model alike. Reported: median ms (and quartiles), params, MACs (FlopCounterMode), achieved GFLOP/s and its
 share of a 2048x2048 fp32 matmul timed in the same rounds, and each model's time over LSMS's.
 
     .venv/bin/python -m benchmarks.forward [--sizes 480 224] [--runs 7] [--json FILE]
@@ -142,6 +143,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-text-encoder", action="store_true", help="skip the row that encodes text")
     parser.add_argument("--json", help="where to write the figures (default benchmarks/results/forward.json)")
     args = parser.parse_args(argv)
+    from lsms_core.allocator import reuse_freed_memory
+
+    # As Segmenter and the apps run; every model in this process gets the same allocator.
+    allocator = "glibc tuned (lsms_core/allocator.py)" if reuse_freed_memory() else "system default"
     text_encoder = None
     if not args.no_text_encoder:
         from lsms_core.config import TextEncoderConfig
@@ -159,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
                                 ("share_of_matmul", "of matmul", ".0%"), ("vs_lsms", "x lsms", ".2f"),
                                 ("note", "note", "")])
         rows += size_rows
-    write_results("forward", {"runs": args.runs, "rows": rows}, args.json)
+    write_results("forward", {"runs": args.runs, "allocator": allocator, "rows": rows}, args.json)
     return 0
 
 

@@ -27,12 +27,15 @@ def run_one(size: int, batch: int, steps: int, warmup: int, channels_last: bool,
     """One configuration in this process (called in the child)."""
     import torch
 
+    from lsms_core.allocator import reuse_freed_memory
     from lsms_core.config import preset
     from lsms_core.losses import LossConfig, LSMSLoss
     from lsms_core.model import build_model
 
     torch.manual_seed(0)
     device = torch.device(device)
+    if device.type == "cpu":
+        reuse_freed_memory()  # as lsms-train's Trainer does on the CPU
     model = build_model(preset("lsms", text_dim=384)).to(device).train()
     if channels_last:
         model.to(memory_format=torch.channels_last)

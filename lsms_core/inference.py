@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .allocator import reuse_freed_memory
 from .checkpoint import Checkpoint, load_model
 from .device import autocast, resolve_device
 from .image_io import Slice
@@ -92,6 +93,8 @@ class Segmenter:
     def __init__(self, checkpoint: str | os.PathLike = "default", device: str | torch.device = "auto",
                  text_encoder_path: str | os.PathLike | None = None, cache_size: int = 256) -> None:
         self._device = resolve_device(device)
+        if self._device.type == "cpu":
+            reuse_freed_memory()  # ~1/3 faster CPU passes (lsms_core/allocator.py)
         self.model, self.checkpoint = load_model(checkpoint, "cpu")
         self.text_encoder = self._load_text_encoder(self.checkpoint, text_encoder_path)
         self._cache: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()

@@ -6,6 +6,9 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
+    from lsms_core.allocator import reuse_freed_memory
+
+    reuse_freed_memory()  # before napari and Qt start threads, so the model's worker shares one heap
     import napari
 
     from .widget import ReferringLesionSegmentWidget

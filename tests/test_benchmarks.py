@@ -71,4 +71,5 @@ def test_end_to_end_without_gui(tmp_path):
     rows = _rows(out)
     assert rows[0]["what"].startswith("lsms-segment, cold") and rows[0]["peak_rss_mb"] > 100
     assert sum("API 480x480" in r["what"] for r in rows) == 2
+    assert any(r["what"].startswith("model forward alone, 480x480") for r in rows)
     assert all(r["ms"] > 0 for r in rows)

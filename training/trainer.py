@@ -25,6 +25,7 @@ from lsms_core.config import LSMSConfig, PreprocessConfig, TextEncoderConfig, pr
 from lsms_core.device import autocast, autocast_dtype, resolve_device
 from lsms_core.losses import LossConfig, LSMSLoss
 from lsms_core.metrics import Scores
+from lsms_core.allocator import reuse_freed_memory
 from lsms_core.model import build_model
 from lsms_core.preprocessing import to_output_mask
 
@@ -68,6 +69,8 @@ class Trainer:
         self.config = config
         self.show_progress = show_progress and self.is_main
         self.device = resolve_device(config.device)
+        if self.device.type == "cpu":
+            reuse_freed_memory()  # lsms_core/allocator.py: no page faults on every step's activations
         if self.world > 1 and self.device.type == "cuda":
             self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
             torch.cuda.set_device(self.device)

@@ -1,11 +1,11 @@
 """Click-to-mask time of the widget: warm default model, a 512x512 DICOM CT slice, CPU.
 
 Measures Segment pressed -> Labels layer in the viewer, and, from the same runs, the time the
-worker spent inside ``Segmenter.segment`` (text encoding + model + pre/post-processing), so the
-GUI's own share is visible. As in the app, no model work happens on the main thread: the model
-is loaded by the widget's own background worker. (A process whose main thread has run PyTorch
-operations has a second OpenMP team, and a model then runs ~25 % slower in a worker thread on
-this 2-core machine: docs/benchmarks.md.) Medians after one warm-up run.
+widget's model thread spent inside ``Segmenter.segment`` (text encoding + model + pre/post-
+processing), so the GUI's own share is visible. As in the app, no model work happens on the main
+thread: the model is loaded through the widget (a second thread running PyTorch operations would
+start a second OpenMP team and slow the model thread on this 2-core machine: docs/benchmarks.md).
+Medians after one warm-up run.
 
     xvfb-run -a .venv/bin/python -m benchmarks.click_to_mask [--runs 10] [--json results.json]
 """
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     handle_proposal = widget._on_proposal
 
     def timed_proposal(proposal, request_id):
-        inside_segment.append(proposal.seconds)  # measured in the worker, around Segmenter.segment
+        inside_segment.append(proposal.seconds)  # measured on the model thread, around Segmenter.segment
         return handle_proposal(proposal, request_id)
 
     widget._on_proposal = timed_proposal
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
               "machine": platform.processor() or platform.machine(), "torch": torch.__version__}
     print(f"{'what':<38} {'median ms':>10}")
     print(f"{'click -> Labels layer (widget)':<38} {result['click_to_mask_ms_median']:>10.1f}")
-    print(f"{'Segmenter.segment in the worker':<38} {result['api_ms_median']:>10.1f}")
+    print(f"{'Segmenter.segment on the model thread':<38} {result['api_ms_median']:>10.1f}")
     print(f"{'widget / API':<38} {result['gui_overhead_ratio']:>10.2f}")
     if args.json:
         with open(args.json, "w") as handle:

@@ -56,6 +56,28 @@ def test_segment_adds_labels_on_the_source_and_a_second_keeps_the_first(qtbot, s
     assert _labels(viewer) == [first, second] and first.data.any()
 
 
+def test_all_model_work_runs_on_one_thread(qtbot, setup, monkeypatch):
+    """Loading and every Segment run on the session's one model thread, never on napari's pool
+    threads or the GUI thread (one OpenMP team: docs/benchmarks.md)."""
+    import threading
+
+    from lsms_core.inference import Segmenter
+
+    viewer, widget, _ = setup
+    threads = []
+    original = Segmenter.segment
+
+    def recording(self, *args, **kwargs):
+        threads.append(threading.current_thread())
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Segmenter, "segment", recording)
+    for text in ("the largest lesion", "all lesions", "the smallest lesion"):
+        _segment(qtbot, viewer, widget, text)
+    assert len(threads) == 3 and len(set(threads)) == 1
+    assert threads[0].name.startswith("lsms-model") and threads[0] is not threading.main_thread()
+
+
 def test_viewer_keeps_answering_while_segment_runs(qtbot, setup):
     viewer, widget, image = setup
     ticks = []

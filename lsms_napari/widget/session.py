@@ -7,6 +7,8 @@ saved against a different image, even if the user switched layers or slices mean
 from __future__ import annotations
 
 import hashlib
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -51,14 +53,30 @@ class Proposal:
 
 
 class WidgetSession:
-    """Keeps one Segmenter warm per (checkpoint, device) and the proposals by labels-layer name."""
+    """Keeps one Segmenter warm per (checkpoint, device) and the proposals by labels-layer name.
+
+    All model work (loading, segmenting) runs on one dedicated thread. PyTorch's CPU thread pool
+    (OpenMP) keeps a team of threads per calling thread, and napari's workers come from a pool
+    of threads: each would start its own team, and the teams compete for the cores (passes
+    ~25-50 % slower on 2 cores, docs/benchmarks.md). napari's worker only waits for the result.
+    """
 
     def __init__(self) -> None:
         self._segmenters: dict[tuple[str, str], Segmenter] = {}
         self.proposals: dict[str, Proposal] = {}
+        self._model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lsms-model")
+
+    def _on_model_thread(self, func, *args):
+        if threading.current_thread().name.startswith("lsms-model"):
+            return func(*args)
+        return self._model_thread.submit(func, *args).result()
 
     def segmenter(self, checkpoint: str, device: str) -> Segmenter:
-        key = (str(checkpoint), str(device))
+        """The warm Segmenter, loaded (on the model thread) if needed."""
+        return self._on_model_thread(self._load, str(checkpoint), str(device))
+
+    def _load(self, checkpoint: str, device: str) -> Segmenter:
+        key = (checkpoint, device)
         if key not in self._segmenters:
             self._segmenters.clear()  # one model in memory at a time
             self._segmenters[key] = Segmenter(checkpoint, device=device)
@@ -68,7 +86,14 @@ class WidgetSession:
         return (str(checkpoint), str(device)) in self._segmenters
 
     def run(self, request: SegmentRequest) -> Proposal:
-        """Load (if needed) and segment; runs in a worker thread."""
-        segmenter = self.segmenter(request.checkpoint, request.device)
+        """Load (if needed) and segment on the model thread; called from a napari worker."""
+        return self._on_model_thread(self._run, request)
+
+    def _run(self, request: SegmentRequest) -> Proposal:
+        segmenter = self._load(str(request.checkpoint), str(request.device))
         result = segmenter.segment(request.pixels, request.text, hounsfield=request.hounsfield)
         return Proposal(request, result.mask, result.model, result.seconds, request.image_sha, list(result.notes))
+
+    def close(self) -> None:
+        """Let the model thread end once its current job is done (nothing new is started)."""
+        self._model_thread.shutdown(wait=False, cancel_futures=True)

@@ -526,4 +526,5 @@ class ReferringLesionSegmentWidget(QWidget):
     def closeEvent(self, event) -> None:  # noqa: N802 (Qt's name)
         if self._training is not None:
             show_info("lsms-train keeps running in the background; resume it later with --resume")
+        self.session.close()
         super().closeEvent(event)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -24,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .harness import print_table, write_results
+from .harness import peak_rss_mb, print_table, write_results
 
 SEED_ANNOTATIONS = 8
 GROUPS = 32
@@ -73,7 +72,7 @@ def measure(root: Path, mode: str) -> dict:
     from lsms_core.dataset.validate import validate_dataset
 
     rng = np.random.default_rng(1)
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    base = peak_rss_mb()
     if mode == "first-save":
         start = time.perf_counter()
         _annotate(AnnotationDataset.open(root), rng, 10 ** 6)
@@ -81,7 +80,7 @@ def measure(root: Path, mode: str) -> dict:
     start = time.perf_counter()
     dataset = AnnotationDataset.open(root)
     opened = time.perf_counter() - start
-    open_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base
+    open_mb = peak_rss_mb() - base
     lines = len(dataset)
     start = time.perf_counter()
     problems = [p for p in validate_dataset(root) if p.severity == "error"]
@@ -93,7 +92,7 @@ def measure(root: Path, mode: str) -> dict:
         appends.append(time.perf_counter() - start)
     return {"lines": lines, "open_s": opened, "open_rss_mb": open_mb, "validate_s": validated,
             "validate_errors": len(problems), "append_s": sorted(appends)[1],
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            "peak_rss_mb": peak_rss_mb()}
 
 
 def _child(root: Path, mode: str) -> dict:

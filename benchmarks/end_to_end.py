@@ -33,8 +33,9 @@ EXPRESSIONS = ["the largest lesion", "the second largest lesion", "the hypodense
                "the lesion near the surface of the liver", "the smallest round lesion", "the deep lesion"]
 
 NAPARI_RSS_SCRIPT = """
-import json, resource, time
+import json, time
 import napari
+from benchmarks.harness import peak_rss_mb
 from napari.layers import Labels
 from qtpy.QtWidgets import QApplication
 from lsms_napari.widget import ReferringLesionSegmentWidget
@@ -51,8 +52,7 @@ while not any(isinstance(layer, Labels) for layer in viewer.layers) and time.tim
     QApplication.processEvents()
     time.sleep(0.005)
 made = any(isinstance(layer, Labels) for layer in viewer.layers)
-print("RSS_JSON " + json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                                "mask_made": made}))
+print("RSS_JSON " + json.dumps({"peak_rss_mb": peak_rss_mb(), "mask_made": made}))
 viewer.close()
 """
 

@@ -67,12 +67,21 @@ def params_m(module) -> float:
 
 
 def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far, MiB (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    """Peak resident memory of this process so far, MiB.
+
+    Linux's VmHWM where there is one: after fork+exec, ``ru_maxrss`` still carries the parent's
+    peak, which would make a child started from a large process look large.
+    """
+    try:
+        with open("/proc/self/status") as status:
+            return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 1024.0
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def children_peak_rss_mb() -> float:
-    """Largest peak resident memory among finished child processes, MiB."""
+    """Largest peak resident memory among finished child processes, MiB (an upper bound: Linux
+    counts a child's inherited peak from before its exec; call it from a small parent)."""
     return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0
 
 

@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import time
 
-from .harness import print_table, write_results
+from .harness import peak_rss_mb, print_table, write_results
 
 TOKENS = 20
 
@@ -47,7 +46,7 @@ def run_one(size: int, batch: int, steps: int, warmup: int, channels_last: bool,
     target = torch.zeros(batch, 1, size, size, device=device)
     target[:, :, size // 4: size // 2, size // 3: size // 2] = 1
     words, mask = torch.randn(batch, TOKENS, 384, device=device), torch.ones(batch, TOKENS, device=device)
-    baseline_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    baseline_rss = peak_rss_mb()
 
     def step() -> None:
         terms = loss(model(image, words, mask, features=True), target)
@@ -67,8 +66,7 @@ def run_one(size: int, batch: int, steps: int, warmup: int, channels_last: bool,
     seconds = (time.perf_counter() - start) / steps
     return {"size": size, "batch": batch, "layout": "NHWC" if channels_last else "NCHW",
             "s_per_step": seconds, "samples_per_s": batch / seconds,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "rss_added_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - baseline_rss}
+            "peak_rss_mb": peak_rss_mb(), "rss_added_mb": peak_rss_mb() - baseline_rss}
 
 
 def main(argv: list[str] | None = None) -> int:

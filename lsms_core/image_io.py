@@ -124,22 +124,36 @@ def _check_pixel_count(shape: tuple[int, ...], path: Path) -> None:
                          f"accepts at most {MAX_SLICE_PIXELS:,} (10000x10000): downsample it first")
 
 
-def _read_npy(path: Path, frame: int | None, hounsfield: bool | None) -> Slice:
+class NpyError(ValueError):
+    """A file that cannot be a plain .npy array; the message is the reason, without the path."""
+
+
+def map_npy(path: Path) -> np.ndarray:
+    """The array of a .npy file, memory-mapped: only the header is read, nothing is unpickled.
+
+    Raises NpyError with the reason (no NumPy header, an .npz archive, Python objects, shorter
+    than its header says, a damaged header). Used by the reader and the dataset validator.
+    """
     with open(path, "rb") as handle:
         magic = handle.read(6)
     if magic != b"\x93NUMPY":
-        what = "an .npz archive" if magic.startswith(b"PK") else "no NumPy header"
-        raise ImageError(f"{path}: not a .npy array ({what}); save the slice with numpy.save")
+        raise NpyError("an .npz archive" if magic.startswith(b"PK") else "no NumPy header")
     try:
-        mapped = np.load(path, mmap_mode="r", allow_pickle=False)  # the header only: no pixels read yet
+        return np.load(path, mmap_mode="r", allow_pickle=False)
     except MemoryError:
         raise
     except Exception as exc:  # a damaged header: ValueError, EOFError, tokenize errors, ...
         text = _one_line(exc)
-        reason = ("it holds Python objects, which this reader never unpickles" if "objects" in text
-                  else "the file is shorter than its header says (truncated?)" if "mmap length" in text
-                  else f"damaged header: {text}")
-        raise ImageError(f"{path}: not a plain numeric .npy array ({reason})") from exc
+        raise NpyError("it holds Python objects, which this reader never unpickles" if "objects" in text
+                       else "the file is shorter than its header says (truncated?)" if "mmap length" in text
+                       else f"damaged header: {text}") from exc
+
+
+def _read_npy(path: Path, frame: int | None, hounsfield: bool | None) -> Slice:
+    try:
+        mapped = map_npy(path)  # the header only: no pixels read yet
+    except NpyError as exc:
+        raise ImageError(f"{path}: not a plain numeric .npy array ({exc}); save the slice with numpy.save") from exc
     if mapped.ndim not in (2, 3):
         raise ImageError(f"{path}: expected one 2-D slice (H,W) or a stack (N,H,W), got an array of shape "
                          f"{mapped.shape}")

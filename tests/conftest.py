@@ -94,3 +94,19 @@ def ct_series(tmp_path):
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+@pytest.fixture
+def reflits_widget(make_napari_viewer, monkeypatch, tmp_path):
+    """(viewer, widget, image): the widget docked in a real viewer on the RefLiTS sample slice, CPU,
+    saving to ``tmp_path/annotations`` with a fixed pseudonymisation secret."""
+    from lsms_napari.widget import ReferringLesionSegmentWidget
+
+    monkeypatch.setenv("LSMS_NAPARI_SECRET", "test-secret")
+    viewer = make_napari_viewer()
+    [image] = viewer.open_sample("lsms-napari", "reflits")
+    widget = ReferringLesionSegmentWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget.device_combo.setCurrentText("cpu")
+    widget.dataset_path.setText(str(tmp_path / "annotations"))
+    return viewer, widget, image

@@ -17,15 +17,8 @@ SEGMENT_TIMEOUT_MS = 180_000
 
 
 @pytest.fixture
-def setup(make_napari_viewer, monkeypatch, tmp_path):
-    monkeypatch.setenv("LSMS_NAPARI_SECRET", "test-secret")
-    viewer = make_napari_viewer()
-    [image] = viewer.open_sample("lsms-napari", "reflits")
-    widget = ReferringLesionSegmentWidget(viewer)
-    viewer.window.add_dock_widget(widget)
-    widget.device_combo.setCurrentText("cpu")
-    widget.dataset_path.setText(str(tmp_path / "annotations"))
-    return viewer, widget, image
+def setup(reflits_widget):
+    return reflits_widget
 
 
 def _labels(viewer) -> list[Labels]:

@@ -21,7 +21,6 @@ from qtpy.QtCore import Qt
 
 from lsms_core.dataset import AnnotationDataset
 from lsms_core.dataset.validate import validate_dataset
-from lsms_napari.widget import ReferringLesionSegmentWidget
 from lsms_napari.widget.session import Proposal
 from lsms_napari.widget.widget import CHECKPOINT_FILE
 
@@ -50,14 +49,8 @@ class GatedModel:
 
 
 @pytest.fixture
-def setup(make_napari_viewer, monkeypatch, tmp_path):
-    monkeypatch.setenv("LSMS_NAPARI_SECRET", "test-secret")
-    viewer = make_napari_viewer()
-    [image] = viewer.open_sample("lsms-napari", "reflits")
-    widget = ReferringLesionSegmentWidget(viewer)
-    viewer.window.add_dock_widget(widget)
-    widget.device_combo.setCurrentText("cpu")
-    widget.dataset_path.setText(str(tmp_path / "annotations"))
+def setup(reflits_widget, monkeypatch):
+    viewer, widget, image = reflits_widget
     model = GatedModel()
     monkeypatch.setattr(widget.session, "run", model.run)
     return viewer, widget, image, model
@@ -204,16 +197,11 @@ def test_unwritable_dataset_folder_keeps_earlier_saves_and_the_viewer(qtbot, set
                                    RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"),
                                    RuntimeError("CUDA error: an illegal memory access was encountered")],
                          ids=["OutOfMemoryError", "RuntimeError-oom", "other-cuda-error"])
-def test_cuda_out_of_memory_falls_back_to_the_cpu_with_a_message(qtbot, make_napari_viewer, monkeypatch,
+def test_cuda_out_of_memory_falls_back_to_the_cpu_with_a_message(qtbot, reflits_widget, monkeypatch,
                                                                  tiny_checkpoint, error):
-    monkeypatch.setenv("LSMS_NAPARI_SECRET", "test-secret")
-    viewer = make_napari_viewer()
-    [image] = viewer.open_sample("lsms-napari", "reflits")
-    widget = ReferringLesionSegmentWidget(viewer)
-    viewer.window.add_dock_widget(widget)
+    viewer, widget, _ = reflits_widget
     widget.model_combo.setCurrentText(CHECKPOINT_FILE)
     widget.checkpoint_path.setText(str(tiny_checkpoint))
-    widget.device_combo.setCurrentText("cpu")
     segmenter = widget.session.segmenter(str(tiny_checkpoint), "cpu")
     segmenter._device = torch.device("cuda")  # pretend the warm model lives on a GPU
     real_run, calls = segmenter._run, []

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..image_io import map_npy
 from .schema import check_record
 from .store import AnnotationDataset, DatasetError
 
@@ -29,16 +30,7 @@ class Problem:
 
 def _npy_shape(path: Path) -> tuple[int, ...]:
     """The shape of a .npy image, from its header; ValueError if the file cannot be that image."""
-    with open(path, "rb") as handle:
-        if handle.read(6) != b"\x93NUMPY":
-            raise ValueError("no NumPy header")
-    try:
-        array = np.load(path, mmap_mode="r", allow_pickle=False)  # the header only, checked against the size
-    except Exception as exc:  # noqa: BLE001 - a damaged header: ValueError, EOFError, SyntaxError, tokenize...
-        text = " ".join(str(exc).split())
-        raise ValueError("holds Python objects, not pixels" if "objects" in text
-                         else "is shorter than its header says (truncated?)" if "mmap length" in text
-                         else f"damaged header: {text}") from None
+    array = map_npy(path)  # NpyError (a ValueError) names what is wrong
     if not np.issubdtype(array.dtype, np.number) or np.issubdtype(array.dtype, np.complexfloating):
         raise ValueError(f"pixel type {array.dtype} is not a real number type")
     return tuple(array.shape)

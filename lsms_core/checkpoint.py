@@ -24,6 +24,7 @@ FORMAT_NAME = "lsms-checkpoint"
 FORMAT_VERSION = "1"
 TEXT_PREFIX = "text_encoder."
 DEFAULT_CHECKPOINT = Path(__file__).parent / "weights" / "lsms-reflits.safetensors"
+MAX_CHECKPOINT_BYTES = 2 << 30  # checked from the file size before anything is read
 _PICKLE_SUFFIXES = {".pt", ".pth", ".ckpt", ".bin", ".pkl", ".pickle", ".tar"}
 
 
@@ -89,7 +90,12 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, config: LSMSConfi
     metadata = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "config": config.to_json(),
                 "extra": json.dumps(extra or {}, sort_keys=True, default=str)}
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, save(tensors, metadata=metadata))
+    try:
+        atomic_write_bytes(path, save(tensors, metadata=metadata))
+    except OSError as exc:
+        if exc.filename is None:  # a failed write() names no file: "[Errno 28] No space left on device"
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc
+        raise
     return path
 
 
@@ -121,6 +127,10 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
 
     path = resolve_checkpoint(path)
     try:
+        size = path.stat().st_size
+        if size > MAX_CHECKPOINT_BYTES:
+            raise CheckpointError(f"{path} is {size / 2**30:.1f} GiB; an LSMS checkpoint is tens of MB (at most "
+                                  f"{MAX_CHECKPOINT_BYTES >> 30} GiB is read): is this the right file?")
         data = path.read_bytes()
     except OSError as exc:
         raise CheckpointError(f"{path}: cannot read the checkpoint ({exc.strerror or exc})") from exc

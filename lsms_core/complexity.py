@@ -80,7 +80,7 @@ def text_encoder_config(text_dim: int, path: str | None = None):
 
     if path is not None or text_dim == 384:
         directory = resolve_text_encoder_path(path)
-        config = AutoConfig.from_pretrained(str(directory), local_files_only=True)
+        config = AutoConfig.from_pretrained(str(directory), local_files_only=True, trust_remote_code=False)
         name = directory.name if path is not None else "all-MiniLM-L6-v2"
         return (config, name) if config.hidden_size == text_dim else (None, None)
     if text_dim == 768:

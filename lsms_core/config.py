@@ -36,6 +36,15 @@ class ModelConfig:
     conv_units: tuple[int, ...] = (7, 11, 21)  # strip-conv kernel sizes d_j (Table III a/b)
     use_text: bool = True  # False: text-free variant, SVLA == MSCA
     pixel_map: bool = True  # the "PM" product of the language branch (Table III b)
+    # Not in the paper: coordinates added after each down-sampling (encoder.PositionEncoding), so
+    # "upper"/"left" can be grounded; see docs/model.md, "Grounding position".
+    position_encoding: bool = False
+    # Not in the paper: the mean word feature scales and shifts the decoder's last features (FiLM).
+    sentence_film: bool = False
+    # Not in the paper: LSMS's "all lesions" mask gives candidates, a small head picks those the words
+    # name (model/selector.py, lsms_core/selection.py; docs/model.md, "Grounding the words").
+    select_lesions: bool = False
+    selector_hidden: int = 128
     text_dim: int = 384  # C_l
     # Full-Scale Decoder (LightHamHead)
     fsd: bool = True  # False: no Hamburger (Table III c, "w/o FSD")
@@ -50,6 +59,26 @@ class ModelConfig:
     decoder_dropout: float = 0.1
 
     def validate(self) -> "ModelConfig":
+        _check_types(self)
+        _check_range("widths", self.widths, 2, 1024)
+        _check_range("depths", self.depths, 1, 32)
+        _check_range("mlp_ratios", self.mlp_ratios, 1, 16)
+        _check_range("conv_units", self.conv_units, 1, 63)
+        _check_range("fsd_stages", self.fsd_stages, 1, 4)
+        _check_range("ham_channels", self.ham_channels, 32, 1024)
+        _check_range("decoder_channels", self.decoder_channels, 32, 1024)
+        _check_range("text_dim", self.text_dim, 1, 4096)
+        _check_range("nmf_rank", self.nmf_rank, 1, 256)
+        _check_range("nmf_train_steps", self.nmf_train_steps, 0, 100)
+        _check_range("nmf_eval_steps", self.nmf_eval_steps, 0, 100)
+        _check_range("nmf_eval_seed", self.nmf_eval_seed, 0, 2 ** 32 - 1)
+        _check_range("drop_path", self.drop_path, 0.0, 0.99)
+        _check_range("decoder_dropout", self.decoder_dropout, 0.0, 0.99)
+        _check_range("selector_hidden", self.selector_hidden, 8, 1024)
+        if self.select_lesions and not self.use_text:
+            raise ConfigError("select_lesions needs the text branch (use_text): the selector reads the expression")
+        if len(self.conv_units) > 8:
+            raise ConfigError(f"conv_units holds at most 8 kernel sizes, got {len(self.conv_units)}")
         if len(self.widths) != 4 or len(self.depths) != 4 or len(self.mlp_ratios) != 4:
             raise ConfigError("widths, depths and mlp_ratios need 4 values each (one per stage)")
         if any(w % 2 for w in self.widths) or min(self.widths) < 2:
@@ -91,6 +120,8 @@ class TextEncoderConfig:
         return not self.train_layers and not self.train_embeddings
 
     def validate(self) -> "TextEncoderConfig":
+        _check_types(self)
+        _check_range("train_layers", self.train_layers, -64, 63)
         if not 2 <= self.max_tokens <= 512:
             raise ConfigError(f"max_tokens must be in 2..512, got {self.max_tokens}")
         return self
@@ -114,6 +145,13 @@ class PreprocessConfig:
     std: tuple[float, float, float] = IMAGENET_STD
 
     def validate(self) -> "PreprocessConfig":
+        _check_types(self)
+        _check_range("image_size", self.image_size, 32, 2048)
+        _check_range("window_center", self.window_center, -1e5, 1e5)
+        _check_range("window_width", self.window_width, 1e-6, 65536.0)
+        _check_range("percentiles", self.percentiles, 0.0, 100.0)
+        _check_range("mean", self.mean, -10.0, 10.0)
+        _check_range("std", self.std, 1e-6, 10.0)
         if self.image_size < 32 or self.image_size % 32:
             raise ConfigError(f"image_size must be a multiple of 32 (>= 32), got {self.image_size}")
         if self.window_width <= 0:
@@ -159,6 +197,40 @@ class LSMSConfig:
         ).validate()
 
 
+_TUPLE_ITEM = {"widths": int, "depths": int, "mlp_ratios": int, "conv_units": int, "fsd_stages": int,
+               "train_layers": int, "percentiles": float, "mean": float, "std": float}
+
+
+def _is_kind(value: Any, kind: type) -> bool:
+    if isinstance(value, bool):
+        return kind is bool
+    return isinstance(value, (int, float)) if kind is float else isinstance(value, kind)
+
+
+def _check_types(config: Any) -> None:
+    """Each field has its declared type (a checkpoint's JSON may say ``1e9`` where an int belongs,
+    or a string where a number does): a clear ConfigError instead of a TypeError deep inside."""
+    hints = {f.name: f.type for f in fields(config)}
+    for name, hint in hints.items():
+        value = getattr(config, name)
+        hint = str(hint)
+        if name in _TUPLE_ITEM:
+            kind = _TUPLE_ITEM[name]
+            if not isinstance(value, tuple) or not all(_is_kind(v, kind) for v in value):
+                raise ConfigError(f"{name} must be a list of {kind.__name__}s, got {value!r}")
+        elif hint in ("int", "float", "bool", "str"):
+            kind = {"int": int, "float": float, "bool": bool, "str": str}[hint]
+            if not _is_kind(value, kind):
+                raise ConfigError(f"{name} must be {'a' if kind is not int else 'an'} {kind.__name__}, got {value!r}")
+
+
+def _check_range(name: str, value: Any, low: float, high: float) -> None:
+    values = value if isinstance(value, tuple) else (value,)
+    for v in values:
+        if not (isinstance(v, (int, float)) and low <= v <= high):  # NaN fails both comparisons
+            raise ConfigError(f"{name} must lie in {low:g}..{high:g}, got {value!r}")
+
+
 def _from_dict(cls: type, raw: dict[str, Any]) -> Any:
     """Build a frozen dataclass from JSON, turning lists back into tuples.
 
@@ -181,6 +253,8 @@ PRESETS: dict[str, ModelConfig] = {
     "lsms-budget": ModelConfig(fsd_stride=8, ham_channels=512),
     # Table I widths taken literally.
     "lsms-table1": ModelConfig(widths=(64, 128, 320, 512)),
+    # The paper's model + position encoding: what the default model uses (docs/model.md).
+    "lsms-grounded": ModelConfig(position_encoding=True),
     # Not a paper model: a small network for tests and quick experiments on a CPU.
     "lsms-tiny": ModelConfig(widths=(16, 32, 64, 96), depths=(1, 1, 2, 1), ham_channels=64,
                              decoder_channels=64, drop_path=0.0),

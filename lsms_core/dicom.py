@@ -1,12 +1,17 @@
 """DICOM to physical units, the radiology way.
 
 - Modality LUT (rescale slope/intercept, or a Modality LUT sequence): CT comes out in HU.
+- Enhanced (multi-frame) images keep rescale, window and pixel spacing in functional groups: a
+  frame's own group (PerFrameFunctionalGroupsSequence) is used first, then the shared group
+  (SharedFunctionalGroupsSequence), then the top level.
 - VOI: the file's window (centre/width) becomes the initial display contrast; a VOI LUT sequence on
   a non-CT image (e.g. a radiograph) is applied to the values, as viewers do.
 - MONOCHROME1 (white = low): inverted *after* the VOI step, i.e. the values are mirrored and so is
   the window, so what is displayed equals pydicom's VOI output turned upside down.
 - Pixel spacing (PixelSpacing, else ImagerPixelSpacing) in mm, for the layer scale and measurements.
 - Multi-frame files and folders holding a series (slices sorted along the slice normal).
+- Sizes are checked from the header before anything is decoded (lsms_core.limits); a deflated file
+  is inflated a step at a time, never past what its header's image needs; one frame can be decoded alone.
 - Patient identifiers never leave this module: only a pseudonymous key (lsms_core.privacy) does.
 """
 
@@ -19,7 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .preprocessing import ImageError, luminance
+from .limits import MAX_SIDE, MAX_SLICE_PIXELS, MAX_VOLUME_BYTES
+from .limits import MAX_VOLUME_PIXELS as MAX_PIXELS
+from .pixels import ImageError, Slice, check_pixel_count, luminance, one_line, to_float32
 
 DECODER_HINT = ("no decoder for this compression is installed: pip install pylibjpeg pylibjpeg-libjpeg "
                 "pylibjpeg-openjpeg (JPEG, JPEG-LS, JPEG 2000)")
@@ -44,10 +51,8 @@ class Volume:
     patient_key: str | None = None
     notes: list[str] = field(default_factory=list)
 
-    def slice(self, index: int):
-        """Slice ``index`` as an image_io.Slice."""
-        from .image_io import Slice
-
+    def slice(self, index: int) -> Slice:
+        """Slice ``index`` as a Slice (lsms_core.pixels)."""
         if not 0 <= index < len(self.pixels):
             raise ImageError(f"slice {index} out of range 0..{len(self.pixels) - 1}")
         uid = self.sop_instance_uids[index] if index < len(self.sop_instance_uids) else None
@@ -56,11 +61,19 @@ class Volume:
                      self.patient_key)
 
 
-MAX_PIXELS = 400_000_000  # whole file; a 512x512 CT series of 1500 slices is 393 M pixels (1.6 GB as float32)
+DEFLATED = "1.2.840.10008.1.2.1.99"  # Deflated Explicit VR Little Endian: the whole dataset is zlib-deflated
+_PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)  # PixelData, FloatPixelData, DoubleFloatPixelData
+_PIXEL_TAG_BYTES = (b"\xe0\x7f\x10\x00", b"\xe0\x7f\x08\x00", b"\xe0\x7f\x09\x00")
+MAX_HEADER_BYTES = 64 << 20  # inflated header before the pixel data; real headers are a few KB
+_INFLATE_STEP = 1 << 20
 
 
 def _read(path: Path, stop_before_pixels: bool = False):
-    """The parsed file, or ImageError naming it: not DICOM, unreadable, or cut short."""
+    """The parsed file, or ImageError naming it: not DICOM, unreadable, or cut short.
+
+    A deflated file is inflated step by step: its header first, whose image size is checked
+    (``_check_size``), then never more than that image needs, so a decompression bomb is refused
+    without being held in memory (pydicom itself inflates the whole stream at once)."""
     import warnings
 
     import pydicom
@@ -69,11 +82,14 @@ def _read(path: Path, stop_before_pixels: bool = False):
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            dataset = pydicom.dcmread(path, stop_before_pixels=stop_before_pixels)
+            if _is_deflated(path):
+                dataset = _read_deflated(path, stop_before_pixels)
+            else:
+                dataset = pydicom.dcmread(path, stop_before_pixels=stop_before_pixels)
     except InvalidDicomError as exc:
         raise ImageError(f"{path}: not a readable DICOM file (no 'DICM' marker after the 128-byte preamble, "
                          "so it is not a DICOM Part 10 file, or it is damaged)") from exc
-    except MemoryError:
+    except (ImageError, MemoryError):
         raise
     except Exception as exc:  # damaged headers: pydicom raises OSError, struct.error, IndexError, ...
         raise ImageError(f"{path}: not a readable DICOM file: the header is damaged ({_one_line(exc)})") from exc
@@ -84,6 +100,119 @@ def _read(path: Path, stop_before_pixels: bool = False):
         warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
     _check_not_truncated(dataset, path)
     return dataset
+
+
+def _is_deflated(path: Path) -> bool:
+    """True for a DICOM Part 10 file whose transfer syntax is Deflated Explicit VR Little Endian."""
+    from pydicom.filereader import read_file_meta_info
+
+    return str(read_file_meta_info(path).get("TransferSyntaxUID", "")) == DEFLATED
+
+
+class _Inflater:
+    """The deflated rest of an open file, inflated a step at a time."""
+
+    def __init__(self, handle) -> None:
+        import zlib
+
+        self.handle = handle
+        self.stream = zlib.decompressobj(-zlib.MAX_WBITS)
+        self.done = False
+
+    def step(self, size: int = _INFLATE_STEP) -> bytes:
+        """Up to ``size`` more inflated bytes (b"" at the end of the stream)."""
+        import zlib
+
+        out = b""
+        while not out and not self.done:
+            data = self.stream.unconsumed_tail or self.handle.read(1 << 16)
+            if not data:
+                self.done = True
+                return out + self.stream.flush()
+            try:
+                out = self.stream.decompress(data, size)
+            except zlib.error as exc:
+                raise ImageError(f"{self.handle.name}: the deflated DICOM data is damaged ({exc})") from None
+            self.done = self.stream.eof
+        return out
+
+
+def _read_deflated(path: Path, stop_before_pixels: bool):
+    """pydicom's reading of a deflated file (filereader.read_partial), inflating only what is needed."""
+    import warnings
+
+    from pydicom.dataset import FileDataset
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filereader import _read_file_meta_info, read_dataset, read_preamble
+
+    def parse(data: bytes, stop: bool):
+        found = []
+
+        def at_pixels(tag, vr, length) -> bool:
+            if tag in _PIXEL_TAGS:
+                found.append(tag)
+                return True
+            return False
+
+        buffer = DicomBytesIO(data)
+        buffer.name = str(path)
+        dataset = read_dataset(buffer, False, True, stop_when=at_pixels if stop else None)
+        return dataset, bool(found), buffer.tell()
+
+    with open(path, "rb") as handle:
+        preamble = read_preamble(handle, False)
+        file_meta = _read_file_meta_info(handle)
+        inflater = _Inflater(handle)
+        chunks: list[bytes] = []
+        size = 0
+        header = None
+        while header is None:  # the header: inflate until the pixel data element is reached
+            chunk = inflater.step()
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+            seam = chunks[-2][-3:] + chunk if len(chunks) > 1 else chunk  # a tag may straddle two steps
+            if any(tag in seam for tag in _PIXEL_TAG_BYTES):
+                with warnings.catch_warnings():  # a pixel tag inside a sequence (an icon): the parse runs off the end
+                    warnings.simplefilter("ignore")
+                    candidate, found, _ = parse(b"".join(chunks), stop=True)
+                if found:
+                    header = candidate
+            if size > MAX_HEADER_BYTES:
+                raise ImageError(f"{path}: the deflated DICOM file inflates to more than {MAX_HEADER_BYTES:,} bytes "
+                                 "before its pixel data: a decompression bomb or a damaged file")
+        if header is not None:
+            with _damaged_header(path):
+                _check_size(header, path)
+            if stop_before_pixels:
+                return FileDataset(str(path), header, preamble, file_meta, False, True)
+            limit = size + _pixel_bytes(header) + (16 << 20)  # what the image needs, and room for what follows
+            while chunk := inflater.step():
+                chunks.append(chunk)
+                size += len(chunk)
+                if size > limit:
+                    raise ImageError(f"{path}: the deflated DICOM data inflates to more than {limit:,} bytes, more "
+                                     "than its header's image needs: a decompression bomb or a damaged file")
+    data = b"".join(chunks)
+    del chunks
+    dataset = parse(data, stop=stop_before_pixels)[0]
+    return FileDataset(str(path), dataset, preamble, file_meta, False, True)
+
+
+def _pixel_bytes(dataset) -> int:
+    """Bytes of native pixel data the header promises (Rows x Columns x frames x samples x bits)."""
+    bits = int(getattr(dataset, "BitsAllocated", 16) or 16)
+    return -(-_value_count(dataset) * bits // 8)
+
+
+def _value_count(dataset) -> int:
+    return (int(dataset.Rows) * int(dataset.Columns) * _frame_count(dataset)
+            * int(getattr(dataset, "SamplesPerPixel", 1) or 1))
+
+
+def _frame_count(dataset) -> int:
+    return int(getattr(dataset, "NumberOfFrames", 1) or 1)
 
 
 def _check_not_truncated(dataset, path: Path) -> None:
@@ -102,9 +231,7 @@ def _check_not_truncated(dataset, path: Path) -> None:
                          f"{length} bytes); copy it again from its source")
 
 
-def _one_line(exc: BaseException) -> str:
-    """A library's message on one line (pydicom lists its decoders on several)."""
-    return " ".join(str(exc).split()) or type(exc).__name__
+_one_line = one_line  # a library's message on one line (pydicom lists its decoders on several)
 
 
 def _sop_class(dataset) -> str:
@@ -113,23 +240,42 @@ def _sop_class(dataset) -> str:
 
 
 def _check_size(dataset, path: Path) -> None:
-    """Refuse, before decoding, pixel data whose header promises more than fits in memory."""
+    """Refuse, from the header and before anything is decoded (or inflated), pixel data whose header
+    promises more than fits in memory: a slice over MAX_SLICE_PIXELS or MAX_SIDE, a file over MAX_PIXELS
+    values or MAX_VOLUME_BYTES of pixel data."""
     try:
-        count = (int(dataset.Rows) * int(dataset.Columns) * int(getattr(dataset, "NumberOfFrames", 1) or 1)
-                 * int(getattr(dataset, "SamplesPerPixel", 1) or 1))
+        count = _value_count(dataset)
+        rows, columns, frames = int(dataset.Rows), int(dataset.Columns), _frame_count(dataset)
+        stored = _pixel_bytes(dataset)
     except (AttributeError, TypeError, ValueError) as exc:
         raise ImageError(f"{path}: the DICOM header's image size (Rows, Columns, NumberOfFrames, SamplesPerPixel) "
                          f"is missing or not a number ({_one_line(exc)}); the header is damaged") from None
     if count <= 0:
         raise ImageError(f"{path}: the DICOM header says the image has {count} pixels (Rows x Columns x frames); "
                          "the header is damaged")
-    if count > MAX_PIXELS:
-        raise ImageError(f"{path}: the DICOM header says {count:,} pixel values ({dataset.Rows}x{dataset.Columns}, "
-                         f"{getattr(dataset, 'NumberOfFrames', 1)} frames), more than the {MAX_PIXELS:,} this reader "
-                         "holds in memory; split the file or downsample it")
+    if rows * columns > MAX_SLICE_PIXELS or max(rows, columns) > MAX_SIDE:
+        check_pixel_count((rows, columns), path)
+    if count > MAX_PIXELS or stored > MAX_VOLUME_BYTES:
+        raise ImageError(f"{path}: the DICOM header says {count:,} pixel values ({rows}x{columns}, {frames} frames, "
+                         f"{stored:,} bytes), more than the {MAX_PIXELS:,} values ({MAX_VOLUME_BYTES:,} bytes) this "
+                         "reader holds in memory; split the file or downsample it")
 
 
-def _decode(dataset, path: Path) -> np.ndarray:
+def dicom_layout(path: str | Path) -> tuple[int, int, int] | None:
+    """(frames, rows, columns) of a DICOM file from its header alone (nothing decoded, nothing inflated
+    past the header), after the size checks; None when the header describes no image (the full read
+    then says what the file is)."""
+    path = Path(path)
+    header = _read(path, stop_before_pixels=True)
+    if "Rows" not in header and "Columns" not in header:
+        return None
+    with _damaged_header(path):
+        _check_size(header, path)
+        return _frame_count(header), int(header.Rows), int(header.Columns)
+
+
+def _decode(dataset, path: Path, frame: int | None = None) -> np.ndarray:
+    """All frames, or only ``frame`` (decoding the others neither in time nor in memory)."""
     if "PixelData" not in dataset and "FloatPixelData" not in dataset and "DoubleFloatPixelData" not in dataset:
         sop_class = _sop_class(dataset)
         if not len(dataset):
@@ -142,10 +288,29 @@ def _decode(dataset, path: Path) -> np.ndarray:
                          "nothing to segment; open an image (CT, MR, CR, DX...) instead")
     _check_size(dataset, path)
     try:
-        return dataset.pixel_array
+        if frame is None:
+            return dataset.pixel_array
+        _check_native_length(dataset, path)
+        from pydicom.pixels import pixel_array
+
+        return pixel_array(dataset, index=frame)
+    except ImageError:
+        raise
     except Exception as exc:  # pydicom raises many types for missing decoders or damaged data
         raise ImageError(f"{path}: cannot decode the pixel data (transfer syntax {_syntax_name(dataset)}): "
                          f"{_one_line(exc)}{_decoder_advice(dataset)}") from exc
+
+
+def _check_native_length(dataset, path: Path) -> None:
+    """Uncompressed pixel data shorter than the header's frames: decoding one frame would not notice."""
+    syntax = getattr(getattr(dataset, "file_meta", None), "TransferSyntaxUID", None)
+    if syntax is None or getattr(syntax, "is_encapsulated", True) or "PixelData" not in dataset:
+        return
+    have, need = len(dataset.PixelData), _pixel_bytes(dataset)
+    if int(getattr(dataset, "BitsAllocated", 16) or 16) >= 8 and have < need:
+        raise ImageError(f"{path}: cannot decode the pixel data (transfer syntax {_syntax_name(dataset)}): it holds "
+                         f"{have:,} bytes but the header's {_frame_count(dataset)} frames need {need:,}; the file "
+                         "is damaged")
 
 
 def _syntax_name(dataset) -> str:
@@ -175,8 +340,31 @@ def _first_value(value) -> float:
     return float(value[0])
 
 
-def dicom_window(dataset) -> tuple[float, float] | None:
-    center, width = getattr(dataset, "WindowCenter", None), getattr(dataset, "WindowWidth", None)
+def _group_items(dataset, sequence: str, frame: int = 0) -> Iterator:
+    """The items of functional-group macro ``sequence`` that apply to ``frame`` of an enhanced image,
+    most specific first: the frame's own group, then the shared group (PS3.3 C.7.6.16). Then the
+    dataset itself, where single-frame images keep the same attributes."""
+    for groups, index in (("PerFrameFunctionalGroupsSequence", frame), ("SharedFunctionalGroupsSequence", 0)):
+        items = dataset.get(groups)
+        if not items or not 0 <= index < len(items):
+            continue
+        inner = items[index].get(sequence)
+        if inner:
+            yield inner[0]
+    yield dataset
+
+
+def _modality_source(dataset, frame: int):
+    """Where ``frame``'s modality LUT is: the first functional-group item with Rescale Slope and Intercept,
+    else the dataset (top-level rescale or Modality LUT Sequence, read by pydicom)."""
+    for item in _group_items(dataset, "PixelValueTransformationSequence", frame):
+        if item is dataset or ("RescaleSlope" in item and "RescaleIntercept" in item):
+            return item
+    return dataset
+
+
+def _window_of(item) -> tuple[float, float] | None:
+    center, width = item.get("WindowCenter"), item.get("WindowWidth")
     if center is None or width is None:
         return None
     try:
@@ -186,10 +374,19 @@ def dicom_window(dataset) -> tuple[float, float] | None:
     return window if np.isfinite(window).all() and window[1] > 0 else None
 
 
-def dicom_spacing(dataset) -> tuple[float, float] | None:
+def dicom_window(dataset, frame: int = 0) -> tuple[float, float] | None:
+    """(centre, width) of ``frame``: its FrameVOILUTSequence, the shared one, then the top level."""
+    for item in _group_items(dataset, "FrameVOILUTSequence", frame):
+        window = _window_of(item)
+        if window is not None:
+            return window
+    return None
+
+
+def _spacing_of(item) -> tuple[float, float] | None:
     for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
         try:
-            value = getattr(dataset, keyword, None)
+            value = item.get(keyword)
             if value is None or isinstance(value, (str, bytes)) or len(value) != 2:
                 continue
             row, col = float(value[0]), float(value[1])
@@ -200,65 +397,126 @@ def dicom_spacing(dataset) -> tuple[float, float] | None:
     return None
 
 
-def to_physical(dataset, raw: np.ndarray) -> tuple[np.ndarray, tuple[float, float] | None]:
-    """Stored values -> (values (...,H,W) float32, display window): modality LUT, VOI LUT
-    sequence for non-CT, MONOCHROME1 inverted after the VOI step (window mirrored too)."""
-    from pydicom.pixels import apply_modality_lut, apply_voi
+def dicom_spacing(dataset, frame: int = 0) -> tuple[float, float] | None:
+    """(row, column) pixel spacing in mm: PixelMeasuresSequence of the frame, the shared one, the top level."""
+    for item in _group_items(dataset, "PixelMeasuresSequence", frame):
+        spacing = _spacing_of(item)
+        if spacing is not None:
+            return spacing
+    return None
 
-    if int(getattr(dataset, "SamplesPerPixel", 1)) == 3:
-        return luminance(raw), None
-    values = np.asarray(apply_modality_lut(raw, dataset), dtype=np.float32)
-    window = dicom_window(dataset)
+
+def _modality_lut(dataset, raw: np.ndarray, first_frame: int = 0, path: Path | None = None) -> np.ndarray:
+    """pydicom's modality LUT, each frame with its own rescale (functional groups, then top level), one
+    frame at a time (no float64 copy of the whole file); ``raw`` starts at frame ``first_frame``. ImageError
+    when the result is NaN, infinite or beyond what float32 holds (a damaged rescale)."""
+    from pydicom.pixels import apply_modality_lut
+
+    frames = raw if raw.ndim == 3 else raw[None]
+    values = np.empty(frames.shape, np.float32)
+    for index in range(len(frames)):
+        source = _modality_source(dataset, first_frame + index)
+        try:
+            values[index] = to_float32(apply_modality_lut(frames[index], source))
+        except ImageError as exc:
+            where = f"{path}: " if path is not None else ""
+            raise ImageError(f"{where}after the modality LUT (rescale slope and intercept) {exc}") from None
+    return values if raw.ndim == 3 else values[0]
+
+
+def _values(dataset, raw: np.ndarray, first_frame: int = 0, path: Path | None = None
+            ) -> tuple[np.ndarray, tuple[float, float] | None]:
+    """Modality LUT, then the VOI LUT sequence for non-CT: the values before MONOCHROME1 is mirrored."""
+    from pydicom.pixels import apply_voi
+
+    values = _modality_lut(dataset, raw, first_frame, path)
+    window = dicom_window(dataset, first_frame)
     if getattr(dataset, "Modality", "") != "CT" and "VOILUTSequence" in dataset:
         values = np.asarray(apply_voi(values, dataset), dtype=np.float32)
         window = None
+    return values, window
+
+
+def to_physical(dataset, raw: np.ndarray, first_frame: int = 0, value_range: tuple[float, float] | None = None,
+                path: Path | None = None) -> tuple[np.ndarray, tuple[float, float] | None]:
+    """Stored values -> (values (...,H,W) float32, display window): modality LUT (per frame), VOI LUT
+    sequence for non-CT, MONOCHROME1 inverted after the VOI step (window mirrored too).
+
+    ``raw`` may be some frames only, starting at ``first_frame``; MONOCHROME1 is then mirrored about
+    ``value_range`` (the (min, max) of the whole file), so a frame read alone equals the same frame
+    read with all the others. ``path`` names the file in errors."""
+    if int(getattr(dataset, "SamplesPerPixel", 1)) == 3:
+        return luminance(raw), None
+    values, window = _values(dataset, raw, first_frame, path)
     if getattr(dataset, "PhotometricInterpretation", "") == "MONOCHROME1":
-        low, high = float(values.min()), float(values.max())
+        low, high = value_range or (float(values.min()), float(values.max()))
         values = (low + high) - values
         if window is not None:
             window = (low + high - window[0], window[1])
     return values, window
 
 
+def _value_range(dataset, path: Path, frames: int) -> tuple[float, float]:
+    """(min, max) over all frames before mirroring, decoding one frame at a time."""
+    low, high = np.inf, -np.inf
+    for index in range(frames):
+        values = _values(dataset, _decode(dataset, path, index), index, path)[0]
+        low, high = min(low, float(values.min())), max(high, float(values.max()))
+    return low, high
+
+
 def _patient_key(dataset) -> str | None:
-    from .privacy import pseudonymous_key
+    from .privacy import SecretError, pseudonymous_key
 
     for keyword, prefix in (("PatientID", "p"), ("StudyInstanceUID", "s")):
         value = str(getattr(dataset, keyword, "") or "").strip()
         if value:
-            return pseudonymous_key(value, prefix)
+            try:
+                return pseudonymous_key(value, prefix)
+            except SecretError as exc:  # not the file's fault: say so, not "damaged header"
+                raise ImageError(f"cannot make the pseudonymous patient key: {exc}") from exc
     return None
 
 
-def read_dicom_file(path: str | Path) -> Volume:
-    """One file: a single slice (Z = 1) or all frames of a multi-frame image."""
+def read_dicom_file(path: str | Path, frame: int | None = None) -> Volume:
+    """One file: a single slice (Z = 1), all frames of a multi-frame image, or only its ``frame``
+    (the others are not decoded). A deflated file is never inflated past what its header's image needs."""
     path = Path(path)
     dataset = _read(path)
     with _damaged_header(path):
-        raw = _decode(dataset, path)
-        frames = int(getattr(dataset, "NumberOfFrames", 1) or 1)
+        frames = _frame_count(dataset)
         samples = int(getattr(dataset, "SamplesPerPixel", 1))
-        if frames == 1:
+        if frame is not None and not 0 <= frame < frames:
+            raise ImageError(f"{path}: frame {frame} out of range 0..{frames - 1}")
+        one = frame is not None and frames > 1
+        raw = _decode(dataset, path, frame if one else None)
+        if frames == 1 or one:
             raw = raw[None]
         if raw.ndim != (4 if samples == 3 else 3):
             raise ImageError(f"{path}: unexpected pixel array shape {raw.shape} for {frames} frame(s) of "
                              f"{samples} sample(s) per pixel; the header is inconsistent")
-        values, window = to_physical(dataset, raw)
+        first = frame if one else 0
+        mirror = (_value_range(dataset, path, frames) if one and samples == 1
+                  and getattr(dataset, "PhotometricInterpretation", "") == "MONOCHROME1" else None)
+        values, window = to_physical(dataset, raw, first, mirror, path)
         if not np.isfinite(values).all():
             raise ImageError(f"{path}: the pixel data holds NaN or infinite values")
         modality = str(getattr(dataset, "Modality", "OT"))
         return Volume(values.astype(np.float32, copy=False), modality == "CT" and samples == 1, modality,
-                      dicom_spacing(dataset), _slice_spacing(dataset), window,
+                      dicom_spacing(dataset, first), _slice_spacing(dataset), window,
                       [str(getattr(dataset, "SOPInstanceUID", "")) or None] * len(values), [path],
                       _patient_key(dataset))
 
 
 def _slice_spacing(dataset) -> float | None:
-    try:
-        spacing = float(getattr(dataset, "SpacingBetweenSlices", None) or 0)
-    except (TypeError, ValueError):
-        return None
-    return spacing if 0 < spacing < np.inf else None
+    for item in _group_items(dataset, "PixelMeasuresSequence"):
+        try:
+            spacing = float(item.get("SpacingBetweenSlices", None) or 0)
+        except (TypeError, ValueError):
+            continue
+        if 0 < spacing < np.inf:
+            return spacing
+    return None
 
 
 @contextlib.contextmanager
@@ -341,7 +599,7 @@ def _stack_series(folder: Path, headers: list, skipped: list[str]) -> Volume:
     for i in order:
         path = chosen[i][0]
         dataset = _read(path)
-        values, slice_window = to_physical(dataset, _decode(dataset, path))
+        values, slice_window = to_physical(dataset, _decode(dataset, path), path=path)
         if values.shape != (rows, columns):
             raise ImageError(f"{path}: expected one {rows}x{columns} slice per file in a series folder, got "
                              f"shape {values.shape}")
@@ -360,8 +618,19 @@ def _stack_series(folder: Path, headers: list, skipped: list[str]) -> Volume:
                   modality, dicom_spacing(first), slice_spacing, window, uids, files, _patient_key(first), notes)
 
 
-def read_dicom(path: str | Path) -> Volume:
-    """A DICOM file or a folder holding a series.
+def _check_file(path: Path) -> None:
+    """ImageError unless ``path`` is a regular, non-empty file: missing, a symlink loop, a FIFO...: says which."""
+    from .files import check_regular_file
+
+    check_regular_file(path)
+    if path.stat().st_size == 0:
+        raise ImageError(f"{path}: the file is empty (0 bytes)")
+
+
+def read_dicom(path: str | Path, frame: int | None = None) -> Volume:
+    """A DICOM file or a folder holding a series: the one DICOM reader (``read_dicom_slice``, the
+    napari reader and ``image_io.read_slice`` all come here). ``frame`` reads only that frame of a
+    multi-frame file (the others are not decoded).
 
     Every problem with the input (missing, empty, unreadable, truncated, not DICOM, no pixel
     data, a damaged header, an undecodable compression) raises ImageError naming the file.
@@ -369,11 +638,31 @@ def read_dicom(path: str | Path) -> Volume:
     path = Path(path)
     try:
         if path.is_dir():
+            if frame is not None:
+                raise ImageError(f"{path}: a series folder has no frames; open it whole, or give one of its files")
             return read_dicom_series(path)
-        if not path.is_file():
-            raise ImageError(f"{path}: no such file or folder")
-        if path.stat().st_size == 0:
-            raise ImageError(f"{path}: the file is empty (0 bytes)")
-        return read_dicom_file(path)
+        _check_file(path)
+        return read_dicom_file(path, frame)
     except OSError as exc:  # a folder or file this user may not read
         raise ImageError(f"{path}: cannot read ({exc.strerror or exc})") from exc
+
+
+def read_dicom_slice(path: str | Path, frame: int | None = None) -> Slice:
+    """One slice of a DICOM file (``read_dicom``'s result, one slice of it); ``frame`` picks one of several.
+
+    The header is read first: an image too large, or several frames with none chosen, is refused
+    before any pixel is decoded (or inflated, for a deflated file); a chosen frame is decoded alone."""
+    path = Path(path)
+    try:
+        _check_file(path)
+        layout = dicom_layout(path)  # size checks from the header; None: no image (read_dicom says what it is)
+    except OSError as exc:
+        raise ImageError(f"{path}: cannot read ({exc.strerror or exc})") from exc
+    frames = layout[0] if layout is not None else 1
+    if frames > 1:
+        if frame is None:
+            raise ImageError(f"{path}: this multi-frame DICOM holds {frames} slices of {layout[1:]}; "
+                             f"choose one (--frame 0..{frames - 1})")
+        if not 0 <= frame < frames:
+            raise ImageError(f"{path}: frame {frame} out of range 0..{frames - 1}")
+    return read_dicom(path, frame if frames > 1 else None).slice(0)

@@ -7,51 +7,20 @@ never copied out of the header: ``Slice`` carries only what segmentation and mea
 
 from __future__ import annotations
 
-import hashlib
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .preprocessing import ImageError, check_slice, luminance
+from .dicom import read_dicom_slice
+from .files import check_regular_file, file_sha256  # noqa: F401 - re-exported
+from .limits import MAX_SLICE_PIXELS
+from .pixels import ImageError, Slice, check_slice, luminance
+from .pixels import check_pixel_count as _check_pixel_count
+from .pixels import one_line as _one_line
 
 DICOM_SUFFIXES = {".dcm", ".dicom", ".ima", ""}
 PLAIN_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
-MAX_SLICE_PIXELS = 100_000_000  # 10000x10000: above any CT, MR or radiograph; 400 MB as float32
-
-
-@dataclass
-class Slice:
-    """One slice and what is known of it.
-
-    pixels: (H,W) float32, HU when ``hounsfield`` else raw values.
-    spacing_mm: (row, column) pixel spacing in mm, or None when the file does not say.
-    window: the file's own display window (center, width) in the units of ``pixels``, or None.
-    sop_instance_uid: the DICOM instance UID (hash it before storing it anywhere).
-    patient_key: pseudonymous key of the patient (HMAC of PatientID with this user's secret).
-    """
-
-    pixels: np.ndarray
-    hounsfield: bool
-    modality: str
-    spacing_mm: tuple[float, float] | None = None
-    window: tuple[float, float] | None = None
-    sop_instance_uid: str | None = None
-    source: Path | None = None
-    patient_key: str | None = None  # pseudonymous (lsms_core.privacy), never an identifier
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return tuple(self.pixels.shape)  # type: ignore[return-value]
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def looks_like_hounsfield(pixels: np.ndarray) -> bool:
@@ -72,8 +41,8 @@ def read_slice(path: str | os.PathLike, frame: int | None = None, hounsfield: bo
     message that names the file; NaN and infinite values are refused, never replaced.
     """
     path = Path(path)
-    if not path.is_file():
-        raise ImageError(f"{path}: no such file")
+    check_regular_file(path, "an image file: give one DICOM, PNG, JPEG, TIFF or .npy file (a DICOM series folder "
+                             "opens in napari)")
     try:
         if path.stat().st_size == 0:
             raise ImageError(f"{path}: the file is empty (0 bytes)")
@@ -83,7 +52,7 @@ def read_slice(path: str | os.PathLike, frame: int | None = None, hounsfield: bo
         if suffix in PLAIN_IMAGE_SUFFIXES:
             return _read_plain_image(path, frame)
         if suffix in DICOM_SUFFIXES or _has_dicom_preamble(path):
-            return read_dicom(path, frame)
+            return read_dicom_slice(path, frame)
     except OSError as exc:  # unreadable (permissions, I/O error): the libraries' own damage errors are caught below
         raise ImageError(f"{path}: cannot read the file ({exc.strerror or exc})") from exc
     raise ImageError(f"{path}: unsupported file type {suffix!r}; use DICOM, PNG, JPEG, TIFF or .npy")
@@ -113,15 +82,6 @@ def _checked(array: np.ndarray, path: Path) -> np.ndarray:
         return check_slice(array)
     except ImageError as exc:
         raise ImageError(f"{path}: {exc}") from None
-
-
-def _check_pixel_count(shape: tuple[int, ...], path: Path) -> None:
-    """Refuse, before decoding, an image too large to hold (a damaged header, or not a medical slice)."""
-    height_width = shape[-3:-1] if len(shape) >= 3 and shape[-1] in (3, 4) else shape[-2:]  # colour: (..,H,W,C)
-    count = int(np.prod(height_width, dtype=np.int64))
-    if count > MAX_SLICE_PIXELS:
-        raise ImageError(f"{path}: the image is {'x'.join(map(str, shape))}, {count:,} pixels per slice; this reader "
-                         f"accepts at most {MAX_SLICE_PIXELS:,} (10000x10000): downsample it first")
 
 
 class NpyError(ValueError):
@@ -166,28 +126,51 @@ def _read_npy(path: Path, frame: int | None, hounsfield: bool | None) -> Slice:
 
 
 def _read_plain_image(path: Path, frame: int | None = None) -> Slice:
-    if path.suffix.lower() in (".tif", ".tiff"):
-        array = _read_tiff(path)
-        if array.ndim == 3 and array.shape[-1] not in (1, 3, 4):
-            array = _pick_frame(array, frame, path, "TIFF stack")
-    else:
-        array = _read_with_pillow(path)
+    array = _read_tiff(path, frame) if path.suffix.lower() in (".tif", ".tiff") else _read_with_pillow(path)
     if array.ndim == 3 and array.shape[-1] in (3, 4):
         array = luminance(array)
     return Slice(_checked(array, path), False, "OT", source=path)
 
 
-def _read_tiff(path: Path) -> np.ndarray:
+def _is_stack(shape: tuple[int, ...]) -> bool:
+    """A TIFF series of several slices: (N,H,W) grey, or (N,H,W,3|4) colour/palette."""
+    return (len(shape) == 3 and shape[-1] not in (1, 3, 4)) or (len(shape) == 4 and shape[-1] in (3, 4))
+
+
+def _read_tiff(path: Path, frame: int | None = None) -> np.ndarray:
+    """One slice of a TIFF: sizes and the number of slices come from the header, a stack without ``frame``
+    is refused before anything is decoded, and only the chosen page is decoded."""
     import tifffile
 
     try:
         with tifffile.TiffFile(path) as tiff:
             series = tiff.series[0]
-            _check_pixel_count(tuple(series.shape), path)
-            if int(np.prod(series.shape, dtype=np.int64)) > 4 * MAX_SLICE_PIXELS:
-                raise ImageError(f"{path}: the TIFF holds {'x'.join(map(str, series.shape))} values, too many to "
+            shape = tuple(series.shape)
+            _check_pixel_count(shape, path)
+            key = None
+            if _is_stack(shape):
+                count = shape[0]
+                if frame is None and count > 1:
+                    raise ImageError(f"{path}: this TIFF stack holds {count} slices of {shape[1:]}; choose one "
+                                     f"(--frame 0..{count - 1})")
+                index = 0 if frame is None else frame
+                if not 0 <= index < count:
+                    raise ImageError(f"{path}: frame {frame} out of range 0..{count - 1}")
+                key = index if len(series.pages) == count else None  # one page per slice: decode that page only
+                if key is None and int(np.prod(shape, dtype=np.int64)) > 4 * MAX_SLICE_PIXELS:
+                    raise ImageError(f"{path}: the TIFF holds {'x'.join(map(str, shape))} values in one page, too "
+                                     "many to read at once; split the stack")
+            elif int(np.prod(shape, dtype=np.int64)) > 4 * MAX_SLICE_PIXELS:
+                raise ImageError(f"{path}: the TIFF holds {'x'.join(map(str, shape))} values, too many to "
                                  "read at once; split the stack")
-            return series.asarray()
+            array = series.asarray(key=key) if key is not None else series.asarray()
+            if key is None and _is_stack(shape):
+                array = array[0 if frame is None else frame]
+            colormap = getattr(series.keyframe, "colormap", None)
+            if int(getattr(series.keyframe, "photometric", 0)) == tifffile.PHOTOMETRIC.PALETTE and colormap is not None:
+                colormap = np.asarray(colormap)  # (3, 2**bits): indices -> RGB, never read as grey
+                return np.moveaxis(np.take(colormap, array.astype(np.intp), axis=1, mode="clip"), 0, -1)
+            return array.astype(np.uint8) * 255 if array.dtype == bool else array  # 1-bit: black and white
     except ImageError:
         raise
     except MemoryError:
@@ -207,7 +190,7 @@ def _read_with_pillow(path: Path) -> np.ndarray:
             image = Image.open(path)
         with image:
             _check_pixel_count((image.size[1], image.size[0]), path)
-            return np.asarray(image.convert("I;16") if image.mode.startswith("I;16") else image)
+            return np.asarray(_pillow_values(image))
     except Image.DecompressionBombError as exc:
         raise ImageError(f"{path}: the image is too large to open ({_one_line(exc)}); this reader accepts at most "
                          f"{MAX_SLICE_PIXELS:,} pixels: downsample it first") from exc
@@ -219,17 +202,18 @@ def _read_with_pillow(path: Path) -> np.ndarray:
         raise ImageError(f"{path}: not a readable image ({_one_line(exc)})") from exc
 
 
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
-
-
-def read_dicom(path: Path, frame: int | None = None) -> Slice:
-    """One DICOM slice in physical units (see lsms_core.dicom); ``frame`` picks one of several."""
-    from .dicom import read_dicom_file
-
-    volume = read_dicom_file(path)
-    _check_pixel_count(volume.pixels.shape[-2:], path)
-    if len(volume.pixels) == 1:
-        return volume.slice(0)
-    _pick_frame(volume.pixels, frame, path, "multi-frame DICOM")  # says how many frames when none is chosen
-    return volume.slice(frame)
+def _pillow_values(image):
+    """The Pillow image in a mode whose array holds values, not codes: palette indices go through the
+    palette, 1-bit becomes 0/255, grey+alpha drops the alpha, other colour spaces become RGB."""
+    mode = image.mode
+    if mode.startswith("I;16"):
+        return image.convert("I;16")
+    if mode == "1":
+        return image.convert("L")
+    if mode in ("P", "PA"):
+        return image.convert("RGBA" if mode == "PA" or "transparency" in image.info else "RGB")
+    if mode in ("LA", "La"):
+        return image.getchannel("L")
+    if mode in ("CMYK", "YCbCr", "LAB", "HSV", "RGBa"):
+        return image.convert("RGB")
+    return image

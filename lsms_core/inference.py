@@ -8,9 +8,9 @@ with a warning. Used by the CLI, the evaluation and the napari widget alike.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import time
-import unicodedata
 import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -22,17 +22,10 @@ import torch
 from .allocator import reuse_freed_memory
 from .checkpoint import Checkpoint, load_model
 from .device import autocast, resolve_device
+from .expressions import MAX_EXPRESSION_CHARS, ExpressionError, clean_expression  # noqa: F401 - re-exported
 from .image_io import Slice
-from .preprocessing import to_model_input, to_output_mask
-
-MAX_EXPRESSION_CHARS = 2000
-# Control characters become spaces; lone surrogates (undecodable bytes of a command line) become U+FFFD,
-# which the tokenizer drops, instead of failing deep inside it.
-_CLEAN = {"Cc": " ", "Cs": "\ufffd"}
-
-
-class ExpressionError(ValueError):
-    """The referring expression cannot be used; the message says why."""
+from .preprocessing import to_model_input, to_output_mask, to_unit_grey
+from .selection import ALL_LESIONS_TEXT, Candidates, lesion_candidates, sentence_feature
 
 
 @dataclass
@@ -53,26 +46,6 @@ class SegmentationResult:
     @property
     def pixels(self) -> int:
         return int(np.count_nonzero(self.mask))
-
-
-def clean_expression(text: str) -> str:
-    """Whitespace-normalised expression without control characters, cut to MAX_EXPRESSION_CHARS.
-
-    Raises ExpressionError if it is not text or holds nothing visible. A longer expression is
-    cut at the last word boundary before the limit (the text encoder reads only its first
-    ``max_tokens`` tokens anyway), so any text of any script works.
-    """
-    if not isinstance(text, str):
-        raise ExpressionError(f"the expression must be text, got {type(text).__name__}")
-    cleaned = " ".join("".join(_CLEAN.get(unicodedata.category(ch), ch) if not ch.isspace() else ch
-                               for ch in text).split())
-    if not any(ch.isprintable() and ch != "\ufffd" for ch in cleaned.replace(" ", "")):
-        raise ExpressionError("the expression is empty: describe the lesion, e.g. "
-                              "'the largest hypodense lesion in the right lobe'")
-    if len(cleaned) > MAX_EXPRESSION_CHARS:
-        cut = cleaned[:MAX_EXPRESSION_CHARS + 1]
-        cleaned = cut.rsplit(" ", 1)[0] if " " in cut[MAX_EXPRESSION_CHARS // 2:] else cut[:MAX_EXPRESSION_CHARS]
-    return cleaned
 
 
 def is_out_of_memory(error: BaseException) -> bool:
@@ -100,6 +73,7 @@ class Segmenter:
         self._cache: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
         self._cache_size = cache_size
         self.text_encodings = 0  # how many expressions were really encoded (cache misses)
+        self._candidates: tuple[tuple, Candidates] | None = None
         self._move(self._device)
 
     # --- set-up ---------------------------------------------------------------------------
@@ -138,6 +112,7 @@ class Segmenter:
             self.text_encoder.to(device)
         self._device = device
         self._cache.clear()
+        self._candidates = None
 
     @property
     def device(self) -> torch.device:
@@ -185,8 +160,10 @@ class Segmenter:
         text = clean_expression(text) if self.uses_text else " ".join(str(text).split())
         model_input = to_model_input(pixels, self.checkpoint.config.preprocess, hounsfield)
         notes: list[str] = []
+        run = self._run if self.model.selector is None else (
+            lambda model_input, text: self._select(model_input, text, pixels, hounsfield, threshold, notes))
         try:
-            logits = self._run(model_input, text)
+            output = run(model_input, text)
         except RuntimeError as error:
             if self._device.type == "cpu" or not is_out_of_memory(error):
                 raise
@@ -195,8 +172,11 @@ class Segmenter:
             self._move(torch.device("cpu"))
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
-            logits = self._run(model_input, text)
-        mask, probability = to_output_mask(logits, pixels.shape[-2:], threshold)
+            output = run(model_input, text)
+        if isinstance(output, tuple):
+            mask, probability = output
+        else:
+            mask, probability = to_output_mask(output, pixels.shape[-2:], threshold)
         return SegmentationResult(mask, probability, text, time.perf_counter() - start, str(self._device),
                                   self.identity, notes)
 
@@ -209,6 +189,38 @@ class Segmenter:
             image = model_input[None].to(self._device).contiguous(memory_format=torch.channels_last)
             logits = self.model(image, words, mask)
         return logits[0].float().cpu()
+
+    def candidates(self, model_input: torch.Tensor, pixels: np.ndarray, hounsfield: bool,
+                   threshold: float = 0.5) -> Candidates:
+        """The lesion candidates of one slice (LSMS with "all lesions"), cached for the last slice."""
+        key = (hashlib.sha1(np.ascontiguousarray(pixels).tobytes()).hexdigest(), pixels.shape, hounsfield, threshold,
+               str(self._device))
+        if self._candidates is not None and self._candidates[0] == key:
+            return self._candidates[1]
+        words, mask = self.encode_text(ALL_LESIONS_TEXT)
+        grey = to_unit_grey(pixels, self.checkpoint.config.preprocess, hounsfield)
+        with torch.inference_mode(), autocast(self._device):
+            image = model_input[None].to(self._device).contiguous(memory_format=torch.channels_last)
+            found = lesion_candidates(self.model, image, words, mask, pixels.shape[-2:], grey, threshold)
+        self._candidates = (key, found)
+        return found
+
+    def _select(self, model_input: torch.Tensor, text: str, pixels: np.ndarray, hounsfield: bool,
+                threshold: float, notes: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Mask and probability (H,W) of the candidates the selector accepts for ``text``."""
+        found = self.candidates(model_input, pixels, hounsfield, threshold)
+        if found.count == 0:
+            notes.append("no lesion candidate on this slice")
+            return np.zeros(pixels.shape[-2:], dtype=bool), found.probability
+        words, mask = self.encode_text(text)
+        with torch.inference_mode():
+            logits = self.model.selector(found.features[None].to(self._device),
+                                         torch.ones(1, found.count, dtype=torch.bool, device=self._device),
+                                         sentence_feature(words, mask).float())[0].float().cpu()
+        chosen = (logits > 0).numpy()
+        notes.append(f"{int(chosen.sum())} of {found.count} lesion candidates chosen")
+        selected = found.union(chosen)
+        return selected, np.where(selected, found.probability, 0.0).astype(np.float32)
 
     def describe(self) -> dict[str, Any]:
         """Identity, preset, device and preprocessing: what ``--json`` outputs report."""

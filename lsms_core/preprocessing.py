@@ -11,43 +11,41 @@ import torch
 import torch.nn.functional as F
 
 from .config import PreprocessConfig
-
-
-class ImageError(ValueError):
-    """The pixel data cannot be used as a slice; the message says what is wrong."""
-
-
-def luminance(rgb: np.ndarray) -> np.ndarray:
-    """(H,W,3 or 4) colour -> (H,W) float32 grey, ITU-R BT.601 weights (alpha ignored)."""
-    return np.asarray(rgb)[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
-
-
-def check_slice(image: np.ndarray) -> np.ndarray:
-    """Return ``image`` as float32 (H,W) or raise ImageError naming the problem."""
-    array = np.asarray(image)
-    if array.ndim == 3 and 1 in (array.shape[0], array.shape[-1]):
-        array = array.reshape(array.shape[1:] if array.shape[0] == 1 else array.shape[:-1])
-    if array.ndim != 2:
-        raise ImageError(f"expected one 2-D slice (H,W), got an array of shape {array.shape}: "
-                         "pick one slice of a stack, or convert colour images to grey")
-    if array.size == 0:
-        raise ImageError("the image is empty (0 pixels)")
-    if not np.issubdtype(array.dtype, np.number) or np.issubdtype(array.dtype, np.complexfloating):
-        raise ImageError(f"pixel type {array.dtype} is not a real number type")
-    array = array.astype(np.float32, copy=False)
-    if not np.isfinite(array).all():
-        bad = int(np.count_nonzero(~np.isfinite(array)))
-        raise ImageError(f"the image has {bad} NaN or infinite pixels: replace them (e.g. np.nan_to_num) first")
-    return array
+from .pixels import FLOAT32_MAX, ImageError, check_slice, luminance, to_float32  # noqa: F401 - re-exported
+from .windows import percentile_limits, window_limits
 
 
 def intensity_range(image: np.ndarray, config: PreprocessConfig, hounsfield: bool) -> tuple[float, float]:
     """(low, high) mapped to 0 and 1: the CT window in HU, else the image's own percentiles."""
     if hounsfield:
-        half = config.window_width / 2.0
-        return config.window_center - half, config.window_center + half
-    low, high = np.percentile(image, config.percentiles)
-    return float(low), float(high)
+        return window_limits(config.window_center, config.window_width)
+    return percentile_limits(image, config.percentiles)
+
+
+def to_unit_grey(image: np.ndarray, config: PreprocessConfig, hounsfield: bool) -> np.ndarray:
+    """Raw slice (H,W) -> windowed grey (H,W) float32 in [0,1] at the image's own size: the
+    intensity step of ``to_model_input`` (CT window in HU, else the image's own percentiles)."""
+    array = check_slice(image)
+    low, high = intensity_range(array, config, hounsfield)
+    scale = 1.0 / (high - low) if high > low else 0.0
+    return np.clip((array - low) * scale, 0.0, 1.0).astype(np.float32, copy=False)
+
+
+def resize_grey(grey: np.ndarray | torch.Tensor, size: int) -> torch.Tensor:
+    """Grey (H,W) -> (1,S,S) float32 at S = ``size`` (bilinear, antialiased when shrinking): the
+    resize step of ``to_model_input``; unchanged (as a tensor) when already S x S."""
+    grid = (torch.from_numpy(np.asarray(grey)) if not isinstance(grey, torch.Tensor) else grey)[None, None]
+    if grid.shape[-2:] != (size, size):
+        grid = F.interpolate(grid, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    return grid[0]
+
+
+def normalise(grey: torch.Tensor, config: PreprocessConfig) -> torch.Tensor:
+    """Grey (...,1,S,S) in [0,1] -> model input (...,3,S,S): the grey channel repeated three times,
+    then ``(x - config.mean) / config.std`` per channel. One sample (1,S,S) or a batch (B,1,S,S)."""
+    mean = torch.tensor(config.mean, dtype=torch.float32, device=grey.device).view(3, 1, 1)
+    std = torch.tensor(config.std, dtype=torch.float32, device=grey.device).view(3, 1, 1)
+    return (grey.expand(*grey.shape[:-3], 3, -1, -1) - mean) / std
 
 
 def to_model_input(image: np.ndarray, config: PreprocessConfig, hounsfield: bool) -> torch.Tensor:
@@ -55,17 +53,9 @@ def to_model_input(image: np.ndarray, config: PreprocessConfig, hounsfield: bool
 
     hounsfield: True for CT in HU (clipped to the configured window), False for images
     without physical units (X-ray, MR, PNG), scaled between their own percentiles.
+    Three steps, each usable alone: ``to_unit_grey`` -> ``resize_grey`` -> ``normalise``.
     """
-    array = check_slice(image)
-    low, high = intensity_range(array, config, hounsfield)
-    scale = 1.0 / (high - low) if high > low else 0.0
-    grey = torch.from_numpy(np.clip((array - low) * scale, 0.0, 1.0))[None, None]
-    size = config.image_size
-    if grey.shape[-2:] != (size, size):
-        grey = F.interpolate(grey, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-    mean = torch.tensor(config.mean, dtype=torch.float32)[:, None, None]
-    std = torch.tensor(config.std, dtype=torch.float32)[:, None, None]
-    return (grey[0].expand(3, -1, -1) - mean) / std
+    return normalise(resize_grey(to_unit_grey(image, config, hounsfield), config.image_size), config)
 
 
 def to_model_target(mask: np.ndarray, size: int) -> torch.Tensor:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .image_io import Slice, read_slice
+from .windows import DEFAULT_WINDOW
 
 # Axial slice 100 of LiTS case 117: four tumours with expressions, in RefLiTS's test split (never trained on).
 REFLITS_SLICE = 100
@@ -25,19 +26,29 @@ SAMPLES = {
 }
 
 
+# The DICOM samples' files in pydicom-data: napari's File > Open Sample reads the same ones.
+DICOM_SAMPLE_FILES = {"ct": "693_UNCI.dcm", "xray": "RG1_UNCI.dcm"}
+
+
+def dicom_sample_path(key: str) -> str:
+    """The installed pydicom-data file of DICOM sample ``key`` ("ct" or "xray")."""
+    from pydicom.data import get_testdata_file
+
+    name = DICOM_SAMPLE_FILES[key]
+    path = get_testdata_file(name)
+    if path is None:
+        raise FileNotFoundError(f"{name} is not installed: pip install pydicom-data")
+    return str(path)
+
+
 def load_sample(key: str) -> Slice:
     """The sample slice named ``key`` (see SAMPLES), in physical units."""
     if key == "reflits":
         from .lits import load_lits_volume
 
         volume = load_lits_volume()
-        return Slice(volume.hu[REFLITS_SLICE], True, "CT", None, (50.0, 400.0), None, None)
-    if key in ("ct", "xray"):
-        from pydicom.data import get_testdata_file
-
-        name = {"ct": "693_UNCI.dcm", "xray": "RG1_UNCI.dcm"}[key]
-        path = get_testdata_file(name)
-        if path is None:
-            raise FileNotFoundError(f"{name} is not installed: pip install pydicom-data")
-        return read_slice(path)
+        return Slice(volume.hu[REFLITS_SLICE], True, "CT", None, (DEFAULT_WINDOW.center, DEFAULT_WINDOW.width),
+                     None, None)
+    if key in DICOM_SAMPLE_FILES:
+        return read_slice(dicom_sample_path(key))
     raise KeyError(f"unknown sample {key!r}; choose one of {', '.join(SAMPLES)}")

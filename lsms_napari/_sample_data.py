@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from lsms_core.dicom import Volume, read_dicom
-from lsms_core.samples import REFLITS_SLICE, SAMPLES, load_sample
+from lsms_core.samples import REFLITS_SLICE, SAMPLES, dicom_sample_path, load_sample
 from lsms_core.windows import DEFAULT_WINDOW
 
 from .layers import volume_layer_data
@@ -20,10 +20,7 @@ def reflits_slice() -> list[tuple]:
 
 
 def _dicom_sample(key: str) -> list[tuple]:
-    from pydicom.data import get_testdata_file
-
-    name = {"ct": "693_UNCI.dcm", "xray": "RG1_UNCI.dcm"}[key]
-    data, kwargs, kind = volume_layer_data(read_dicom(get_testdata_file(name)), SAMPLES[key].title.split(",")[0])
+    data, kwargs, kind = volume_layer_data(read_dicom(dicom_sample_path(key)), SAMPLES[key].title.split(",")[0])
     kwargs["metadata"]["lsms"]["description"] = SAMPLES[key].title
     return [(data, kwargs, kind)]
 

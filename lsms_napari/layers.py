@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from lsms_core.dicom import Volume
-from lsms_core.windows import DEFAULT_WINDOW
+from lsms_core.windows import DEFAULT_WINDOW, percentile_limits, window_limits
 
 KEY = "lsms"
 
@@ -44,13 +44,14 @@ class SourceInfo:
 
 
 def contrast_limits(pixels: np.ndarray, window: tuple[float, float] | None, hounsfield: bool) -> tuple[float, float]:
-    """Initial display contrast: the file's window, else soft tissue for CT, else the 0.5-99.5 percentiles."""
+    """Initial display contrast: the file's window, else soft tissue for CT, else the image's own
+    percentiles (the model input's: lsms_core.windows owns all three)."""
     if window is not None:
-        return window[0] - window[1] / 2, window[0] + window[1] / 2
+        return window_limits(*window)
     if hounsfield:
         return DEFAULT_WINDOW.limits
-    low, high = np.percentile(pixels, (0.5, 99.5))
-    return float(low), float(max(high, low + 1e-6))
+    low, high = percentile_limits(pixels)
+    return low, float(max(high, low + 1e-6))
 
 
 def volume_layer_data(volume: Volume, name: str) -> tuple[np.ndarray, dict, str]:

@@ -64,6 +64,20 @@ def mini_dataset(tmp_path_factory, lits):
     return root
 
 
+def peak_memory(call) -> int:
+    """Peak bytes Python, NumPy and zlib allocated during ``call()`` (tracemalloc sees all three; Pillow's
+    and tifffile's own image buffers it does not: spy on their decoders instead)."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        call()
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    return peak
+
+
 def write_ct_series(folder, count: int = 3, spacing_mm: float = 3.0, shuffle: bool = True):
     """``count`` copies of pydicom-data's 512x512 CT slice as a series along z, slice i's pixels
     raised by 10 * i; file names shuffled so that only positions give the order."""

@@ -161,14 +161,17 @@ def test_multiframe_dicom_is_a_stack_or_one_chosen_frame():
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")  # pydicom warns about the invalid values, as it should
-@pytest.mark.parametrize("changes,message", [
-    ({"Rows": 30000, "Columns": 30000}, "more than the 400,000,000"),  # refused before decoding
-    ({"Rows": 0}, "the image has 0 pixels"),
-    ({"WindowCenter": "nan", "WindowWidth": "inf", "PixelSpacing": ["inf", "0"]}, None),  # ignored, not used
-    ({"NumberOfFrames": 7}, "cannot decode the pixel data"),  # 7 frames promised, one present
-    ({"NumberOfFrames": "x"}, "image size .* is missing or not a number"),  # not a number at all
+@pytest.mark.parametrize("changes,message,frame", [
+    ({"Rows": 30000, "Columns": 30000}, "900,000,000 pixels per slice; this reader accepts at most 100,000,000",
+     None),  # refused from the header, before decoding
+    ({"Rows": 0}, "the image has 0 pixels", None),
+    ({"WindowCenter": "nan", "WindowWidth": "inf", "PixelSpacing": ["inf", "0"]}, None, None),  # ignored, not used
+    ({"NumberOfFrames": 7}, r"holds 7 slices of \(128, 128\); choose one", None),  # from the header: nothing decoded
+    ({"NumberOfFrames": 7}, "cannot decode the pixel data .* holds 32,768 bytes but the header's 7 frames need "
+                            "229,376", 0),  # 7 frames promised, one present: one frame alone is not read
+    ({"NumberOfFrames": "x"}, "image size .* is missing or not a number", None),  # not a number at all
 ])
-def test_nonsense_header_values(tmp_path, changes, message):
+def test_nonsense_header_values(tmp_path, changes, message, frame):
     if changes.get("NumberOfFrames") == "x":  # pydicom refuses to write that: edit the bytes
         path = _edited_dicom(tmp_path / "odd.dcm", NumberOfFrames=9)
         path.write_bytes(path.read_bytes().replace(b"IS\x02\x009 ", b"IS\x02\x00x ", 1))
@@ -179,7 +182,7 @@ def test_nonsense_header_values(tmp_path, changes, message):
         assert image.window is None and image.spacing_mm is None
         return
     with pytest.raises(ImageError, match=message) as caught:
-        read_slice(path)
+        read_slice(path, frame=frame)
     assert str(path) in str(caught.value)
 
 
@@ -254,6 +257,93 @@ def test_huge_npy_is_refused_before_loading(tmp_path):
         read_slice(path)
 
 
+def _sparse_npy(path: Path, shape: tuple[int, ...], dtype=np.float32) -> Path:
+    """A .npy of ``shape`` whose data is a hole in the file: any size, no disk space."""
+    header = np.lib.format.header_data_from_array_1_0(np.zeros((1, 1), dtype))
+    header["shape"] = shape
+    with open(path, "wb") as handle:
+        np.lib.format.write_array_header_1_0(handle, header)
+        handle.truncate(handle.tell() + int(np.prod(shape)) * np.dtype(dtype).itemsize)
+    return path
+
+
+@pytest.mark.parametrize("shape", [(20000, 20000, 1), (1, 20000, 20000), (20000, 20000, 3)])
+def test_npy_with_an_axis_of_one_is_counted_whole(tmp_path, shape):
+    """Issue 15: (20000, 20000, 1) passed the 100 M pixel guard (the trailing 1 was taken for the width, so it
+    counted 20,000 pixels) and was read and segmented at 5.6 GB. Refused from the header, nothing loaded."""
+    from conftest import peak_memory
+
+    path = _sparse_npy(tmp_path / "tall.npy", shape)
+
+    def read():
+        with pytest.raises(ImageError, match="400,000,000 pixels per slice; this reader accepts at most 100,000,000"):
+            read_slice(path)
+
+    assert peak_memory(read) < 5_000_000
+
+
+def _png_bomb(path: Path, width: int, height: int) -> Path:
+    """A real 8-bit grey PNG of ``width`` x ``height`` zeros, zlib-deflated: ~1 KB on disk per MB of pixels."""
+    deflate = zlib.compressobj(9)
+    row = bytes(1 + width)  # filter byte + pixels
+    data = b"".join(deflate.compress(row) for _ in range(height)) + deflate.flush()
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", data) + chunk(b"IEND", b""))
+    return path
+
+
+def test_png_strip_bomb_is_refused_from_its_header(tmp_path, monkeypatch):
+    """Issue 15: an 87 KB PNG of 1x90,000,000 pixels (under the 100 M pixel limit, just over Pillow's warning
+    threshold, which the reader silenced) took 3.4 GB: decoded, then resized through an antialiasing kernel
+    350,000 taps wide. A side over 20,000 pixels is refused from the header, and nothing is decoded."""
+    from PIL import ImageFile
+
+    path = _png_bomb(tmp_path / "strip.png", 90_000_000, 1)
+    assert path.stat().st_size < 200_000
+    decoded = []
+    real_load = ImageFile.ImageFile.load
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: decoded.append(self) or real_load(self))
+    with pytest.raises(ImageError, match="a side of 90,000,000 pixels; this reader accepts at most 20,000") as caught:
+        read_slice(path)
+    assert str(path) in str(caught.value) and decoded == []
+    small = _png_bomb(tmp_path / "ok.png", 300, 20)  # the builder's positive control: a real PNG, read
+    assert read_slice(small).shape == (20, 300) and decoded
+
+
+def _zlib_tiff_stack(path: Path, pages: int, height: int, width: int) -> Path:
+    import tifffile
+
+    page = np.zeros((height, width), np.uint8)
+    tifffile.imwrite(path, (page for _ in range(pages)), shape=(pages, height, width), dtype=np.uint8,
+                     compression="zlib", photometric="minisblack")  # one series, written a page at a time
+    return path
+
+
+def test_zlib_tiff_stack_is_refused_or_read_one_page_from_its_header(tmp_path, monkeypatch):
+    """Issue 15: a 3 MB zlib TIFF took 3.8 GB. The way there found here: every page of a stack was decoded
+    before the reader asked which slice was meant. Now the number of slices comes from the header, and only
+    the chosen page is decoded."""
+    import tifffile
+
+    path = _zlib_tiff_stack(tmp_path / "stack.tif", 40, 2000, 2000)  # 160 MB of pixels
+    assert path.stat().st_size < 2_000_000
+    decoded = []
+    real = tifffile.TiffPage.asarray
+    monkeypatch.setattr(tifffile.TiffPage, "asarray",
+                        lambda self, *a, **k: decoded.append(self.index) or real(self, *a, **k))
+    with pytest.raises(ImageError, match=r"TIFF stack holds 40 slices of \(2000, 2000\); choose one \(--frame 0..39\)"):
+        read_slice(path)
+    with pytest.raises(ImageError, match="frame 40 out of range 0..39"):
+        read_slice(path, frame=40)
+    assert decoded == []
+    assert read_slice(path, frame=7).shape == (2000, 2000)
+    assert decoded == [7]
+
+
 @pytest.mark.parametrize("values,message", [
     ([[0.0, np.nan], [1.0, 2.0]], "the image has 1 NaN or infinite pixels: replace them"),
     ([[0.0, np.inf], [-np.inf, 2.0]], "the image has 2 NaN or infinite pixels"),
@@ -265,6 +355,30 @@ def test_nan_and_inf_npy_are_refused_naming_the_file(tmp_path, values, message):
     with pytest.raises(ImageError, match=message) as caught:
         read_slice(path)
     assert str(caught.value).startswith(str(path))
+
+
+@pytest.mark.parametrize("values,message", [
+    ([[0.0, 1e300], [1.0, 2.0]], r"the image has 1 pixel with a finite value far beyond any image's range \(up to "
+                                 r"1e\+300 in magnitude; 32-bit floats hold at most 3.4e\+38\): the array is damaged "
+                                 "or wrongly scaled"),
+    ([[-1e39, 1e300], [np.nan, 2.0]], "2 pixels with finite values far beyond .*up to 1e\\+300.*; 1 more are NaN"),
+])
+def test_finite_values_too_large_for_float32_are_not_called_nan(tmp_path, segmenter, values, message):
+    """Issue 15: a float64 .npy holding 1e300 was refused as "NaN or infinite", which it is not."""
+    path = tmp_path / "huge-values.npy"
+    np.save(path, np.array(values, np.float64))
+    with pytest.raises(ImageError, match=message) as caught:
+        read_slice(path)
+    assert "NaN or infinite pixels: replace them" not in str(caught.value)
+    with pytest.raises(ImageError, match=message):
+        segmenter.segment(np.array(values, np.float64), "a lesion", hounsfield=True)
+
+
+def test_a_rescale_beyond_float32_is_named_in_a_dicom(tmp_path):
+    path = _edited_dicom(tmp_path / "slope.dcm", RescaleSlope="1e300")
+    with pytest.raises(ImageError, match=r"slope.dcm: after the modality LUT \(rescale slope and intercept\) the "
+                                         "image has .* pixels with finite values far beyond any image's range"):
+        read_slice(path)
 
 
 @pytest.mark.parametrize("content,message", [
@@ -374,6 +488,33 @@ def test_5000_character_expression_is_cut_and_works(segmenter, text_encoder):
     result = segmenter.segment(ct, text)
     assert result.mask.shape == (128, 128) and result.text == cleaned
     assert clean_expression("x" * 5000) == "x" * MAX_EXPRESSION_CHARS  # one endless word is cut too
+
+
+def test_a_200_mb_expression_is_refused_before_it_is_read(segmenter):
+    """Issue 15: a 200 MB expression through the API took 45 s and 2.6 GB before it was cut. The length is
+    checked first: here 20 MB, refused in microseconds, nothing allocated; 100,000 characters are still cut."""
+    import time
+
+    from conftest import peak_memory
+
+    from lsms_core.expressions import MAX_EXPRESSION_INPUT_CHARS
+
+    ct = read_slice(get_testdata_file(CT))
+    text = "the largest lesion " * 1_100_000  # 20.9 M characters
+    for call in (lambda: clean_expression(text), lambda: segmenter.encode_text(text),
+                 lambda: segmenter.segment(ct, text)):
+        start = time.perf_counter()
+
+        def refused():
+            with pytest.raises(ExpressionError, match="the expression is 20,900,000 characters long; at most "
+                                                      "100,000 are accepted"):
+                call()
+
+        assert peak_memory(refused) < 1_000_000
+        assert time.perf_counter() - start < 0.5
+    assert len(clean_expression(text[:MAX_EXPRESSION_INPUT_CHARS])) <= MAX_EXPRESSION_CHARS  # at the limit: cut
+    with pytest.raises(ExpressionError, match="100,001 characters long"):
+        clean_expression(text[:MAX_EXPRESSION_INPUT_CHARS + 1])
 
 
 @pytest.mark.parametrize("text", [
@@ -566,3 +707,130 @@ def test_lsms_segment_console_script_on_a_truncated_dicom(tmp_path):
     assert done.stderr.splitlines() == [expected]
     assert not (tmp_path / "m.png").exists()
 
+
+
+# --- issue 15 item 10 (the readers' and writers' part) ----------------------------------------------
+
+@pytest.mark.parametrize("case,message", [
+    ("missing", "no such file"),
+    ("folder", "is a folder, not an image file"),
+    ("symlink-loop", "symbolic link loop"),
+    ("dangling-symlink", "a symbolic link to a missing file"),
+    ("fifo", "not a regular file but a FIFO"),
+])
+def test_read_slice_says_what_the_path_is(tmp_path, case, message):
+    """A symlink loop or a folder said "no such file"."""
+    path = tmp_path / "x.png"
+    if case == "folder":
+        path.mkdir()
+    elif case == "symlink-loop":
+        path.symlink_to(tmp_path / "y.png")
+        (tmp_path / "y.png").symlink_to(path)
+    elif case == "dangling-symlink":
+        path.symlink_to(tmp_path / "gone.png")
+    elif case == "fifo":
+        os.mkfifo(path)
+    with pytest.raises(ImageError, match=message) as caught:
+        read_slice(path)
+    assert str(path) in str(caught.value)
+    if case in ("symlink-loop", "fifo", "dangling-symlink"):
+        with pytest.raises(ImageError, match=message):
+            read_dicom(path.with_suffix(".dcm") if path.with_suffix(".dcm").exists() else path)
+
+
+def test_read_dicom_on_a_symlink_loop_says_so(tmp_path):
+    path = tmp_path / "a.dcm"
+    path.symlink_to(tmp_path / "b.dcm")
+    (tmp_path / "b.dcm").symlink_to(path)
+    with pytest.raises(ImageError, match="symbolic link loop"):
+        read_dicom(path)
+
+
+def test_one_bit_png_is_read_as_black_and_white(tmp_path):
+    pixels = np.zeros((20, 30), bool)
+    pixels[5:10, 3:25] = True
+    Image.fromarray(pixels).convert("1").save(tmp_path / "mask.png")
+    assert Image.open(tmp_path / "mask.png").mode == "1"
+    image = read_slice(tmp_path / "mask.png")
+    np.testing.assert_array_equal(image.pixels, pixels * 255.0)
+
+
+def test_palette_png_is_read_through_its_palette_not_as_indices(tmp_path):
+    """A palette PNG's pixels are indices into its colour table; index 0 may well be white."""
+    grey = np.array([[0, 64], [128, 255]], np.uint8)
+    palette_image = Image.fromarray(grey).convert("RGB").quantize(4)  # palette order is not grey order
+    palette_image.save(tmp_path / "p.png")
+    with Image.open(tmp_path / "p.png") as check:
+        assert check.mode == "P"
+        indices = np.asarray(check)
+        expected = np.asarray(check.convert("RGB")).astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+    assert not np.array_equal(indices, grey)  # the indices are not the grey values
+    np.testing.assert_allclose(read_slice(tmp_path / "p.png").pixels, expected, atol=1e-3)
+    np.testing.assert_allclose(expected, grey, atol=1.0)
+
+
+def test_palette_png_with_transparency_and_grey_with_alpha(tmp_path):
+    grey = np.array([[0, 100], [200, 255]], np.uint8)
+    image = Image.fromarray(grey).convert("P")
+    image.info["transparency"] = 0
+    image.save(tmp_path / "pt.png", transparency=0)
+    np.testing.assert_allclose(read_slice(tmp_path / "pt.png").pixels, grey, atol=1.0)
+    Image.fromarray(np.dstack([grey, np.full_like(grey, 255)]), "LA").save(tmp_path / "la.png")
+    np.testing.assert_array_equal(read_slice(tmp_path / "la.png").pixels, grey)
+
+
+def test_one_bit_tiff_is_read_as_black_and_white(tmp_path):
+    import tifffile
+
+    pixels = np.zeros((8, 12), bool)
+    pixels[2:5, 3:9] = True
+    tifffile.imwrite(tmp_path / "bits.tif", pixels)
+    np.testing.assert_array_equal(read_slice(tmp_path / "bits.tif").pixels, pixels * 255.0)
+
+
+def test_full_disk_while_saving_a_checkpoint_names_the_file(tmp_path, tiny_config, monkeypatch):
+    """A write that fails inside a file object carries no file name: "[Errno 28] No space left on device"."""
+    import errno
+
+    import lsms_core.checkpoint as checkpoint
+
+    def full(path, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoint, "atomic_write_bytes", full)
+    target = tmp_path / "run" / "best.safetensors"
+    with pytest.raises(OSError) as caught:
+        save_checkpoint(target, build_model(tiny_config.model), tiny_config)
+    assert caught.value.errno == errno.ENOSPC and str(target) in str(caught.value)
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="finds the manifest's descriptor through /proc")
+def test_full_disk_while_appending_the_manifest_line_names_the_file(tmp_path, monkeypatch):
+    import errno
+
+    root = tmp_path / "d"
+    dataset = AnnotationDataset.create(root)
+    real_write = os.write
+
+    def full(fd, data):
+        if os.readlink(f"/proc/self/fd/{fd}").endswith("annotations.jsonl"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", full)
+    image = np.zeros((8, 8), np.float32)
+    with pytest.raises(OSError) as caught:
+        dataset.add(image, image > 0, "a lesion", split_group="p-1", modality="CT", units="HU")
+    monkeypatch.undo()
+    assert caught.value.errno == errno.ENOSPC and str(root / "annotations.jsonl") in str(caught.value)
+    assert validate_dataset(root) == [] or all(p.severity == "warning" for p in validate_dataset(root))
+
+
+def test_palette_tiff_is_read_through_its_colormap(tmp_path):
+    import tifffile
+
+    indices = np.array([[0, 1], [2, 3]], np.uint8)
+    colormap = np.zeros((3, 256), np.uint16)
+    colormap[:, :4] = np.array([65535, 0, 32768, 16384], np.uint16)  # grey entries, not in index order
+    tifffile.imwrite(tmp_path / "p.tif", indices, photometric="palette", colormap=colormap)
+    np.testing.assert_allclose(read_slice(tmp_path / "p.tif").pixels, [[65535, 0], [32768, 16384]], rtol=1e-4)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -208,3 +210,66 @@ def test_atomic_write_gives_normal_permissions(tmp_path):
     os.umask(umask)
     atomic_write_bytes(tmp_path / "f", b"x")
     assert (tmp_path / "f").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def _with_stored_config(path, tmp_path, section: str, field: str, value):
+    """A copy of checkpoint ``path`` whose stored config says ``section.field = value``."""
+    from safetensors.torch import load_file, save_file
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as handle:
+        metadata = dict(handle.metadata())
+    config = json.loads(metadata["config"])
+    config[section][field] = value
+    metadata["config"] = json.dumps(config)
+    edited = tmp_path / f"edited-{field}.safetensors"
+    save_file(load_file(str(path)), str(edited), metadata=metadata)
+    return edited
+
+
+@pytest.mark.parametrize("section, field, value, message", [
+    ("model", "nmf_eval_steps", 1e9, "nmf_eval_steps must be an int"),
+    ("model", "nmf_eval_steps", 10 ** 9, "nmf_eval_steps must lie in 0..100"),
+    ("model", "widths", [16.0, 32, 64, 96], "widths must be a list of ints"),
+    ("model", "widths", [16, 32, 64, 100000], "widths must lie in 2..1024"),
+    ("model", "drop_path", "0.1", "drop_path must be a float"),
+    ("text", "train_layers", ["all"], "train_layers must be a list of ints"),
+    ("preprocess", "image_size", 40000 * 32, "image_size must lie in 32..2048"),
+    ("preprocess", "window_width", float("nan"), "window_width must lie in"),
+])
+def test_config_values_that_would_hang_or_exhaust_memory_are_refused(tmp_path, tiny_checkpoint, section, field,
+                                                                     value, message):
+    edited = _with_stored_config(tiny_checkpoint, tmp_path, section, field, value)
+    with pytest.raises(CheckpointError, match=message):
+        read_checkpoint(edited)
+
+
+def test_a_huge_file_is_refused_from_its_size_before_reading(tmp_path, monkeypatch):
+    import lsms_core.checkpoint as checkpoint
+
+    sparse = tmp_path / "huge.safetensors"
+    with open(sparse, "wb") as handle:  # sparse: takes no disk, reads as zeros
+        handle.truncate(checkpoint.MAX_CHECKPOINT_BYTES + 1)
+    read = []
+    monkeypatch.setattr(type(sparse), "read_bytes", lambda self: read.append(self) or b"")
+    with pytest.raises(CheckpointError, match="GiB"):
+        read_checkpoint(sparse)
+    assert not read
+
+
+def test_stored_configs_share_one_rule_for_unknown_keys():
+    """Issue 15: config._from_dict refuses unknown keys, TrainConfig.from_json dropped them. The shared
+    helper (lsms_core.records) follows config.py's rule: unknown keys are an error that names them."""
+    import dataclasses
+
+    from lsms_core.config import ConfigError, PreprocessConfig, _from_dict
+    from lsms_core.records import dataclass_from_dict
+
+    raw = dataclasses.asdict(PreprocessConfig(image_size=64))
+    expected = PreprocessConfig(image_size=64)
+    assert dataclass_from_dict(PreprocessConfig, raw) == _from_dict(PreprocessConfig, raw) == expected
+    for read in (dataclass_from_dict, _from_dict):
+        with pytest.raises(ConfigError, match=r"unknown PreprocessConfig fields \['gamma'\]"):
+            read(PreprocessConfig, {**raw, "gamma": 2.0})
+    with pytest.raises(ConfigError, match="JSON object"):
+        dataclass_from_dict(PreprocessConfig, [1, 2])

@@ -88,3 +88,67 @@ def test_lsms_segment_errors_are_one_clear_line(case, message, tiny_checkpoint, 
     assert done.returncode == 2
     assert message in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "m.png").exists()
+
+
+@pytest.mark.parametrize("how", ["same-path", "spelt-otherwise", "hard-link", "symbolic-link", "checkpoint"])
+def test_lsms_segment_never_writes_the_mask_over_its_input(tmp_path, capsys, how):
+    """Issue 15: ``lsms-segment x.dcm -o x.dcm`` replaced the input DICOM with the mask PNG. Refused before
+    anything is loaded (the checkpoint named here does not even exist), the input left as it was."""
+    from lsms_core.cli.segment import main
+
+    image = tmp_path / "x.dcm"
+    shutil.copy(get_testdata_file("CT_small.dcm"), image)
+    before = image.read_bytes()
+    checkpoint = tmp_path / "missing.safetensors"
+    (tmp_path / "sub").mkdir()
+    output = {"same-path": image, "spelt-otherwise": tmp_path / "sub" / ".." / "x.dcm"}.get(how)
+    if how == "hard-link":
+        output = tmp_path / "alias.png"
+        os.link(image, output)
+    elif how == "symbolic-link":
+        output = tmp_path / "alias.png"
+        output.symlink_to(image)
+    elif how == "checkpoint":
+        checkpoint = output = tmp_path / "model.safetensors"
+        checkpoint.write_bytes(b"weights")
+    code = main([str(image), "--text", "a lesion", "--checkpoint", str(checkpoint), "-o", str(output)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    what = "the checkpoint" if how == "checkpoint" else "the input image"
+    assert f"lsms-segment: error: -o {output} is {what} itself: the mask would replace it" in err
+    assert image.read_bytes() == before
+
+
+@pytest.mark.parametrize("tool", ["lsms-train", "lsms-eval"])
+@pytest.mark.parametrize("change,message", [
+    (lambda r: r.pop("units"), "missing field 'units'"),  # was: KeyError 'units' (a traceback)
+    (lambda r: r.update(image=123), "field 'image' must be str, got int"),  # was: TypeError
+    (lambda r: r.update(text="\u200b\u200b"), "empty expression 'text'"),  # was: accepted, then aborted lsms-eval
+])
+def test_training_and_evaluation_name_a_bad_dataset_line(tmp_path, capsys, tool, change, message):
+    """Issue 15: lsms-train on a line without ``units`` or with ``image: 123`` ended in a traceback. Now one
+    line naming the manifest line, exit 2, before a model or text encoder is loaded."""
+    from lsms_core.dataset import AnnotationDataset
+    from training.eval_cli import main as eval_main
+    from training.train_cli import main as train_main
+
+    root = tmp_path / "d"
+    dataset = AnnotationDataset.create(root)
+    image, mask = np.zeros((32, 32), np.float32), np.zeros((32, 32), bool)
+    for split, value in (("train", 0.0), ("test", 5.0), ("test", 9.0)):
+        dataset.add(image + value, mask, "the lesion", split=split, split_group=f"p-{value:g}", modality="CT",
+                    units="HU")
+    lines = (root / "annotations.jsonl").read_text().splitlines()
+    record = json.loads(lines[2])
+    change(record)
+    lines[2] = json.dumps(record)
+    (root / "annotations.jsonl").write_text("\n".join(lines) + "\n")
+    if tool == "lsms-train":
+        code = train_main([str(root), "-o", str(tmp_path / "run"), "--no-progress", "--device", "cpu",
+                           "--preset", "lsms-tiny", "--image-size", "64", "--epochs", "1"])  # short if it fails
+    else:
+        code = eval_main([str(root), "--split", "test", "--device", "cpu", "--json"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert err.startswith(f"{tool}: error: {root / 'annotations.jsonl'} line 3: ") and message in err, err
+    assert "lsms-data validate" in err

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -213,3 +214,271 @@ def test_records_cannot_point_outside_the_dataset(tmp_path):
         dataset.read_image({"image": "../../secret.npy"})
     with pytest.raises(DatasetError, match="not a path inside"):
         dataset.read_mask({"mask": "/etc/passwd"})
+
+
+# --- issue 15: a complete last line without its newline; a manifest that is not a regular file -------
+
+def test_complete_last_line_without_newline_is_a_record_and_survives_the_next_save(tmp_path):
+    """A hand edit or a script can drop the final newline: that line is a saved annotation, not a torn
+    save. It was counted out by the validator and cut away by the next save."""
+    root = tmp_path / "d"
+    dataset = AnnotationDataset.create(root)
+    for i in range(3):
+        _add(dataset, f"lesion {i}", group=f"p-{i}", value=float(i))
+    manifest = root / "annotations.jsonl"
+    manifest.write_bytes(manifest.read_bytes().rstrip(b"\n"))  # the last line loses its newline
+    reopened = AnnotationDataset.open(root)
+    assert [r["text"] for r in reopened.records] == ["lesion 0", "lesion 1", "lesion 2"]
+    assert reopened.record_lines == [1, 2, 3] and not reopened.torn_tail
+    assert validate_dataset(root) == []  # all three counted, no "incomplete last line" warning
+    _add(reopened, "lesion 3", group="p-3", value=3.0)
+    assert [r["text"] for r in reopened.records] == [f"lesion {i}" for i in range(4)]
+    again = AnnotationDataset.open(root)
+    assert [r["text"] for r in again.records] == [f"lesion {i}" for i in range(4)]
+    assert again.record_lines == [1, 2, 3, 4]
+    assert manifest.read_bytes().count(b"\n") == 4 and manifest.read_bytes().endswith(b"}\n")
+    assert validate_dataset(root) == []
+
+
+def test_unterminated_last_line_then_another_process_appends(tmp_path):
+    """One process read the unterminated line; another then saves (adding the newline first): the first
+    sees the new line once, with the right line number, and its own next save keeps everything."""
+    root = tmp_path / "d"
+    first = AnnotationDataset.create(root)
+    _add(first, "lesion 0", group="p-0")
+    manifest = root / "annotations.jsonl"
+    manifest.write_bytes(manifest.read_bytes().rstrip(b"\n"))
+    first = AnnotationDataset.open(root)
+    second = AnnotationDataset.open(root)
+    _add(second, "lesion 1", group="p-1", value=1.0)
+    _add(first, "lesion 2", group="p-2", value=2.0)
+    assert [r["text"] for r in first.records] == ["lesion 0", "lesion 1", "lesion 2"]
+    assert first.record_lines == [1, 2, 3] and first.bad_lines == []
+    assert [r["text"] for r in AnnotationDataset.open(root).records] == ["lesion 0", "lesion 1", "lesion 2"]
+
+
+@pytest.mark.parametrize("tail,kept", [
+    (b'{"id": "half-writ', False),  # a save cut short: torn, removed by the next save
+    (b"   ", False),  # whitespace only: nothing to keep
+    (b"[1, 2]", True),  # complete JSON but not an object: a bad line the validator names, never cut away
+])
+def test_only_an_unparseable_tail_is_torn(tmp_path, tail, kept):
+    root = tmp_path / "d"
+    dataset = AnnotationDataset.create(root)
+    _add(dataset, "first")
+    with open(root / "annotations.jsonl", "ab") as handle:
+        handle.write(tail)
+    reopened = AnnotationDataset.open(root)
+    assert reopened.torn_tail is (not kept)
+    if kept:
+        assert any("line 2: not a JSON object" in e for e in _errors(root))
+    _add(reopened, "second", group="p-2", value=2.0)
+    assert (tail in (root / "annotations.jsonl").read_bytes()) is kept
+    assert [r["text"] for r in AnnotationDataset.open(root).records] == ["first", "second"]
+
+
+def _run_with_timeout(code: str, timeout: float = 30) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout,
+                          cwd=Path(__file__).resolve().parents[1])
+
+
+@pytest.mark.parametrize("name", ["annotations.jsonl", "dataset.json", ".lock", "mask", "image"])
+def test_files_that_are_fifos_are_refused_not_waited_on(tmp_path, name):
+    """``lsms-data validate`` on a manifest that is a FIFO hung forever (reading a pipe no one writes).
+    Every dataset file is opened only if it is a regular file; the message says what it is."""
+    import os
+
+    root = tmp_path / "d"
+    dataset = AnnotationDataset.create(root)
+    record = _add(dataset, "first")
+    target = root / {"mask": record["mask"], "image": record["image"]}.get(name, name)
+    target.unlink()
+    os.mkfifo(target)
+    if name == ".lock":  # only a save takes the lock
+        code = (f"import sys; sys.path.insert(0, 'tests'); from test_dataset import _add; "
+                f"from lsms_core.dataset import AnnotationDataset, DatasetError\n"
+                f"try:\n    _add(AnnotationDataset.open({str(root)!r}), 'second', group='p-2', value=2.0)\n"
+                f"except DatasetError as exc:\n    print('refused:', exc)")
+        done = _run_with_timeout(code)
+        assert done.returncode == 0, done.stderr
+        output = done.stdout
+    else:
+        done = _run_with_timeout(f"from training.data_cli import main; raise SystemExit(main(['validate', "
+                                 f"{str(root)!r}]))")
+        assert done.returncode == 1, done.stdout + done.stderr
+        output = done.stdout + done.stderr
+    assert "not a regular file" in output and "FIFO" in output and name.split(".")[0] in output
+    assert "Traceback" not in output
+
+
+@pytest.mark.parametrize("kind", ["image", "mask"])
+def test_reading_a_fifo_image_or_mask_is_refused(tmp_path, kind):
+    import os
+
+    root = tmp_path / "d"
+    record = _add(AnnotationDataset.create(root), "first")
+    (root / record[kind]).unlink()
+    os.mkfifo(root / record[kind])
+    code = (f"from lsms_core.dataset import AnnotationDataset, DatasetError\n"
+            f"d = AnnotationDataset.open({str(root)!r})\n"
+            f"try:\n    d.read_{kind}(d.records[0])\nexcept DatasetError as exc:\n    print('refused:', exc)")
+    done = _run_with_timeout(code)
+    assert done.returncode == 0 and "refused:" in done.stdout and "FIFO" in done.stdout, done.stdout + done.stderr
+
+
+# --- issue 15: lines that would crash training, leakage, sizes -------------------------------------------------
+
+def _edit_line(root: Path, index: int, change) -> None:
+    """Apply ``change`` to the record on manifest line ``index + 1`` and write it back."""
+    manifest = root / "annotations.jsonl"
+    lines = manifest.read_text().splitlines()
+    record = json.loads(lines[index])
+    change(record)
+    lines[index] = json.dumps(record)
+    manifest.write_text("\n".join(lines) + "\n")
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda r: r.pop("units"), "missing field 'units'"),  # lsms-train: KeyError 'units'
+    (lambda r: r.update(image=123), "field 'image' must be str, got int"),  # lsms-train: TypeError
+    (lambda r: r.update(text="\u200b\u200c\u2060\ufeff"), "empty expression 'text' (nothing visible"),  # zero-width
+    (lambda r: r.update(text="x" * 100_001), "expression 'text' is 100,001 characters long"),
+])
+def test_a_bad_line_is_named_when_the_dataset_is_used(tmp_path, change, message):
+    """Issue 15: a line without ``units`` ended lsms-train in a KeyError, ``image: 123`` in a TypeError, and a text
+    of zero-width characters passed the validator and aborted a whole lsms-eval. The validator names the line;
+    ``select`` (what training, evaluation and export read) refuses the dataset, naming the line, as the
+    validator's rule (an invalid line is an error) implies. The dataset still opens, so the widget can save."""
+    root = tmp_path / "d"
+    dataset = AnnotationDataset.create(root)
+    _add(dataset, "first", split="train")
+    _add(dataset, "second", split="test", value=3.0, group="p-2")
+    _edit_line(root, 1, change)
+    assert any(f"line 2: {message}" in e for e in _errors(root)), _errors(root)
+    reopened = AnnotationDataset.open(root)
+    for split in ("test", "train", None):  # a bad line in any split: the dataset does not validate
+        with pytest.raises(DatasetError, match=rf"annotations.jsonl line 2: .*{re.escape(message)}.*lsms-data "
+                                               "validate"):
+            reopened.select(split)
+    _add(reopened, "third", value=4.0, group="p-3")  # saving still works
+    assert len(AnnotationDataset.open(root)) == 3
+
+
+def test_a_line_that_is_not_json_is_named_when_the_dataset_is_used(tmp_path):
+    """A byte-order mark made line 1 unreadable and training silently used 2 of 3 samples (issue 15 item 6)."""
+    root = tmp_path / "d"
+    dataset = AnnotationDataset.create(root)
+    for value in range(3):
+        _add(dataset, "a lesion", value=float(value), split="train")
+    manifest = root / "annotations.jsonl"
+    manifest.write_bytes(b"\xef\xbb\xbf" + manifest.read_bytes())
+    with pytest.raises(DatasetError, match="line 1: not valid JSON"):
+        AnnotationDataset.open(root).select("train")
+
+
+def test_split_fractions_that_are_not_an_object_are_a_clear_error(tmp_path):
+    """Issue 15: ``split_fractions`` as a list in dataset.json ended add() in an AttributeError."""
+    root = tmp_path / "d"
+    AnnotationDataset.create(root)
+    info = json.loads((root / "dataset.json").read_text())
+    info["split_fractions"] = [0.7, 0.15, 0.15]
+    (root / "dataset.json").write_text(json.dumps(info))
+    dataset = AnnotationDataset.open(root)
+    with pytest.raises(DatasetError, match=r"dataset.json: split_fractions must be an object such as .*got a JSON "
+                                           "array.*fix dataset.json"):
+        _add(dataset)
+    _add(dataset, split="train")  # an explicit split needs no fractions
+    assert any("split_fractions must be an object" in e for e in _errors(root))
+
+
+def test_the_identical_slice_in_two_splits_is_an_error(tmp_path):
+    """Issue 15: the validator called a dataset valid with the identical slice in train and test under two
+    split groups. Images are stored by content, so the two lines name one file."""
+    root = tmp_path / "d"
+    dataset = AnnotationDataset.create(root)
+    _add(dataset, "the lesion", group="scan-a", split="train")
+    _add(dataset, "the lesion", group="scan-b", split="test")  # same pixels, another group
+    _add(dataset, "another slice", group="scan-c", split="test", value=9.0)
+    errors = _errors(root)
+    assert any("line 1: the identical slice images/" in e and "train (line 1), test (line 2)" in e
+               for e in errors), errors
+
+
+def test_an_identical_slice_stored_under_two_names_is_found_by_deep_validation(tmp_path):
+    root = tmp_path / "d"
+    dataset = AnnotationDataset.create(root)
+    first = _add(dataset, "the lesion", group="scan-a", split="train")
+    second = _add(dataset, "the lesion", group="scan-b", split="test", value=9.0)
+    (root / second["image"]).write_bytes((root / first["image"]).read_bytes())  # a copy under another name
+    assert not any("identical" in e for e in _errors(root))  # the fast check goes by name only
+    deep = [str(p) for p in validate_dataset(root, deep=True) if p.severity == "error"]
+    assert any("hold identical pixels and are in several splits: train (line 1), test (line 2)" in e
+               for e in deep), deep
+
+
+def test_one_patient_in_two_splits_is_a_warning(tmp_path):
+    """One ``patient_key`` in two splits: a warning (not an error) because it can be deliberate: RefLiTS splits
+    one LiTS volume into slice blocks with gaps between them (docs/reliability.md)."""
+    root = tmp_path / "d"
+    dataset = AnnotationDataset.create(root)
+    _add(dataset, "a", group="block-1", patient_key="p:17", split="train")
+    _add(dataset, "b", group="block-2", patient_key="p:17", split="test", value=9.0)
+    problems = validate_dataset(root)
+    assert [p.severity for p in problems if "patient_key 'p:17' is in several splits" in p.message] == ["warning"]
+    assert _errors(root) == []
+
+
+def test_a_huge_image_is_refused_from_headers_by_the_fast_validator(tmp_path):
+    """Issue 15: a 40000x40000 image passed the non-deep validator and lsms-train ended in a MemoryError
+    traceback. The record's height x width and the .npy header are refused; nothing is loaded."""
+    import struct
+    import zlib
+
+    from conftest import peak_memory
+
+    root = tmp_path / "d"
+    dataset = AnnotationDataset.create(root)
+    record = _add(dataset, "small", split="train")
+    image = root / "images" / "huge.npy"
+    header = np.lib.format.header_data_from_array_1_0(np.zeros((1, 1), np.uint8))
+    header["shape"] = (40000, 40000)
+    with open(image, "wb") as handle:  # 1.6 GB, sparse: no disk space
+        np.lib.format.write_array_header_1_0(handle, header)
+        handle.truncate(handle.tell() + 40000 * 40000)
+    png = bytearray((root / record["mask"]).read_bytes())  # a real mask PNG whose IHDR says 40000x40000
+    png[16:24] = struct.pack(">II", 40000, 40000)
+    png[29:33] = struct.pack(">I", zlib.crc32(bytes(png[12:29])))
+    (root / "masks" / "huge.png").write_bytes(bytes(png))
+    with open(root / "annotations.jsonl", "a") as handle:
+        handle.write(json.dumps({**record, "id": "huge-1", "image": "images/huge.npy", "mask": "masks/huge.png",
+                                 "height": 40000, "width": 40000}) + "\n")
+
+    def check():
+        errors = _errors(root)
+        assert any("line 2: the slice is 40000x40000 (1,600,000,000 pixels): more than the 100,000,000" in e
+                   for e in errors), errors
+        with pytest.raises(DatasetError, match="line 2: the slice is 40000x40000"):
+            AnnotationDataset.open(root).select("train")
+
+    assert peak_memory(check) < 20_000_000
+    _edit_line(root, 1, lambda r: r.update(height=32, width=32))  # a line that lies about the size
+    assert any("image images/huge.npy is 40000x40000 but the line says 32x32" in e for e in _errors(root))
+    bad = AnnotationDataset.open(root).records[1]
+    assert peak_memory(lambda: pytest.raises(DatasetError, AnnotationDataset.open(root).read_image, bad)) < 5_000_000
+    with pytest.raises(DatasetError, match="huge.npy is 40000x40000 but annotation 'huge-1' says 32x32"):
+        AnnotationDataset.open(root).read_image(bad)
+    with pytest.raises(DatasetError, match="huge.png: the mask is far larger than any image"):  # Pillow's limit
+        AnnotationDataset.open(root).read_mask(bad)
+    Image.fromarray(np.zeros((40, 32), np.uint8)).save(root / "masks" / "huge.png")
+    with pytest.raises(DatasetError, match="huge.png is 40x32 but annotation 'huge-1' says 32x32"):
+        AnnotationDataset.open(root).read_mask(bad)
+
+
+def test_an_image_beyond_float32_is_refused_by_the_writer(tmp_path):
+    """Finite float64 values such as 1e300 become infinite when training reads them as float32."""
+    dataset = AnnotationDataset.create(tmp_path / "d")
+    image, mask = _slice()
+    image = image.astype(np.float64)
+    image[0, 0] = 1e300
+    with pytest.raises(DatasetError, match="values up to 1e\\+300 in magnitude, beyond what 32-bit floats hold"):
+        dataset.add(image, mask, "x", split_group="p", modality="CT", units="HU")

@@ -78,3 +78,46 @@ def test_hu_images_export_through_their_window(tmp_path):
     export_lvit(tmp_path / "d", tmp_path / "o")
     png = np.asarray(Image.open(next((tmp_path / "o" / "Test_Folder" / "img").glob("*.png"))))
     assert png[0].tolist() == [0, 32, 128, 255]  # window [-150, 250] HU -> [0, 255]
+
+
+def _rename_pair(base: Path, old: str, new: str, style: str = "qata") -> None:
+    """Rename an image, its mask and its row in the split's text table."""
+    (base / "img" / old).rename(base / "img" / new)
+    (base / "labelcol" / f"mask_{old}").rename(base / "labelcol" / f"mask_{new}")
+    table = base / f"{base.name.split('_')[0]}_text.xlsx"
+    rows = [(f"mask_{new}" if name == f"mask_{old}" else name, text) for name, text in read_text_table(table).items()]
+    write_text_table(table, rows)
+
+
+def test_names_with_spaces_are_imported(tmp_path, rng):
+    """Issue 15: import-lvit stopped at an image named ``c 3.png`` (its split group had a space)."""
+    source = tmp_path / "lvit"
+    _make_layout(source, "qata", rng)
+    _rename_pair(source / "Train_Folder", "covid_train_0.png", "c 3.png")
+    _rename_pair(source / "Train_Folder", "covid_train_1.png", "c_3.png")  # would share "c_3" if only replaced
+    dataset = import_lvit(source, tmp_path / "dataset")
+    assert len(dataset) == 6
+    groups = {r["source"]["lvit_image"]: r["split_group"] for r in dataset.records}
+    assert groups["c_3.png"] == "lvit-train-c_3" and groups["c 3.png"].startswith("lvit-train-c_3-")
+    assert [p for p in validate_dataset(tmp_path / "dataset") if p.severity == "error"] == []
+
+
+def test_a_bad_file_is_named_and_leaves_no_partial_dataset(tmp_path, rng):
+    """Issue 15: a file import-lvit could not take left a partial dataset, which the next import-lvit then refused
+    to write into ("already holds a dataset"). Now the file is named, nothing is left, and the rerun works."""
+    source = tmp_path / "lvit"
+    _make_layout(source, "qata", rng)
+    bad = source / "Test_Folder" / "img" / "covid_test_1.png"
+    good = bad.read_bytes()
+    bad.write_bytes(good[:60])  # truncated
+    run = lambda *a: subprocess.run([sys.executable, "-m", "training.data_cli", *a],  # noqa: E731
+                                    capture_output=True, text=True, timeout=120)
+    done = run("import-lvit", str(source), str(tmp_path / "d"))
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert f"cannot import {bad} (mask mask_covid_test_1.png)" in done.stderr
+    assert "nothing was imported" in done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lvit"]  # no dataset, no hidden staging folder
+    bad.write_bytes(good)
+    again = run("import-lvit", str(source), str(tmp_path / "d"))
+    assert again.returncode == 0, again.stderr
+    assert len(AnnotationDataset.open(tmp_path / "d")) == 6

@@ -72,3 +72,56 @@ def test_tiny_model_overfits_real_lits_slices_and_follows_the_text(lits, text_en
                 for i in range(len(texts))]
     print("mean dice", np.mean(all_dice))
     assert np.mean(all_dice) > 0.6
+
+
+def _two_synthetic_lesions(lits, seed: int):
+    """Slice 40 with its real tumours painted over with liver and two synthetic hypodense lesions;
+    returns (hu, labels, largest mask, smallest mask) when the fact engine can tell them apart."""
+    from scipy import ndimage
+
+    from training.reflits import measure_lesions
+    from training.synthetic_lesions import SynthConfig, insert_lesions
+
+    hu, labels = lits.hu[40].copy(), lits.labels[40].copy()
+    tumour = labels == TUMOUR
+    hu[tumour] = float(np.median(hu[labels == 1]))
+    labels[tumour] = 1
+    config = SynthConfig(density_p=(1.0, 0.0, 0.0), radius_px=(4.0, 10.0), irregular_p=0.0, mass_effect_p=0.0,
+                         capsule_p=0.0)
+    hu, labels, inserted = insert_lesions(hu, labels, np.random.default_rng(seed), config, count=2)
+    lesions = measure_lesions(hu, labels, 6)
+    if len(lesions) != 2 or ndimage.label(labels == TUMOUR)[1] != 2:
+        return None
+    largest = [les for les in lesions if les.facts.get("largest")]
+    smallest = [les for les in lesions if les.facts.get("smallest")]
+    if len(largest) != 1 or len(smallest) != 1:
+        return None
+    return hu, labels, largest[0].mask, smallest[0].mask
+
+
+def test_training_with_same_slice_batches_follows_the_words_on_synthetic_lesions(lits, tmp_path):
+    """lsms-train's own loop (grouped batches) on one slice with two synthetic lesions: "the
+    largest lesion" and "the smallest lesion" end on different lesions, each on the one named."""
+    from lsms_core.dataset import AnnotationDataset
+    from lsms_core.inference import Segmenter
+    from lsms_core.referring import instance_map, named_instance, score_referring
+    from training.config import TrainConfig
+    from training.trainer import Trainer
+
+    found = next(filter(None, (_two_synthetic_lesions(lits, seed) for seed in range(20))))
+    hu, labels, largest, smallest = found
+    dataset = AnnotationDataset.create(tmp_path / "two", modality="CT")
+    for copy in range(12):  # one epoch = 24 samples = 3 batches, each of 4 slices x 2 expressions
+        for number, (text, mask) in enumerate(zip(EXPRESSIONS, (largest, smallest))):
+            dataset.add(hu, mask, text, split="train", split_group="two", modality="CT", units="HU", instance=number,
+                        annotation_id=f"two-{copy:02d}-{number}")
+    config = TrainConfig(dataset=str(tmp_path / "two"), output=str(tmp_path / "run"), preset="lsms-tiny",
+                         image_size=128, epochs=40, batch_size=8, lr=3e-3, weight_decay=0.0, same_slice=2, seed=0)
+    Trainer(config, show_progress=False).run()
+
+    segmenter = Segmenter(tmp_path / "run" / "last.safetensors", device="cpu")
+    instances = instance_map([largest, smallest], [0, 1])
+    for text, mask in zip(EXPRESSIONS, (largest, smallest)):
+        prediction = segmenter.segment(hu, text, hounsfield=True).mask
+        outcome = score_referring(prediction, instances, named_instance(mask, instances))
+        assert outcome.hit and outcome.leak < 0.2, (text, outcome)

@@ -20,7 +20,7 @@ from qtpy.QtCore import Qt
 
 from lsms_core.dataset import AnnotationDataset
 from lsms_core.dataset.validate import validate_dataset
-from lsms_core.image_io import read_dicom
+from lsms_core.dicom import read_dicom_slice as read_dicom  # one DICOM slice (a Slice)
 from lsms_core.privacy import dicom_identifiers, pseudonymous_key, secret_path, user_secret
 from lsms_napari.widget import ReferringLesionSegmentWidget
 from lsms_napari.widget.widget import CHECKPOINT_FILE
@@ -183,3 +183,86 @@ def test_keys_are_hmacs_with_a_secret_kept_outside_the_dataset(tmp_path, monkeyp
         assert stat.S_IMODE(os.stat(secret_path()).st_mode) == 0o600
         keys.append(pseudonymous_key(patient))
     assert keys[0] != keys[1]
+
+
+# --- issue 15 item 7: weak or racing secrets -------------------------------------------------------
+
+@pytest.mark.parametrize("content", [b"", b"\n", b"   \n", b"short-secret\n", b"0123456789abcde"])
+def test_an_empty_or_short_secret_file_is_refused(tmp_path, monkeypatch, content):
+    """An existing empty secret made every key HMAC(b"", PatientID): computable by anyone."""
+    from lsms_core.privacy import MIN_SECRET_BYTES, SecretError
+
+    monkeypatch.delenv("LSMS_NAPARI_SECRET", raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    secret_path().parent.mkdir(parents=True)
+    secret_path().write_bytes(content)
+    os.utime(secret_path(), (1, 1))  # an old file: not one being written right now
+    with pytest.raises(SecretError) as caught:
+        user_secret()
+    message = str(caught.value)
+    assert str(secret_path()) in message and f"at least {MIN_SECRET_BYTES}" in message and "\n" not in message
+    assert "delete it" in message and "LSMS_NAPARI_SECRET" in message
+    with pytest.raises(SecretError):
+        pseudonymous_key("QZ-PID-7734921")
+    assert secret_path().read_bytes() == content  # never replaced behind the user's back
+
+
+def test_an_empty_secret_gives_a_clear_error_when_reading_dicom(tmp_path, monkeypatch, dicom_file):
+    from lsms_core.preprocessing import ImageError
+
+    monkeypatch.delenv("LSMS_NAPARI_SECRET", raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    secret_path().parent.mkdir(parents=True)
+    secret_path().write_bytes(b"")
+    os.utime(secret_path(), (1, 1))
+    with pytest.raises(ImageError, match="secret") as caught:
+        read_dicom(dicom_file)
+    assert "damaged" not in str(caught.value)
+
+
+def test_a_secret_file_of_16_bytes_or_more_is_used_as_is(tmp_path, monkeypatch):
+    monkeypatch.delenv("LSMS_NAPARI_SECRET", raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    secret_path().parent.mkdir(parents=True)
+    secret_path().write_bytes(b"my own secret 16\n")
+    assert user_secret() == b"my own secret 16"
+
+
+def _race_for_the_secret(config_homes, barrier, results) -> None:
+    import traceback
+
+    os.environ.pop("LSMS_NAPARI_SECRET", None)
+    for home in config_homes:
+        os.environ["XDG_CONFIG_HOME"] = home
+        barrier.wait(30)
+        try:
+            results.put((home, pseudonymous_key("QZ-PID-7734921")))
+        except BaseException:  # noqa: BLE001 - reported to the test
+            results.put((home, traceback.format_exc()))
+
+
+def test_two_processes_creating_the_first_secret_agree(tmp_path):
+    """Two processes creating the secret at once: one failed with FileExistsError, or read the file before
+    the other had written it (an empty secret: two keys for one patient)."""
+    import multiprocessing
+
+    rounds = 40
+    homes = [str(tmp_path / f"home{i}") for i in range(rounds)]
+    context = multiprocessing.get_context("spawn")
+    barrier, results = context.Barrier(2), context.Queue()
+    workers = [context.Process(target=_race_for_the_secret, args=(homes, barrier, results)) for _ in range(2)]
+    for worker in workers:
+        worker.start()
+    outcomes: dict[str, list[str]] = {}
+    for _ in range(2 * rounds):
+        home, outcome = results.get(timeout=120)
+        outcomes.setdefault(home, []).append(outcome)
+    for worker in workers:
+        worker.join(60)
+    failures = [o for pair in outcomes.values() for o in pair if not o.startswith("p-")]
+    assert failures == [], failures[0]
+    assert all(len(set(pair)) == 1 for pair in outcomes.values())
+    for home in homes:  # one complete secret each, no temporary file left
+        folder = Path(home) / "lsms-napari"
+        assert [p.name for p in folder.iterdir()] == ["secret"]
+        assert len((folder / "secret").read_text().strip()) == 64

@@ -81,3 +81,134 @@ def test_loading_never_touches_the_network(monkeypatch):
     monkeypatch.setattr(socket.socket, "connect", refuse)
     encoder = TextEncoder()
     assert encoder.encode(["a lesion"])[0].shape[-1] == 384
+
+
+# --- code and pickles from a text-encoder folder (issue 15, items 1 and 8) ----------------------------
+
+def _encoder_copy(tmp_path, name="encoder"):
+    """A copy of the default encoder folder (the weights linked, not copied)."""
+    source = default_text_encoder_path()
+    copy = tmp_path / name
+    copy.mkdir()
+    for item in source.iterdir():
+        if item.name == "model.safetensors":
+            (copy / item.name).symlink_to(item)
+        elif item.is_dir():
+            shutil.copytree(item, copy / item.name)
+        else:
+            shutil.copy(item, copy / item.name)
+    return copy
+
+
+CUSTOM_CODE = '''
+import pathlib
+pathlib.Path({marker!r}).write_text("custom code ran")
+from transformers import BertConfig, BertModel
+
+
+class CustomConfig(BertConfig):
+    model_type = "lsms-custom"
+
+
+class CustomModel(BertModel):
+    config_class = CustomConfig
+'''
+
+
+def _custom_code_folder(tmp_path, where="config"):
+    import json
+
+    folder = _encoder_copy(tmp_path, f"custom-{where}")
+    marker = tmp_path / f"ran-{where}"
+    (folder / "custom.py").write_text(CUSTOM_CODE.format(marker=str(marker)))
+    if where in ("config", "tokenizer"):
+        name = "config.json" if where == "config" else "tokenizer_config.json"
+        data = json.loads((folder / name).read_text())
+        data["auto_map"] = ({"AutoConfig": "custom.CustomConfig", "AutoModel": "custom.CustomModel"}
+                            if where == "config" else {"AutoTokenizer": ["custom.CustomTokenizer", None]})
+        if where == "config":  # a model type transformers does not know: only the folder's code can build it
+            data["model_type"] = "lsms-custom"
+        (folder / name).write_text(json.dumps(data))
+    return folder, marker
+
+
+@pytest.mark.parametrize("where", ["config", "tokenizer", "py-file-only"])
+def test_encoder_folder_with_custom_code_is_refused_before_transformers(tmp_path, monkeypatch, where):
+    """A checkpoint's config may name any folder; one with ``auto_map`` or .py files could run its code
+    (transformers asks "run the custom code? [y/N]" and a "y" on stdin runs it): refused, nothing asked."""
+    folder, marker = _custom_code_folder(tmp_path, where)
+    asked = []
+    monkeypatch.setattr("builtins.input", lambda *args: asked.append(args) or "y")
+    with pytest.raises(TextEncoderNotFound) as caught:
+        TextEncoder(TextEncoderConfig(path=str(folder)))
+    message = str(caught.value)
+    assert str(folder) in message and "custom code" in message and "never runs" in message
+    assert "\n" not in message
+    assert not marker.exists() and not asked
+
+
+def test_complexity_config_reader_refuses_custom_code_too(tmp_path):
+    from lsms_core.complexity import text_encoder_config
+
+    folder, marker = _custom_code_folder(tmp_path)
+    with pytest.raises(TextEncoderNotFound, match="custom code"):
+        text_encoder_config(384, str(folder))
+    assert not marker.exists()
+
+
+def test_every_from_pretrained_in_the_repository_refuses_remote_code():
+    """The rule: no ``from_pretrained`` call without ``trust_remote_code=False``."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    calls = []
+    for folder in ("lsms_core", "lsms_napari", "training", "benchmarks", "scripts"):
+        for path in (root / folder).rglob("*.py"):
+            text = path.read_text()
+            for match in re.finditer(r"\.from_pretrained\(", text):
+                depth, end = 1, match.end()
+                while depth and end < len(text):  # to the call's closing parenthesis
+                    depth += {"(": 1, ")": -1}.get(text[end], 0)
+                    end += 1
+                calls.append((path.relative_to(root), text[match.end():end]))
+    assert calls  # the text encoder and the complexity table use it
+    assert [c for c in calls if "trust_remote_code=False" not in c[1]] == []
+
+
+class _Payload:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("content", ["payload", "state-dict"])
+def test_encoder_folder_with_only_pickle_weights_is_refused_with_a_message(tmp_path, content):
+    """Only ``pytorch_model.bin`` (a pickle): "use safetensors weights", not UnpicklingError advising
+    ``weights_only=False``; a payload never runs."""
+    folder = _encoder_copy(tmp_path)
+    marker = tmp_path / "payload-ran"
+    (folder / "model.safetensors").unlink()
+    if content == "payload":
+        torch.save({"weights": _Payload(marker)}, folder / "pytorch_model.bin")
+    else:
+        from safetensors.torch import load_file
+
+        torch.save(load_file(default_text_encoder_path() / "model.safetensors"), folder / "pytorch_model.bin")
+    with pytest.raises(TextEncoderNotFound) as caught:
+        TextEncoder(TextEncoderConfig(path=str(folder)))
+    message = str(caught.value)
+    assert str(folder) in message and "model.safetensors" in message and "pickle" in message
+    assert "weights_only" not in message and "\n" not in message
+    assert not marker.exists()
+
+
+def test_encoder_folder_with_damaged_config_json_gets_a_message(tmp_path):
+    folder = _encoder_copy(tmp_path)
+    (folder / "config.json").write_text("{not json")
+    with pytest.raises(TextEncoderNotFound, match="config.json is not valid JSON"):
+        TextEncoder(TextEncoderConfig(path=str(folder)))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -163,3 +164,101 @@ def test_sample_cache_is_bounded():
     assert len(cache._items) == 3 and list(cache._items) == [2, 3, 4]
     assert cache.get(4, lambda: made.append("again") or torch.zeros(100))[0] == 4.0  # a hit: not remade
     assert made == [0, 1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"temperature": 0.0}, "--temperature must be a finite number > 0"),
+    ({"window_width": float("nan")}, "--window-width must be a finite number"),
+    ({"lr": 1e12}, "--lr must be a finite number > 0 and <= 1"),
+    ({"batch_size": 0}, "--batch-size must be a whole number >= 1"),
+    ({"image_size": 40000}, "--image-size must be a multiple of 32 in 32..2048"),
+])
+def test_settings_that_cannot_train_are_refused_before_anything_is_written(mini_dataset, tmp_path, change, message):
+    settings = {"preset": "lsms-tiny", "image_size": 64, "epochs": 1, "batch_size": 4, "lr": 1e-3, **change}
+    config = TrainConfig(dataset=str(mini_dataset), output=str(tmp_path / "run"), **settings)
+    with pytest.raises(ValueError, match=message.replace("(", r"\(")):
+        Trainer(config, show_progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_non_finite_loss_stops_training_and_keeps_no_broken_checkpoint(mini_dataset, tmp_path):
+    from training.trainer import TrainingDiverged
+
+    config = TrainConfig(dataset=str(mini_dataset), output=str(tmp_path / "run"), preset="lsms-tiny",
+                         image_size=64, epochs=2, batch_size=4, lr=1e-3)
+    trainer = Trainer(config, show_progress=False)
+    real_loss = trainer.loss
+    calls = []
+
+    def diverging(output, target):  # finite for the first epoch, then the loss explodes
+        terms = real_loss(output, target)
+        calls.append(1)
+        if len(calls) > 5:
+            terms["total"] = terms["total"] * float("inf")
+        return terms
+
+    trainer.loss = diverging
+    with pytest.raises(TrainingDiverged, match="the loss is"):
+        trainer.run()
+    best = read_checkpoint(tmp_path / "run" / "best.safetensors")  # epoch 1's, finite
+    assert best.extra["epoch"] == 1
+    assert all(torch.isfinite(t).all() for t in best.model_state.values() if t.is_floating_point())
+
+
+def test_a_second_run_into_the_same_folder_needs_resume_or_overwrite(mini_dataset, tmp_path):
+    run = tmp_path / "run"
+    first = _run(str(mini_dataset), "-o", str(run), *SMALL, "--epochs", "1")
+    assert first.returncode == 0, first.stderr
+    before = (run / "best.safetensors").read_bytes()
+    second = _run(str(mini_dataset), "-o", str(run), *SMALL, "--epochs", "1", "--seed", "3")
+    assert second.returncode == 2 and "--resume" in second.stderr and "--overwrite" in second.stderr
+    assert (run / "best.safetensors").read_bytes() == before
+    third = _run(str(mini_dataset), "-o", str(run), *SMALL, "--epochs", "1", "--seed", "3", "--overwrite")
+    assert third.returncode == 0, third.stderr
+    assert [r["event"] for r in _log(run)] == ["start", "epoch", "end"]  # the old log went with the old run
+
+
+def test_grouped_order_puts_different_targets_of_one_slice_together():
+    from training.data import grouped_epoch_order
+
+    # slice A: 4 records of 2 lesions; slice B: 3 records of 3 lesions; slice C: one record
+    slices = [[(0, "a1"), (1, "a1"), (2, "a2"), (3, "a2")], [(4, "b1"), (5, "b2"), (6, "b3")], [(7, "c1")]]
+    keys = {i: k for group in slices for i, k in group}
+    slice_of = {i: n for n, group in enumerate(slices) for i, _ in group}
+    order = grouped_epoch_order(slices, per_slice=2, batch_size=4, epoch=0, seed=0)
+    assert sorted(order) == list(range(8))  # each sample once per epoch
+    assert order == grouped_epoch_order(slices, per_slice=2, batch_size=4, epoch=0, seed=0)  # resumable
+    assert order != grouped_epoch_order(slices, per_slice=2, batch_size=4, epoch=1, seed=0)
+    pairs = [(order[i], order[i + 1]) for i in range(len(order) - 1)
+             if slice_of[order[i]] == slice_of[order[i + 1]]]
+    assert len(pairs) >= 3 and all(keys[a] != keys[b] for a, b in pairs)
+    ranks = [grouped_epoch_order(slices, 2, 2, 0, 0, rank=r, world=2) for r in (0, 1)]
+    assert len(ranks[0]) == len(ranks[1]) == 4 and sorted(ranks[0] + ranks[1]) == list(range(8))
+
+
+@pytest.mark.parametrize("cut", ["header", "half", "one-byte-short", "metadata"])
+def test_resume_from_a_damaged_state_says_so_in_one_line(tmp_path, capsys, cut):
+    """Issue 15: ``--resume`` on a truncated train_state.safetensors ended in a SafetensorError traceback."""
+    from safetensors.torch import save
+
+    from training.state import STATE_FILE, Progress, save_state
+    from training.train_cli import main
+
+    run = tmp_path / "run"
+    run.mkdir()
+    weights = torch.nn.Linear(4, 2)
+    optimizer = torch.optim.AdamW(weights.parameters())
+    weights(torch.ones(1, 4)).sum().backward()
+    optimizer.step()
+    path = save_state(run, optimizer, Progress(epoch=1), "{}", weights={"model.w": weights.weight})
+    data = path.read_bytes()
+    if cut == "metadata":  # intact file, but not one lsms-train wrote
+        path.write_bytes(save({"rng.cpu": torch.get_rng_state()}, metadata={"config": "{}"}))
+        message = r"the saved state is damaged: its metadata lacks \['progress', 'param_groups'\]"
+    else:
+        path.write_bytes(data[:{"header": 40, "half": len(data) // 2, "one-byte-short": len(data) - 1}[cut]])
+        message = r"the saved state is damaged \(truncated\?\): .*bytes\); resume from an intact copy, or start again"
+    assert main([str(tmp_path / "no-dataset-needed"), "-o", str(run), "--resume", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"lsms-train: error: {run / STATE_FILE}: ")
+    assert re.search(message, err), err

@@ -210,3 +210,55 @@ def test_export_and_train_from_the_widget(qtbot, setup, mini_dataset, tmp_path):
     assert "training finished" in widget.data_status.text()
     qtbot.mouseClick(widget.use_model_button, Qt.LeftButton)
     assert widget.checkpoint() == str(run.best_checkpoint)
+
+
+def test_proposals_are_bounded_and_forgotten_with_their_layer(qtbot, setup):
+    """Issue 15: WidgetSession.proposals kept every proposal (and the slice it holds) for the widget's
+    lifetime. Now a closed Labels layer's proposal is dropped, and at most ``limit`` are kept."""
+    from lsms_napari.widget.session import Proposal, SegmentRequest
+
+    viewer, widget, image = setup
+    pixels = np.asarray(image.data)
+
+    def propose(text: str) -> Labels:
+        request = SegmentRequest(pixels, text, True, image.name, None)
+        mask = np.zeros(pixels.shape, bool)
+        mask[100:120, 100:120] = True
+        return widget._on_proposal(Proposal(request, mask, {"name": "test"}, 0.0, request.image_sha),
+                                   widget._request_id)
+
+    first, second = propose("a lesion"), propose("all lesions")
+    assert len(widget.session.proposals) == 2 and widget.active_proposal()[0] is second
+    viewer.layers.remove(first)
+    assert len(widget.session.proposals) == 1 and first.metadata["lsms_proposal"] not in widget.session.proposals
+    widget.session.proposals.limit = 3
+    layers = [propose(f"lesion {i}") for i in range(5)]
+    assert len(widget.session.proposals) == 3  # the least recently used were dropped
+    assert [l.metadata["lsms_proposal"] in widget.session.proposals for l in layers] == [False, False, True, True, True]
+    viewer.layers.selection.active = layers[0]
+    assert widget.active_proposal() is None and widget.update_measurements() == ""  # dropped: nothing to measure
+    viewer.layers.selection.active = layers[-1]
+    assert widget.active_proposal()[0] is layers[-1] and "px" in widget.update_measurements()
+
+
+def test_the_train_button_passes_the_widgets_settings(qtbot, setup, tmp_path, monkeypatch):
+    """Found while splitting the widget (issue 15): the button was connected to ``train`` directly, so Qt's
+    ``checked=False`` arrived as ``extra_args`` and lsms-train ran with its own defaults, ignoring the
+    epochs box. Now the button starts a run with the widget's settings."""
+    from lsms_napari.widget import training_panel
+
+    viewer, widget, _ = setup
+    dataset = tmp_path / "annotations"
+    dataset.mkdir()
+    (dataset / "dataset.json").write_text("{}")
+    started = []
+
+    class FakeProcess:
+        def __init__(self, dataset, run, args):
+            started.append(args)
+
+    monkeypatch.setattr(training_panel, "TrainingProcess", FakeProcess)
+    monkeypatch.setattr(widget.training_panel.timer, "start", lambda ms: None)
+    widget.epochs.setValue(7)
+    qtbot.mouseClick(widget.train_button, Qt.LeftButton)
+    assert len(started) == 1 and started[0][started[0].index("--epochs") + 1] == "7"

@@ -45,6 +45,37 @@ class TrainConfig:
     save_every_steps: int = 0  # also save the resumable state every N iterations (0: per epoch only)
     model_name: str = "lsms"
     half_checkpoints: bool = False  # store best/last weights in fp16
+    mix: tuple[str, ...] = ()  # more datasets whose train (and val) splits are mixed in
+    same_slice: int = 1  # expressions of one slice (different targets) next to each other in a batch
+    init_checkpoint: str | None = None  # start from these weights ("default": the shipped model)
+    expression_kinds: tuple[str, ...] = ()  # train and validate only on expressions of these kinds
+
+    def validate(self) -> "TrainConfig":
+        """Refuse settings that cannot train (they would divide by zero or write a NaN model)."""
+        import math
+
+        def number(name: str, low: float, high: float, low_open: bool = False) -> None:
+            value = getattr(self, name)
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            if not ok or value < low or value > high or (low_open and value == low):
+                bound = f"> {low:g}" if low_open else f">= {low:g}"
+                raise ValueError(f"--{name.replace('_', '-')} must be a finite number {bound} and <= {high:g}, "
+                                 f"got {value!r}")
+
+        for name, low in (("batch_size", 1), ("epochs", 1), ("same_slice", 1)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise ValueError(f"--{name.replace('_', '-')} must be a whole number >= {low}, got {value!r}")
+        number("lr", 0.0, 1.0, low_open=True)
+        number("weight_decay", 0.0, 10.0)
+        number("temperature", 0.0, 100.0, low_open=True)
+        number("contrastive_weight", 0.0, 100.0)
+        number("boundary_weight", 0.0, 100.0)
+        number("window_center", -1e5, 1e5)
+        number("window_width", 0.0, 65536.0, low_open=True)
+        if self.image_size % 32 or not 32 <= self.image_size <= 2048:
+            raise ValueError(f"--image-size must be a multiple of 32 in 32..2048, got {self.image_size}")
+        return self
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)

@@ -6,7 +6,9 @@ share a slice); normalisation to the model's 3-channel input happens per batch.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import random
 import re
 import tempfile
 from collections import OrderedDict
@@ -19,7 +21,8 @@ import torch.nn.functional as F
 
 from lsms_core.config import PreprocessConfig
 from lsms_core.dataset import AnnotationDataset, DatasetError
-from lsms_core.preprocessing import to_model_input, to_model_target
+from lsms_core.preprocessing import normalise as _normalise
+from lsms_core.preprocessing import resize_grey, to_model_target, to_unit_grey
 
 _SWAPS = {"horizontal": ("left", "right"), "vertical": ("upper", "lower")}
 
@@ -37,15 +40,15 @@ def open_training_dataset(path: str | os.PathLike) -> AnnotationDataset:
 
 
 def grey_from_model_input(model_input: torch.Tensor, prep: PreprocessConfig) -> torch.Tensor:
-    """Invert the normalisation of ``to_model_input`` on channel 0: (3,S,S) -> grey (1,S,S) in [0,1]."""
+    """Invert the normalisation of ``to_model_input`` on channel 0: (3,S,S) -> grey (1,S,S) in [0,1].
+    Not used to build samples (they cache ``resize_grey(to_unit_grey(...))`` directly)."""
     return model_input[:1] * prep.std[0] + prep.mean[0]
 
 
 def normalise(grey: torch.Tensor, prep: PreprocessConfig) -> torch.Tensor:
-    """Grey (B,1,S,S) in [0,1] -> model input (B,3,S,S), as ``to_model_input`` does."""
-    mean = torch.tensor(prep.mean, device=grey.device).view(1, 3, 1, 1)
-    std = torch.tensor(prep.std, device=grey.device).view(1, 3, 1, 1)
-    return (grey.expand(-1, 3, -1, -1) - mean) / std
+    """Grey (B,1,S,S) in [0,1] -> model input (B,3,S,S): lsms_core.preprocessing.normalise, the step
+    ``to_model_input`` ends with."""
+    return _normalise(grey, prep)
 
 
 @dataclass
@@ -79,18 +82,30 @@ class BoundedCache:
 
 
 class ReferringSamples(torch.utils.data.Dataset):
-    """The annotations of one split as model-ready samples (cached, optionally augmented).
+    """The annotations of one split of one or more datasets as model-ready samples (cached,
+    optionally augmented).
 
-    Preprocessed slices (shared by their annotations) and targets are kept in a bounded cache:
-    ``cache_bytes`` (default 2 GiB) for each.
+    ``dataset`` may be a list: the first is the main dataset, the others are mixed in (e.g.
+    synthetic referring data, ``lsms-train --mix``). Preprocessed slices (shared by their
+    annotations) and targets are kept in a bounded cache: ``cache_bytes`` (default 2 GiB) for each.
     """
 
-    def __init__(self, dataset: AnnotationDataset, split: str | None, prep: PreprocessConfig,
-                 augment: bool = False, seed: int = 0, cache_bytes: int = 2 << 30) -> None:
-        self.dataset = dataset
-        self.records = dataset.select(split)
+    def __init__(self, dataset: AnnotationDataset | list[AnnotationDataset], split: str | None,
+                 prep: PreprocessConfig, augment: bool = False, seed: int = 0, cache_bytes: int = 2 << 30,
+                 kinds: tuple[str, ...] = ()) -> None:
+        self.datasets = list(dataset) if isinstance(dataset, (list, tuple)) else [dataset]
+        self.dataset = self.datasets[0]
+        self.records: list[dict] = []
+        self.record_source: list[int] = []  # index into self.datasets, per record
+        for number, source in enumerate(self.datasets):
+            chosen = source.select(split)
+            if kinds:  # only expressions of these kinds (e.g. "count": all lesions, the only lesion)
+                chosen = [r for r in chosen if set(r.get("expression_kinds") or ()) & set(kinds)]
+            self.records += chosen
+            self.record_source += [number] * len(chosen)
         if not self.records:
-            raise DatasetError(f"{dataset.root} has no annotations in split {split!r}")
+            which = f" of kinds {', '.join(kinds)}" if kinds else ""
+            raise DatasetError(f"{self.dataset.root} has no annotations{which} in split {split!r}")
         self.prep = prep
         self.augment = augment
         self.seed = seed
@@ -101,20 +116,41 @@ class ReferringSamples(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
-    def grey(self, record: dict) -> torch.Tensor:
-        def make() -> torch.Tensor:
-            model_input = to_model_input(self.dataset.read_image(record), self.prep, record["units"] == "HU")
-            return grey_from_model_input(model_input, self.prep)
+    def source_of(self, index: int) -> AnnotationDataset:
+        return self.datasets[self.record_source[index]]
 
-        return self._grey.get(record["image"], make)
+    def read_mask(self, index: int) -> np.ndarray:
+        """The annotation's mask at its image's own size (H,W)."""
+        return self.source_of(index).read_mask(self.records[index])
+
+    def grey(self, record: dict, index: int | None = None) -> torch.Tensor:
+        source = self.dataset if index is None else self.source_of(index)
+
+        def make() -> torch.Tensor:
+            grey = to_unit_grey(source.read_image(record), self.prep, record["units"] == "HU")
+            return resize_grey(grey, self.prep.image_size)  # to_model_input's first two steps
+
+        return self._grey.get(record["image"], make)  # image names are content hashes: shared safely
 
     def target(self, index: int) -> torch.Tensor:
-        return self._targets.get(index, lambda: to_model_target(self.dataset.read_mask(self.records[index]),
-                                                                self.prep.image_size))
+        return self._targets.get(index, lambda: to_model_target(self.read_mask(index), self.prep.image_size))
+
+    def slice_groups(self) -> list[list[tuple[int, object]]]:
+        """Per slice, its records as (index, target key): the key is the stored ``instance`` number,
+        or the mask's content when the record has none, so two records with different keys
+        outline different things. Used to batch several expressions of one slice together."""
+        by_slice: dict[tuple[int, str], list[tuple[int, object]]] = {}
+        for index, record in enumerate(self.records):
+            if record.get("instance") is not None:
+                key: object = ("instance", record["instance"])
+            else:
+                key = ("mask", hashlib.sha1(np.packbits(self.read_mask(index) > 0).tobytes()).hexdigest())
+            by_slice.setdefault((self.record_source[index], record["image"]), []).append((index, key))
+        return list(by_slice.values())
 
     def __getitem__(self, index: int) -> Sample:
         record = self.records[index]
-        grey, target, text = self.grey(record), self.target(index), record["text"]
+        grey, target, text = self.grey(record, index), self.target(index), record["text"]
         if self.augment:
             generator = torch.Generator().manual_seed(hash((self.seed, self.epoch, index)) & 0x7FFFFFFF)
             grey, target, text = augment_sample(grey, target, text, generator)
@@ -188,3 +224,38 @@ def epoch_order(size: int, epoch: int, seed: int, rank: int = 0, world: int = 1)
                                                   seed=seed, drop_last=False)
     sampler.set_epoch(epoch)
     return list(sampler)
+
+
+def grouped_epoch_order(slices: list[list[tuple[int, object]]], per_slice: int, batch_size: int, epoch: int,
+                        seed: int, rank: int = 0, world: int = 1) -> list[int]:
+    """This rank's sample indices for one epoch, in runs of ``per_slice`` expressions of one slice
+    with *different* targets where the slice has them, so a batch holds the same image with
+    different answers and the loss can only fall by reading the words.
+
+    ``slices`` is ``ReferringSamples.slice_groups()``. Every sample appears once per epoch;
+    the order depends only on (seed, epoch), so a resumed epoch skips exactly what was done.
+    Ranks take interleaved ``batch_size`` chunks (the last global batch is padded by wrapping).
+    """
+    rng = random.Random(f"{seed}:{epoch}")
+    runs: list[list[int]] = []
+    for records in slices:
+        buckets: dict[object, list[int]] = {}
+        for index, key in records:
+            buckets.setdefault(key, []).append(index)
+        queues = list(buckets.values())
+        for queue in queues:
+            rng.shuffle(queue)
+        rng.shuffle(queues)
+        interleaved: list[int] = []  # round-robin over targets: neighbours differ while targets last
+        while any(queues):
+            for queue in queues:
+                if queue:
+                    interleaved.append(queue.pop())
+        runs += [interleaved[i:i + per_slice] for i in range(0, len(interleaved), per_slice)]
+    rng.shuffle(runs)
+    flat = [index for run in runs for index in run]
+    span = batch_size * world
+    if world > 1 and len(flat) % span:
+        flat += flat[: span - len(flat) % span]
+    return [index for start in range(0, len(flat), span)
+            for index in flat[start + rank * batch_size: start + (rank + 1) * batch_size]]

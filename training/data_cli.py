@@ -1,4 +1,5 @@
-"""``lsms-data``: validate datasets, import/export LViT's layout, build RefLiTS from the real LiTS CT."""
+"""``lsms-data``: validate datasets, import/export LViT's layout, build RefLiTS from the real LiTS CT and
+synthetic referring data on its slices."""
 
 from __future__ import annotations
 
@@ -36,6 +37,20 @@ def build_parser() -> argparse.ArgumentParser:
                       help="extra training slices per training block, resampled on slightly tilted planes "
                            "(val/test unchanged)")
     lits.add_argument("--max-tilt", type=float, default=6.0, help="largest tilt of those planes, degrees")
+    synth = sub.add_parser("build-synth", help="synthetic lesions inserted into LiTS slices, with referring "
+                                               "expressions (backgrounds of each split from its RefLiTS blocks)")
+    synth.add_argument("dataset")
+    synth.add_argument("--train", type=int, default=1500, help="synthetic training slices")
+    synth.add_argument("--val", type=int, default=100, help="synthetic validation slices")
+    synth.add_argument("--test", type=int, default=200, help="synthetic test slices")
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--per-lesion", type=int, default=3, help="at most this many expressions per lesion")
+    synth.add_argument("--min-area", type=int, default=20, help="smallest lesion (px) that gets expressions")
+    synth.add_argument("--gap", type=int, default=5, help="slices left out between RefLiTS blocks (>= 5)")
+    synth.add_argument("--absent-share", type=float, default=0.1,
+                       help="about this share of expressions fit no lesion (empty target)")
+    synth.add_argument("--mass-effect", type=float, default=0.3, help="probability of a mass effect per lesion")
+    synth.add_argument("--capsule", type=float, default=0.2, help="probability of a capsule rim per lesion")
     return parser
 
 
@@ -119,7 +134,44 @@ def _build_lits(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"validate": _validate, "import-lvit": _import, "export-lvit": _export, "build-lits": _build_lits}
+def _build_synth(args: argparse.Namespace) -> int:
+    import dataclasses
+    import time
+
+    from lsms_core.dataset import AnnotationDataset
+    from lsms_core.lits import load_lits_volume
+
+    from .reflits import SOFT_TISSUE_WINDOW
+    from .synth import build_synth
+    from .synthetic_lesions import SynthConfig
+
+    if args.gap < 5:
+        raise DatasetError(f"--gap must be at least 5 slices so neighbouring slices do not leak, got {args.gap}")
+    for name in ("train", "val", "test"):
+        if getattr(args, name) < 0:
+            raise DatasetError(f"--{name} must be >= 0, got {getattr(args, name)}")
+    for name in ("absent_share", "mass_effect", "capsule"):
+        if not 0 <= getattr(args, name) <= (0.5 if name == "absent_share" else 1):
+            raise DatasetError(f"--{name.replace('_', '-')} out of range: {getattr(args, name)}")
+    config = dataclasses.replace(SynthConfig(), mass_effect_p=args.mass_effect, capsule_p=args.capsule)
+    dataset = AnnotationDataset.create(args.dataset, modality="CT", window=SOFT_TISSUE_WINDOW,
+                                       description="Synthetic referring lesions on the slices of LiTS case 117 "
+                                                   "(backgrounds per split from RefLiTS's blocks)")
+    started = time.perf_counter()
+    bar, update = _progress_bar("build-synth")
+    with bar:
+        counts = build_synth(load_lits_volume(), dataset.add, {"train": args.train, "val": args.val, "test": args.test},
+                             seed=args.seed, per_lesion=args.per_lesion, progress=update, min_area=args.min_area,
+                             gap=args.gap, absent_share=args.absent_share, config=config)
+    print(f"{'split':<6} {'slices':>7} {'lesions':>8} {'expressions':>12} {'absent':>7}")
+    for split, row in counts.items():
+        print(f"{split:<6} {row['slices']:>7} {row['lesions']:>8} {row['expressions']:>12} {row['absent']:>7}")
+    print(f"synthetic data written to {args.dataset} in {time.perf_counter() - started:.0f} s")
+    return 0
+
+
+COMMANDS = {"validate": _validate, "import-lvit": _import, "export-lvit": _export, "build-lits": _build_lits,
+            "build-synth": _build_synth}
 
 if __name__ == "__main__":
     sys.exit(main())

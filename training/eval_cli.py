@@ -1,4 +1,5 @@
-"""``lsms-eval``: mean per-image Dice and mIoU of a checkpoint on a dataset split, per expression kind too."""
+"""``lsms-eval``: mean per-image Dice and mIoU of a checkpoint on a dataset split, and whether the mask
+lands on the lesion the words name (hit rate, pointing, leak; docs/referring.md), per expression kind too."""
 
 from __future__ import annotations
 
@@ -23,6 +24,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def format_table(report: dict) -> str:
+    """Dice, mIoU, n, then hit rate, pointing, leak over the referring cases, overall and per kind."""
+    lines = [f"{'kind':<12} {'Dice':>7} {'mIoU':>7} {'n':>5} {'hit':>7} {'point':>7} {'leak':>7} {'n_ref':>6}"]
+
+    def row(name: str, r: dict) -> str:
+        referring = (f"{r['hit_rate']:>7.3f} {r['pointing']:>7.3f} {r['leak']:>7.3f} {r['n_referring']:>6}"
+                     if r.get("n_referring") else f"{'-':>7} {'-':>7} {'-':>7} {0:>6}")
+        return f"{name:<12} {r['dice']:>7.4f} {r['miou']:>7.4f} {r['n']:>5} {referring}"
+
+    lines.append(row("all", report))
+    lines += [row(kind, r) for kind, r in report["per_kind"].items()]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
@@ -32,10 +47,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.json:
             print(json.dumps(report, sort_keys=True))
             return 0
-        print(f"{report['model']['name']} on {args.dataset} [{args.split}, text {args.text_mode}]: "
-              f"Dice {report['dice']:.4f}  mIoU {report['miou']:.4f}  (n = {report['n']})")
-        for kind, row in report["per_kind"].items():
-            print(f"  {kind:<10} Dice {row['dice']:.4f}  mIoU {row['miou']:.4f}  (n = {row['n']})")
+        print(f"{report['model']['name']} on {args.dataset} [{args.split}, text {args.text_mode}]")
+        print(format_table(report))
         return 0
 
     return run_cli("lsms-eval", run)

@@ -1,5 +1,6 @@
-"""Evaluation: mean per-image Dice and mIoU of a checkpoint on one split, overall and per
-expression kind, through the same warm inference path as the CLI and the widget."""
+"""Evaluation: mean per-image Dice and mIoU of a checkpoint on one split, and the referring
+figures (hit rate, pointing, leak: lsms_core.referring), overall and per expression kind,
+through the same warm inference path as the CLI and the widget."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from collections import defaultdict
 from lsms_core.dataset import AnnotationDataset
 from lsms_core.inference import Segmenter
 from lsms_core.metrics import Scores
+from lsms_core.referring import ReferringScores, referring_instances, score_referring
 
 NEUTRAL_TEXT = "a lesion"
 TEXT_MODES = ("as-is", "neutral")
@@ -27,6 +29,8 @@ def evaluate(checkpoint: str, dataset_dir: str, split: str = "test", text_mode: 
     segmenter = segmenter or Segmenter(checkpoint, device=device)
     overall = Scores()
     per_kind: dict[str, Scores] = defaultdict(Scores)
+    cases = referring_instances(records, dataset.read_mask)
+    referring = ReferringScores()
     start = time.perf_counter()
     iterator = records
     if progress:
@@ -38,10 +42,14 @@ def evaluate(checkpoint: str, dataset_dir: str, split: str = "test", text_mode: 
         text = record["text"] if text_mode == "as-is" else NEUTRAL_TEXT
         result = segmenter.segment(image, text, hounsfield=record["units"] == "HU")
         dice, iou = overall.add(result.mask, dataset.read_mask(record))
-        for kind in record.get("expression_kinds") or ["unlabelled"]:
+        kinds = record.get("expression_kinds") or ["unlabelled"]
+        for kind in kinds:
             per_kind[kind].dice_per_image.append(dice)
             per_kind[kind].iou_per_image.append(iou)
-    return {**overall.summary(), "split": split, "text_mode": text_mode, "dataset": str(dataset_dir),
+        if record["id"] in cases:
+            referring.add(score_referring(result.mask, *cases[record["id"]]), kinds)
+    return {**overall.summary(), **referring.summary(), "split": split, "text_mode": text_mode, "dataset": str(dataset_dir),
             "model": segmenter.identity, "device": str(segmenter.device),
             "seconds": round(time.perf_counter() - start, 2),
-            "per_kind": {kind: scores.summary() for kind, scores in sorted(per_kind.items())}}
+            "per_kind": {kind: {**scores.summary(), **referring.kind_summary(kind)}
+                         for kind, scores in sorted(per_kind.items())}}

@@ -199,10 +199,12 @@ def long_sentence(keys: tuple[str, ...], noun: str = "lesion") -> str:
 
 
 def expressions_for_slice(hu: np.ndarray, labels: np.ndarray, min_area: int = 20, distractor_area: int = 6,
-                          per_lesion: int = 6, rng: random.Random | None = None) -> list[Expression]:
-    """Referring expressions for the lesions of one slice (see the module docstring)."""
+                          per_lesion: int = 6, rng: random.Random | None = None,
+                          lesions: list[Lesion] | None = None) -> list[Expression]:
+    """Referring expressions for the lesions of one slice (see the module docstring).
+    ``lesions``: ``measure_lesions(hu, labels, distractor_area)`` when the caller already has it."""
     rng = rng or random.Random(0)
-    lesions = measure_lesions(hu, labels, distractor_area)
+    lesions = measure_lesions(hu, labels, distractor_area) if lesions is None else lesions
     expressions: list[Expression] = []
     if not lesions:
         return expressions
@@ -243,6 +245,48 @@ def expressions_for_slice(hu: np.ndarray, labels: np.ndarray, min_area: int = 20
             expressions.append(Expression(long_sentence(true_keys, noun),
                                           sorted({ATTRIBUTES[k].kind for k in true_keys}), target.mask,
                                           attributes, index))
+    return expressions
+
+
+# Words an "absent" expression may use: those whose False is a clear "no" (superlatives always
+# have a holder or an unsure neighbour, so they never fit nothing).
+ABSENT_KEYS = ("upper", "lower", "left", "right", "peripheral", "central", "hypodense", "hyperdense", "isodense",
+               "round", "irregular")
+
+
+def absent_expressions(lesions: list[Lesion], rng: random.Random, limit: int = 1,
+                       shape: tuple[int, int] | None = None) -> list[Expression]:
+    """Up to ``limit`` expressions that fit *no* lesion of the slice: one or two attributes (of
+    different facets) such that every lesion has at least one of them clearly False (not merely
+    unsure), e.g. "the hyperdense lesion" where every lesion is clearly not hyperdense, or "the
+    lesion in the upper left part of the liver" where each lesion is clearly lower or clearly right.
+    Their target is an all-zero mask and ``lesion_index`` None. ``shape`` is the mask's (H,W),
+    needed only when ``lesions`` is empty.
+    """
+    if not lesions and shape is None:
+        return []
+    empty = np.zeros(lesions[0].mask.shape if lesions else shape, dtype=bool)
+
+    def fits_none(combo: tuple[str, ...]) -> bool:
+        return all(any(lesion.facts.get(k) is False for k in combo) for lesion in lesions)
+
+    by_size: dict[int, list[tuple[str, ...]]] = {}
+    for size in (1, 2):
+        for combo in itertools.combinations(ABSENT_KEYS, size):
+            if len({ATTRIBUTES[k].facet for k in combo}) == size and fits_none(combo):
+                by_size.setdefault(size, []).append(combo)
+    expressions: list[Expression] = []
+    while by_size and len(expressions) < limit:
+        size = rng.choice(sorted(by_size))
+        combo = by_size[size].pop(rng.randrange(len(by_size[size])))
+        if not by_size[size]:
+            del by_size[size]
+        attributes: dict[str, str] = {"count": "none"}
+        for key in combo:
+            kind, word = ATTRIBUTES[key].kind, ATTRIBUTES[key].word
+            attributes[kind] = f"{attributes[kind]}, {word}" if kind in attributes else word
+        expressions.append(Expression(short_phrase(combo, rng.choice(["lesion", "lesion", "tumour"])),
+                                      sorted({ATTRIBUTES[k].kind for k in combo}), empty.copy(), attributes, None))
     return expressions
 
 
@@ -324,7 +368,8 @@ def build_reflits(volume: LitsVolume, add: Callable[..., dict], min_area: int = 
             add(hu, expression.mask, expression.text, split=split, split_group=f"{volume.case}-block{block:02d}",
                 patient_key=volume.case, modality="CT", units="HU", window=SOFT_TISSUE_WINDOW,
                 attributes=expression.attributes, expression_kinds=expression.kinds,
-                source={**source, **where, "lesion": expression.lesion_index}, user="lsms-data build-lits")
+                source={**source, **where, "lesion": expression.lesion_index}, user="lsms-data build-lits",
+                instance=expression.lesion_index)
             counts[split]["expressions"] += 1
 
     blocks: dict[int, list[int]] = {}

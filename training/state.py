@@ -53,16 +53,44 @@ def save_state(directory: Path, optimizer: torch.optim.Optimizer, progress: Prog
     return path
 
 
+class StateError(ValueError):
+    """The saved training state cannot be resumed from; the message says why and what to do."""
+
+
+_STATE_KEYS = ("progress", "config", "param_groups")
+
+
 def read_state(directory: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and metadata of the saved state. StateError when the file is damaged (a copy cut short, a
+    disk that filled up): safetensors' own error, or metadata missing what a resume needs."""
     from safetensors import safe_open
     from safetensors.torch import load_file
 
     path = directory / STATE_FILE
     if not path.is_file():
         raise FileNotFoundError(f"nothing to resume in {directory}: {STATE_FILE} is missing")
-    with safe_open(str(path), "pt") as handle:
-        metadata = handle.metadata()
-    return load_file(str(path)), metadata
+    advice = ("resume from an intact copy, or start again with --overwrite (last.safetensors and best.safetensors "
+              "hold the weights)")
+    try:
+        with safe_open(str(path), "pt") as handle:
+            metadata = handle.metadata()
+        tensors = load_file(str(path))
+    except (OSError, MemoryError):
+        raise
+    except Exception as exc:  # safetensors_rust.SafetensorError, ValueError on a header that is not JSON, ...
+        size = path.stat().st_size
+        raise StateError(f"{path}: the saved state is damaged (truncated?): {' '.join(str(exc).split())} "
+                         f"({size:,} bytes); {advice}") from None
+    missing = [key for key in _STATE_KEYS if key not in (metadata or {})]
+    if missing:
+        raise StateError(f"{path}: the saved state is damaged: its metadata lacks {missing}; {advice}")
+    for key in _STATE_KEYS:
+        try:
+            json.loads(metadata[key])
+        except ValueError as exc:
+            raise StateError(f"{path}: the saved state is damaged: its {key!r} is not valid JSON ({exc}); "
+                             f"{advice}") from None
+    return tensors, metadata
 
 
 def restore_state(tensors: dict[str, torch.Tensor], metadata: dict[str, str], optimizer: torch.optim.Optimizer,

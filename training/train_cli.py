@@ -19,6 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dataset", help="dataset folder (dataset.json) or LViT layout (Train_Folder, ...)")
     p.add_argument("-o", "--output", required=True, help="run folder: checkpoints, log.jsonl, resumable state")
     p.add_argument("--resume", action="store_true", help="continue the run in --output with its stored settings")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier run's files in --output")
     p.add_argument("--preset", default=defaults.preset, choices=sorted(PRESETS))
     p.add_argument("--no-text", action="store_true", help="text-free variant (no language branch, no L_con)")
     p.add_argument("--image-size", type=int, default=defaults.image_size)
@@ -37,6 +38,18 @@ def build_parser() -> argparse.ArgumentParser:
                                                               "(default: none, frozen and cached)")
     p.add_argument("--text-lr", type=float, help="learning rate of the fine-tuned text layers (default: --lr)")
     p.add_argument("--augment", action="store_true", help="flips with matching text, zoom/shift, intensity jitter")
+    p.add_argument("--mix", action="append", default=[], metavar="DATASET",
+                   help="another dataset (e.g. lsms-data build-synth) whose train and val splits are mixed in; "
+                        "repeatable")
+    p.add_argument("--same-slice", type=int, default=defaults.same_slice, metavar="K",
+                   help="put K expressions of one slice with different targets in the same batch (1: plain "
+                        "shuffle); the words are then the only way to lower the loss")
+    p.add_argument("--init-checkpoint", metavar="CHECKPOINT",
+                   help="start from this checkpoint's weights ('default': the shipped model); layers the "
+                        "preset adds (position encoding) start at zero")
+    p.add_argument("--expression-kinds", nargs="+", default=[], metavar="KIND",
+                   help="train and validate only on expressions of these kinds, e.g. 'count' (all lesions, the "
+                        "only lesion): the lesion finder a selector (lsms-train-selector) chooses from")
     p.add_argument("--init-mscan", help="SegNeXt MSCAN ImageNet checkpoint (mscan_t.pth) for the encoder")
     p.add_argument("--window", type=float, nargs=2, metavar=("CENTER", "WIDTH"),
                    default=(defaults.window_center, defaults.window_width), help="CT window in HU")
@@ -72,7 +85,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         train_text_layers=parse_layers(args.train_text_layers), text_lr=args.text_lr, augment=args.augment,
         init_mscan=args.init_mscan, window_center=args.window[0], window_width=args.window[1], seed=args.seed,
         device=args.device, amp=not args.no_amp, channels_last=args.channels_last,
-        save_every_steps=args.save_every_steps, model_name=args.model_name, half_checkpoints=args.half_checkpoints)
+        save_every_steps=args.save_every_steps, model_name=args.model_name, half_checkpoints=args.half_checkpoints,
+        mix=tuple(args.mix), same_slice=args.same_slice, init_checkpoint=args.init_checkpoint, expression_kinds=tuple(args.expression_kinds))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -81,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     def train() -> int:
         from .trainer import Trainer
 
-        trainer = Trainer(config_from_args(args), resume=args.resume, show_progress=not args.no_progress)
+        trainer = Trainer(config_from_args(args), resume=args.resume, show_progress=not args.no_progress,
+                          overwrite=args.overwrite)
         summary = trainer.run()
         if trainer.is_main:
             print(json.dumps(summary))

@@ -25,15 +25,19 @@ from lsms_core.config import LSMSConfig, PreprocessConfig, TextEncoderConfig, pr
 from lsms_core.device import autocast, autocast_dtype, resolve_device
 from lsms_core.losses import LossConfig, LSMSLoss
 from lsms_core.metrics import Scores
+from lsms_core.referring import ReferringScores, referring_instances, score_referring
 from lsms_core.allocator import reuse_freed_memory
 from lsms_core.model import build_model
 from lsms_core.preprocessing import to_output_mask
 
 from .config import TrainConfig
-from .data import ReferringSamples, TextFeatureCache, collate, epoch_order, normalise, open_training_dataset
+from .data import (ReferringSamples, TextFeatureCache, collate, epoch_order, grouped_epoch_order, normalise,
+                   open_training_dataset)
 from .state import Progress, read_state, restore_state, save_state
 
 LOG_FILE = "log.jsonl"
+RUN_FILES = ("best.safetensors", "last.safetensors", "train_state.safetensors", LOG_FILE)  # what a run writes
+GROUNDING_FLAGS = ("position_encoding", "sentence_film")  # ModelConfig additions that start at zero
 _NORMS = (nn.BatchNorm2d, nn.LayerNorm, nn.GroupNorm, nn.SyncBatchNorm)
 
 
@@ -55,10 +59,20 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 class Trainer:
     """Builds everything a run needs from a TrainConfig; ``run()`` trains to the end."""
 
-    def __init__(self, config: TrainConfig, resume: bool = False, show_progress: bool = True) -> None:
+    def __init__(self, config: TrainConfig, resume: bool = False, show_progress: bool = True,
+                 overwrite: bool = False) -> None:
+        config.validate()
         self.rank, self.world = _init_distributed()
         self.is_main = self.rank == 0
         self.output = Path(config.output)
+        if not resume and not overwrite:
+            earlier = [n for n in RUN_FILES if (self.output / n).exists()]
+            if earlier:
+                raise FileExistsError(f"{self.output} holds an earlier run ({', '.join(earlier)}): pass --resume to "
+                                      "continue it, --overwrite to replace it, or another -o folder")
+        if overwrite and not resume and self.is_main:
+            for name in RUN_FILES:
+                (self.output / name).unlink(missing_ok=True)
         resumed = read_state(self.output) if resume else None
         if resumed is not None:
             stored = TrainConfig.from_json(resumed[1]["config"])
@@ -79,9 +93,15 @@ class Trainer:
 
         self.prep = PreprocessConfig(image_size=config.image_size, window_center=config.window_center,
                                      window_width=config.window_width).validate()
-        dataset = open_training_dataset(config.dataset)
-        self.train_samples = ReferringSamples(dataset, config.train_split, self.prep, config.augment, config.seed)
-        self.val_samples = ReferringSamples(dataset, config.val_split, self.prep) if dataset.select(config.val_split) else None
+        datasets = [open_training_dataset(path) for path in (config.dataset, *config.mix)]
+        kinds = tuple(config.expression_kinds)
+        self.train_samples = ReferringSamples(datasets, config.train_split, self.prep, config.augment, config.seed,
+                                              kinds=kinds)
+        with_val = [d for d in datasets if any(not kinds or set(r.get("expression_kinds") or ()) & set(kinds)
+                                               for r in d.select(config.val_split))]
+        self.val_samples = ReferringSamples(with_val, config.val_split, self.prep, kinds=kinds) if with_val else None
+        self.val_cases = self._referring_cases(self.val_samples) if self.val_samples is not None else {}
+        self.slices = self.train_samples.slice_groups() if config.same_slice > 1 else None
 
         self.text_encoder, self.text_cache = self._build_text(config)
         text_config = self.text_encoder.config if self.text_encoder is not None else TextEncoderConfig()
@@ -96,6 +116,8 @@ class Trainer:
             report = import_mscan(self.model, config.init_mscan)
             if self.is_main:
                 print(f"lsms-train: MSCAN weights: {report.summary()}")
+        if config.init_checkpoint and resumed is None:
+            self._load_initial_weights(config.init_checkpoint)
         if resumed is not None:
             self.model.load_state_dict({k[6:]: v for k, v in resumed[0].items() if k.startswith("model.")})
             if self.text_encoder is not None and not self.text_encoder.frozen:
@@ -155,6 +177,30 @@ class Trainer:
             return encoder, cache
         return encoder.to(self.device), None
 
+    def _load_initial_weights(self, path: str) -> None:
+        """Start from a checkpoint of the same architecture; only the zero-initialised grounding
+        layers a preset may add to it (position encoding, sentence FiLM) may be missing."""
+        from lsms_core.checkpoint import CheckpointError, read_checkpoint
+
+        checkpoint = read_checkpoint(path)
+        additions = dict.fromkeys(GROUNDING_FLAGS)
+        mine = {**vars(self.lsms_config.model), **additions}
+        theirs = {**vars(checkpoint.config.model), **additions}
+        if mine != theirs:
+            changed = sorted(k for k in mine if mine[k] != theirs[k])
+            raise CheckpointError(f"--init-checkpoint {checkpoint.path}: its architecture differs from preset "
+                                  f"{self.config.preset} in {changed}; use --preset {checkpoint.config.preset}")
+        if checkpoint.config.text.name != self.lsms_config.text.name:
+            raise CheckpointError(f"--init-checkpoint {checkpoint.path} was trained with text encoder "
+                                  f"{checkpoint.config.text.name!r}, this run uses {self.lsms_config.text.name!r}")
+        result = self.model.load_state_dict(checkpoint.model_state, strict=False)
+        missing = [k for k in result.missing_keys if not (".pos_embed" in f".{k}" or k.startswith("sentence_film."))]
+        if missing or result.unexpected_keys:
+            raise CheckpointError(f"--init-checkpoint {checkpoint.path}: weights do not fit (missing {missing[:5]}, "
+                                  f"unexpected {result.unexpected_keys[:5]})")
+        if self.is_main:
+            print(f"lsms-train: starting from {checkpoint.path.name} ({checkpoint.identity['name']})")
+
     def _words(self, texts: list[str]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         if self.text_encoder is None:
             return None, None
@@ -193,7 +239,11 @@ class Trainer:
     def _train_epoch(self, epoch: int) -> None:
         cfg = self.config
         self.train_samples.epoch = epoch
-        order = epoch_order(len(self.train_samples), epoch, cfg.seed, self.rank, self.world)
+        if self.slices is not None:
+            order = grouped_epoch_order(self.slices, cfg.same_slice, cfg.batch_size, epoch, cfg.seed, self.rank,
+                                        self.world)
+        else:
+            order = epoch_order(len(self.train_samples), epoch, cfg.seed, self.rank, self.world)
         batches = [order[i:i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
         skip = self.progress.step_in_epoch
         self.net.train()
@@ -230,14 +280,16 @@ class Trainer:
                   "images_per_s": round(seen * self.world / max(elapsed, 1e-9), 2),
                   "seconds": round(self.progress.seconds, 1), "time": time.time()}
         record.update({f"train_{k}": round(v / max(seen, 1), 5) for k, v in totals.items()})
-        scores = self.validate() if self.val_samples is not None and self.is_main else None
+        scores, referring = self.validate() if self.val_samples is not None and self.is_main else (None, None)
         if scores is not None:
             record.update(val_dice=round(scores.dice, 5), val_miou=round(scores.miou, 5), val_n=scores.n)
+            record.update({f"val_{k}": round(v, 5) if isinstance(v, float) else v
+                           for k, v in referring.summary().items()})
         self.progress.epoch = epoch + 1
         self.progress.step_in_epoch = 0
         self.progress.history.append({k: record[k] for k in ("epoch", "iteration") if k in record})
         if self.is_main:
-            score = scores.dice if scores is not None else -float(record.get("train_total", 0.0))
+            score = selection_score(scores, referring) if scores is not None else -float(record.get("train_total", 0.0))
             if score > self.progress.best_dice:
                 self.progress.best_dice, self.progress.best_epoch = score, epoch + 1
                 self._save_checkpoint("best.safetensors", epoch + 1, scores)
@@ -259,6 +311,11 @@ class Trainer:
         with autocast(self.device) if self.use_amp else nullcontext():
             output = self.net(image, words, mask, features=True)
         terms = self.loss(output, target)
+        if not torch.isfinite(terms["total"]):
+            raise TrainingDiverged(
+                f"lsms-train stopped at iteration {self.progress.iteration + 1}: the loss is {float(terms['total'].detach())} "
+                f"({', '.join(f'{k} {float(v):.4g}' for k, v in terms.items() if k != 'total')}). Lower --lr "
+                f"(now {self.config.lr:g}) or check --temperature and --window; the last finite checkpoints are kept")
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler is not None:
             self.scaler.scale(terms["total"]).backward()
@@ -277,28 +334,44 @@ class Trainer:
         dist.all_gather(gathered, local)
         return [float(g.item()) for g in gathered]
 
+    @staticmethod
+    def _referring_cases(samples: ReferringSamples) -> dict[int, tuple[np.ndarray, int]]:
+        """Sample index -> (instance map, named instance) for the referring cases among ``samples``."""
+        cases = {}
+        for number, dataset in enumerate(samples.datasets):
+            indices = [i for i, s in enumerate(samples.record_source) if s == number]
+            found = referring_instances([samples.records[i] for i in indices], dataset.read_mask)
+            cases.update({i: found[samples.records[i]["id"]] for i in indices if samples.records[i]["id"] in found})
+        return cases
+
     @torch.no_grad()
-    def validate(self, batch_size: int | None = None) -> Scores:
-        """Mean per-image Dice / IoU on the validation split, each mask at its image's size."""
+    def validate(self, batch_size: int | None = None) -> tuple[Scores, ReferringScores]:
+        """Mean per-image Dice / IoU on the validation split, each mask at its image's size, and the
+        referring figures (hit rate, pointing, leak) of its referring cases."""
         self.model.eval()
         samples = self.val_samples
-        scores = Scores()
+        scores, referring = Scores(), ReferringScores()
         step = batch_size or self.config.batch_size
         for start in range(0, len(samples), step):
             indices = list(range(start, min(start + step, len(samples))))
-            grey = torch.stack([samples.grey(samples.records[i]) for i in indices]).to(self.device)
+            grey = torch.stack([samples.grey(samples.records[i], i) for i in indices]).to(self.device)
             words, mask = self._words([samples.records[i]["text"] for i in indices])
             with autocast(self.device) if self.use_amp else nullcontext():
                 logits = self.model(normalise(grey, self.prep), words, mask)
             for row, i in enumerate(indices):
-                truth = samples.dataset.read_mask(samples.records[i])
+                truth = samples.read_mask(i)
                 prediction, _ = to_output_mask(logits[row], truth.shape)
                 scores.add(prediction, truth)
+                if i in self.val_cases:
+                    referring.add(score_referring(prediction, *self.val_cases[i]))
         self.model.train()
-        return scores
+        return scores, referring
 
     # --- saving -------------------------------------------------------------------------------
     def _save_checkpoint(self, name: str, epoch: int, scores: Scores | None) -> None:
+        if not all(torch.isfinite(p).all() for p in self.model.state_dict().values() if p.is_floating_point()):
+            raise TrainingDiverged(f"lsms-train: the weights hold NaN or infinite values after epoch {epoch}; "
+                                   f"{name} was not written. Lower --lr (now {self.config.lr:g})")
         extra = {"name": self.config.model_name, "epoch": epoch, "iteration": self.progress.iteration,
                  "train_config": json.loads(self.config.to_json()),
                  "val": scores.summary() if scores is not None else None}
@@ -313,6 +386,17 @@ class Trainer:
                 weights.update({f"text.{n}": p for n, p in self.text_encoder.named_parameters() if p.requires_grad})
             save_state(self.output, self.optimizer, self.progress, self.config.to_json(), self.scaler, weights)
         _barrier(self.world)
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or the weights became NaN or infinite; nothing non-finite is saved."""
+
+
+def selection_score(scores: Scores, referring: ReferringScores) -> float:
+    """What picks ``best.safetensors``: validation Dice, plus the hit rate where the validation
+    split has referring cases (a model that marks every lesion must not win on Dice alone)."""
+    summary = referring.summary()
+    return scores.dice + (summary["hit_rate"] if summary["n_referring"] else 0.0)
 
 
 def _init_distributed() -> tuple[int, int]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -51,6 +52,10 @@ def _segment(args: argparse.Namespace) -> int:
     units = {"auto": None, "hu": True, "raw": False}[args.units]
     if (args.image is None) == (args.sample is None):
         raise ValueError("give either an IMAGE path or --sample NAME")
+    for what, source in (("the input image", args.image), ("the checkpoint", args.checkpoint)):
+        if source and _same_file(output, Path(source)):
+            raise ValueError(f"-o {output} is {what} itself: the mask would replace it; name another file, e.g. "
+                             f"-o {output.parent / (Path(source).stem + '.mask.png')}")
     if args.sample:
         from ..samples import load_sample
 
@@ -70,6 +75,14 @@ def _segment(args: argparse.Namespace) -> int:
     else:
         print(f"{result.pixels} pixels -> {output} ({report['seconds']:.2f} s, {result.device})")
     return 0
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """True when ``a`` and ``b`` are one file (the same path spelt otherwise, a symbolic or a hard link)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # either is missing: writing ``a`` cannot destroy ``b``
+        return False
 
 
 if __name__ == "__main__":

@@ -8,12 +8,18 @@ image's own stem. Images are 8-bit PNGs, so export maps HU through the annotatio
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
+import shutil
+import uuid
 from pathlib import Path
 
 import numpy as np
 
+from ..config import PreprocessConfig
 from ..preprocessing import luminance
+from ..windows import percentile_limits, window_limits
 from .store import AnnotationDataset, DatasetError
 
 LVIT_SPLITS = {"Train": "train", "Val": "val", "Test": "test"}
@@ -69,17 +75,34 @@ def _image_for_mask(image_dir: Path, mask_name: str) -> Path | None:
     return None
 
 
+def _split_group(split: str, stem: str) -> str:
+    """The split group of an LViT image: its file stem, made a valid key (letters, digits, ``:_./-``; at most 128
+    characters). A stem that had to change gets a hash of the original, so two images never share a group by
+    accident (``c 3`` and ``c_3``)."""
+    safe = re.sub(r"[^A-Za-z0-9:_./-]+", "_", stem)
+    group = f"lvit-{split}-{safe}"
+    if safe != stem or len(group) > 128:
+        group = f"lvit-{split}-{safe[:90]}-{hashlib.sha256(stem.encode()).hexdigest()[:10]}"
+    return group
+
+
 def import_lvit(source: str | os.PathLike, destination: str | os.PathLike, modality: str = "OT",
                 progress=None) -> AnnotationDataset:
     """Copy an LViT-layout folder into a new dataset; its Train/Val/Test folders keep their split.
 
     Every image is its own split group (LViT has no patient identifiers). ``progress(done,
-    total)`` is called after each image when given.
+    total)`` is called after each image when given. All or nothing: the dataset is built in a hidden
+    folder next to ``destination`` and renamed into place at the end, so a file that cannot be imported
+    (named in the DatasetError) leaves no partial dataset behind, and the same command runs again once it
+    is fixed. ``destination`` must not exist, or be an empty folder.
     """
     source = Path(source)
+    destination = Path(destination)
     folders = [(name, source / f"{name}_Folder") for name in LVIT_SPLITS if (source / f"{name}_Folder").is_dir()]
     if not folders:
         raise DatasetError(f"{source} has no Train_Folder, Val_Folder or Test_Folder: not an LViT layout")
+    if destination.exists() and (not destination.is_dir() or any(destination.iterdir())):
+        raise DatasetError(f"{destination} exists and is not empty; import into a new folder")
     jobs = []
     for name, folder in folders:
         table_path = next((p for p in (folder / f"{name}_text.xlsx", source / f"{name}_text.xlsx") if p.is_file()), None)
@@ -95,29 +118,46 @@ def import_lvit(source: str | os.PathLike, destination: str | os.PathLike, modal
             if image_path is None:
                 raise DatasetError(f"no image in {folder / 'img'} for mask {mask_path.name}")
             jobs.append((LVIT_SPLITS[name], image_path, mask_path, texts[mask_path.name]))
-    dataset = AnnotationDataset.create(destination, modality=modality, description=f"imported from LViT layout {source.name}")
-    for done, (split, image_path, mask_path, text) in enumerate(jobs, start=1):
-        image = _read_grey(image_path)
-        mask = _read_grey(mask_path) > 0
-        dataset.add(image, mask, text, split=split, split_group=f"lvit-{split}-{image_path.stem}",
-                    modality=modality, units="raw",
-                    source={"lvit_image": image_path.name, "lvit_mask": mask_path.name, "lvit_split": split})
-        if progress is not None:
-            progress(done, len(jobs))
-    return dataset
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    staging = destination.parent / f".{destination.name}.importing-{uuid.uuid4().hex[:12]}"
+    try:
+        dataset = AnnotationDataset.create(staging, modality=modality,
+                                           description=f"imported from LViT layout {source.name}")
+        for done, (split, image_path, mask_path, text) in enumerate(jobs, start=1):
+            try:
+                image = _read_grey(image_path)
+                mask = _read_grey(mask_path) > 0
+                dataset.add(image, mask, text, split=split, split_group=_split_group(split, image_path.stem),
+                            modality=modality, units="raw",
+                            source={"lvit_image": image_path.name, "lvit_mask": mask_path.name, "lvit_split": split})
+            except MemoryError:
+                raise
+            except Exception as exc:  # Pillow on a damaged file, a mask of another size, a text left empty...
+                message = " ".join(str(exc).split()) or type(exc).__name__
+                raise DatasetError(f"cannot import {image_path} (mask {mask_path.name}): {message}; nothing was "
+                                   f"imported into {destination}: fix or remove this pair, then import again") from exc
+            if progress is not None:
+                progress(done, len(jobs))
+        if destination.exists():
+            destination.rmdir()  # an empty folder: replaced by the finished dataset
+        os.replace(staging, destination)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return AnnotationDataset.open(destination)
 
 
-def to_uint8(image: np.ndarray, units: str, window: dict | None, percentiles=(0.5, 99.5)) -> np.ndarray:
+def to_uint8(image: np.ndarray, units: str, window: dict | None,
+             percentiles: tuple[float, float] = PreprocessConfig.percentiles) -> np.ndarray:
     """8-bit grey for PNG: raw 8-bit stays as is; HU through the window; else percentiles."""
     if units == "raw" and image.dtype == np.uint8:
         return image
     if units == "raw" and np.issubdtype(image.dtype, np.integer) and image.min() >= 0 and image.max() <= 255:
         return image.astype(np.uint8)
     if units == "HU" and window:
-        low = window["center"] - window["width"] / 2
-        high = window["center"] + window["width"] / 2
+        low, high = window_limits(window["center"], window["width"])
     else:
-        low, high = np.percentile(image, percentiles)
+        low, high = percentile_limits(image, percentiles)
     scaled = (image.astype(np.float32) - low) / max(high - low, 1e-6)
     return np.round(np.clip(scaled, 0, 1) * 255).astype(np.uint8)
 

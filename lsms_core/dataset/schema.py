@@ -11,6 +11,8 @@ import math
 import re
 from typing import Any
 
+from ..expressions import MAX_EXPRESSION_INPUT_CHARS, has_visible_text
+from ..limits import MAX_SIDE, MAX_SLICE_PIXELS
 from ..privacy import IDENTIFIER_FIELDS
 
 FORMAT_NAME = "lsms-refseg"
@@ -27,7 +29,7 @@ _KEY = re.compile(r"^[A-Za-z0-9:_./-]{1,128}$")
 REQUIRED = {"id": str, "image": str, "mask": str, "height": int, "width": int, "text": str, "split": str,
             "split_group": str, "patient_key": str, "modality": str, "units": str}
 OPTIONAL = {"attributes": dict, "expression_kinds": list, "spacing_mm": (list, type(None)),
-            "window": (dict, type(None)), "source": dict, "provenance": dict, "identifiers": dict}
+            "window": (dict, type(None)), "source": dict, "provenance": dict, "identifiers": dict, "instance": (int, type(None))}
 
 
 def _is_number(value: Any) -> bool:
@@ -66,8 +68,15 @@ def check_record(record: Any) -> list[str]:
             problems.append(f"'{name}' {issue}")
     if record["height"] < 1 or record["width"] < 1:
         problems.append("height and width must be positive")
-    if not record["text"].strip():
-        problems.append("empty expression 'text'")
+    elif record["height"] * record["width"] > MAX_SLICE_PIXELS or max(record["height"], record["width"]) > MAX_SIDE:
+        problems.append(f"the slice is {record['height']}x{record['width']} ({record['height'] * record['width']:,} "
+                        f"pixels): more than the {MAX_SLICE_PIXELS:,} pixels (and {MAX_SIDE:,} per side) a slice may "
+                        "have; downsample it")
+    if len(record["text"]) > MAX_EXPRESSION_INPUT_CHARS:
+        problems.append(f"expression 'text' is {len(record['text']):,} characters long; at most "
+                        f"{MAX_EXPRESSION_INPUT_CHARS:,}")
+    elif not has_visible_text(record["text"]):
+        problems.append("empty expression 'text' (nothing visible: only spaces, zero-width or control characters)")
     if record["split"] not in SPLITS:
         problems.append(f"split {record['split']!r} must be one of {', '.join(SPLITS)}")
     if record["units"] not in UNITS:
@@ -91,6 +100,9 @@ def check_record(record: Any) -> list[str]:
             problems.append(f"unknown attribute {name!r} (known: {', '.join(ATTRIBUTE_FIELDS)})")
         elif name == "diameter_mm" and value is not None and not (_is_number(value) and value > 0):
             problems.append(f"attribute diameter_mm must be a positive number, got {value!r}")
+    instance = record.get("instance")
+    if instance is not None and (isinstance(instance, bool) or instance < 0):
+        problems.append(f"instance must be a lesion number >= 0 on its slice, or null, got {instance!r}")
     provenance = record.get("provenance", {})
     edit = provenance.get("edit_dice")
     if edit is not None and not (_is_number(edit) and 0 <= edit <= 1):

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import errno
 import gc
 import getpass
 import hashlib
 import io
 import json
 import os
+import stat
 import uuid
 from pathlib import Path
 from typing import Any, Iterator
@@ -41,9 +43,54 @@ def now_iso() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
+_FILE_KINDS = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISDIR, "a folder"), (stat.S_ISCHR, "a character device"),
+               (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def not_regular_reason(mode: int) -> str | None:
+    """What a file of ``st_mode`` is when it is not a regular file (reading a FIFO or a device never ends)."""
+    if stat.S_ISREG(mode):
+        return None
+    return next((what for test, what in _FILE_KINDS if test(mode)), "not a regular file")
+
+
+def open_regular(path: Path, flags: int = os.O_RDONLY, mode: int = 0o644) -> int:
+    """``os.open`` that never blocks on a FIFO and refuses anything but a regular file (DatasetError).
+
+    The file is opened non-blocking (a FIFO then opens at once instead of waiting for a writer),
+    checked with fstat on the open descriptor, and switched back to blocking.
+    """
+    nonblocking = getattr(os, "O_NONBLOCK", 0)
+    try:
+        fd = os.open(path, flags | nonblocking | getattr(os, "O_BINARY", 0), mode)
+    except OSError as exc:
+        if exc.errno == errno.ENXIO:  # opening a FIFO for writing with no reader
+            raise DatasetError(f"{path} is not a regular file but a FIFO (named pipe): replace it with the dataset's "
+                               "real file") from None
+        raise
+    try:
+        reason = not_regular_reason(os.fstat(fd).st_mode)
+        if reason is not None:
+            raise DatasetError(f"{path} is not a regular file but {reason}: a dataset file must be an ordinary file; "
+                               "replace it with the dataset's real file")
+        if nonblocking:
+            os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _read_regular(path: Path, offset: int = 0) -> bytes:
+    """The bytes of a regular file from ``offset`` (DatasetError for a FIFO, a device, a folder)."""
+    with os.fdopen(open_regular(path), "rb") as handle:
+        handle.seek(offset)
+        return handle.read()
+
+
 @contextlib.contextmanager
 def _exclusive_lock(path: Path) -> Iterator[None]:
-    with open(path, "a+b") as handle:
+    with os.fdopen(open_regular(path, os.O_RDWR | os.O_CREAT | os.O_APPEND), "a+b") as handle:
         try:
             import fcntl
 
@@ -88,6 +135,25 @@ def compact_pixels(image: np.ndarray) -> np.ndarray:
     return array
 
 
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def split_fractions_problem(fractions: Any) -> str | None:
+    """What is wrong with split fractions (an object of train/val/test -> numbers summing to 1), or None."""
+    if not isinstance(fractions, dict):
+        return (f"must be an object such as {json.dumps(DEFAULT_SPLIT_FRACTIONS)}, got a JSON "
+                f"{'array' if isinstance(fractions, (list, tuple)) else type(fractions).__name__}")
+    unknown = set(fractions) - set(SPLITS)
+    if unknown:
+        return f"name unknown splits {sorted(unknown)} (known: {', '.join(SPLITS)})"
+    values = list(fractions.values())
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1 for v in values):
+        return f"must be numbers between 0 and 1, got {fractions}"
+    if abs(sum(values) - 1) > 1e-6:
+        return f"must cover {SPLITS} and sum to 1, got {fractions}"
+    return None
+
+
 def _split_for_new_group(group: str, fractions: dict[str, float]) -> str:
     """A stable split for a group never seen before: its hash picks a bucket by the fractions."""
     position = int(hashlib.sha256(group.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
@@ -114,11 +180,14 @@ class AnnotationDataset:
         self.record_lines: list[int] = []  # manifest line number of each record
         self.bad_lines: list[tuple[int, str]] = []
         self.torn_tail = False
-        self._offset = 0
+        self._offset = 0  # bytes of the manifest read into ``records``
+        self._unterminated = False  # the last line read was complete but had no newline (yet)
         self._lines = 0
         self._ids: set[str] = set()
         self._group_split: dict[str, str] = {}
         self._swept = False
+        self._checked = 0  # records checked with check_record so far (select)
+        self._invalid: list[tuple[int, list[str]]] = []  # (line, problems) of records that are not valid
 
     # --- opening ------------------------------------------------------------------------
     @classmethod
@@ -131,9 +200,11 @@ class AnnotationDataset:
             if exist_ok:
                 return cls.open(root)
             raise DatasetError(f"{root} already holds a dataset; open it instead of creating it")
-        fractions = dict(split_fractions or DEFAULT_SPLIT_FRACTIONS)
-        if set(fractions) - set(SPLITS) or abs(sum(fractions.values()) - 1) > 1e-6:
-            raise DatasetError(f"split fractions must cover {SPLITS} and sum to 1, got {fractions}")
+        fractions = split_fractions or dict(DEFAULT_SPLIT_FRACTIONS)
+        problem = split_fractions_problem(fractions)
+        if problem:
+            raise DatasetError(f"split fractions {problem}")
+        fractions = dict(fractions)
         root.mkdir(parents=True, exist_ok=True)
         (root / "images").mkdir(exist_ok=True)
         (root / "masks").mkdir(exist_ok=True)
@@ -148,20 +219,25 @@ class AnnotationDataset:
     def open(cls, root: str | os.PathLike) -> "AnnotationDataset":
         root = Path(root)
         info_path = root / INFO
-        if not info_path.is_file():
+        if not info_path.exists():
             raise DatasetError(f"{root} is not a dataset: {INFO} is missing (create one with "
                                "AnnotationDataset.create or lsms-data import-lvit)")
         try:
-            info = json.loads(info_path.read_text())
+            info = json.loads(_read_regular(info_path).decode("utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise DatasetError(f"{info_path} is not valid JSON: {exc}") from exc
+        except OSError as exc:  # permissions, I/O errors: the validator reports, never raises
+            raise DatasetError(f"{info_path}: cannot read ({exc.strerror or exc})") from exc
         if not isinstance(info, dict) or info.get("format") != FORMAT_NAME:
             raise DatasetError(f"{info_path} does not describe an {FORMAT_NAME} dataset")
         if info.get("version") != FORMAT_VERSION:
             raise DatasetError(f"{root} is format version {info.get('version')}; this lsms-napari reads "
                                f"version {FORMAT_VERSION}")
         dataset = cls(root, info)
-        dataset._read_new_lines()
+        try:
+            dataset._read_new_lines()
+        except OSError as exc:
+            raise DatasetError(f"{dataset.manifest}: cannot read ({exc.strerror or exc})") from exc
         return dataset
 
     @property
@@ -169,25 +245,36 @@ class AnnotationDataset:
         return self.root / MANIFEST
 
     def _read_new_lines(self) -> None:
-        """Parse lines appended since the last read (by us or by another process)."""
+        """Parse lines appended since the last read (by us or by another process).
+
+        A last line without its newline is a record when it parses as JSON (a hand edit or a
+        script dropped the newline; the writer adds it before appending); only a tail that does not
+        parse is a torn save (``torn_tail``), which the next save cuts away.
+        """
         if not self.manifest.exists():
             return
-        with open(self.manifest, "rb") as handle:
-            handle.seek(self._offset)
-            data = handle.read()
+        data = _read_regular(self.manifest, self._offset)
+        if self._unterminated and data:
+            self._unterminated = False
+            if data.startswith(b"\n"):  # the newline that ends the line read last time
+                data = data[1:]
+                self._offset += 1
         end = data.rfind(b"\n") + 1
-        self.torn_tail = end < len(data)
+        tail = data[end:]
+        complete_tail = _is_json(tail)
+        self.torn_tail = bool(tail) and not complete_tail
         # orjson parses a line ~2.5x faster than json and shares key strings (half the memory); the
         # cyclic GC is paused because it would rescan every record built so far, again and again,
         # while none of them can be part of a cycle (docs/benchmarks.md, "Scale of data").
         gc_was_enabled = gc.isenabled()
         gc.disable()
         try:
-            self._parse_lines(data)
+            self._parse_lines(data + b"\n" if complete_tail else data[:end])
         finally:
             if gc_was_enabled:
                 gc.enable()
-        self._offset += end
+        self._offset += len(data) if complete_tail else end
+        self._unterminated = self._unterminated or complete_tail
 
     def _parse_lines(self, data: bytes) -> None:
         """Parse the complete lines of ``data``; what follows its last newline is not a line yet."""
@@ -219,7 +306,31 @@ class AnnotationDataset:
         return len(self.records)
 
     def select(self, split: str | None = None) -> list[dict[str, Any]]:
+        """The records of ``split`` (all for None), for training, evaluation and export.
+
+        Raises DatasetError, naming the manifest line, when any line is not a valid annotation (a line
+        that is not JSON, or a record ``check_record`` refuses: a field missing or of the wrong type...):
+        the validator calls such a dataset invalid, and a record used anyway would end in a KeyError or
+        TypeError deep inside training. Lines are checked once, as they are read.
+        """
+        self.check_lines()
         return [r for r in self.records if split is None or r.get("split") == split]
+
+    def check_lines(self) -> None:
+        """DatasetError naming the first manifest line that is not a valid annotation, and how many there are."""
+        while self._checked < len(self.records):
+            problems = check_record(self.records[self._checked])
+            if problems:
+                self._invalid.append((self.record_lines[self._checked], problems))
+            self._checked += 1
+        bad = sorted([(line, message) for line, message in self.bad_lines]
+                     + [(line, "; ".join(problems)) for line, problems in self._invalid])
+        if bad:
+            line, message = bad[0]
+            more = f" (and {len(bad) - 1} more bad line(s))" if len(bad) > 1 else ""
+            raise DatasetError(f"{self.manifest} line {line}: {message}{more}: this dataset does not validate, so "
+                               f"it is not used; 'lsms-data validate {self.root}' lists every problem: fix or "
+                               "remove those lines")
 
     def path(self, relative: str) -> Path:
         """The file a record names; never outside the dataset folder, whatever the line says."""
@@ -228,9 +339,33 @@ class AnnotationDataset:
             raise DatasetError(f"{relative!r} is not a path inside the dataset {self.root}")
         return self.root / relative
 
+    def _regular_file(self, relative: str) -> Path:
+        """``path(relative)``, checked to be a regular file: numpy and Pillow would wait forever on a FIFO."""
+        path = self.path(relative)
+        with contextlib.suppress(FileNotFoundError):  # the reader's own error names a missing file
+            reason = not_regular_reason(os.stat(path).st_mode)
+            if reason is not None:
+                raise DatasetError(f"{path} is not a regular file but {reason}: replace it with the dataset's "
+                                   "real file")
+        return path
+
     def read_image(self, record: dict[str, Any]) -> np.ndarray:
-        """The slice (H,W) in its stored units (HU for CT) as float32."""
-        return np.load(self.path(record["image"]), allow_pickle=False).astype(np.float32)
+        """The slice (H,W) in its stored units (HU for CT) as float32.
+
+        The ``.npy`` header is read first: an image whose size is not the record's (height, width) is
+        refused (DatasetError) before anything is loaded, whatever its size."""
+        from ..image_io import NpyError, map_npy
+
+        path = self._regular_file(record["image"])
+        try:
+            mapped = map_npy(path)  # the header only; nothing is read or unpickled
+        except NpyError as exc:
+            raise DatasetError(f"{path}: not a plain numeric .npy image ({exc})") from exc
+        expected = (record.get("height"), record.get("width"))
+        if tuple(mapped.shape) != expected:
+            raise DatasetError(f"{path} is {'x'.join(map(str, mapped.shape))} but annotation {record.get('id')!r} "
+                               f"says {expected[0]}x{expected[1]}: the dataset is damaged; run lsms-data validate")
+        return np.array(mapped, dtype=np.float32)
 
     def read_mask(self, record: dict[str, Any], key: str = "mask") -> np.ndarray:
         """The (H,W) bool mask of an annotation (``key='proposal'`` for the model's proposal)."""
@@ -239,11 +374,30 @@ class AnnotationDataset:
         relative = record["mask"] if key == "mask" else record.get("provenance", {}).get("proposal")
         if relative is None:
             raise DatasetError(f"annotation {record.get('id')} has no {key} mask")
-        with Image.open(self.path(relative)) as image:
+        path = self._regular_file(relative)
+        try:
+            image = Image.open(path)  # lazy: the size is known before anything is decoded
+        except Image.DecompressionBombError as exc:
+            raise DatasetError(f"{path}: the mask is far larger than any image ({exc})") from None
+        with image:
+            expected = (record.get("width"), record.get("height"))
+            if all(isinstance(v, int) for v in expected) and image.size != expected:
+                raise DatasetError(f"{path} is {image.size[1]}x{image.size[0]} but annotation {record.get('id')!r} "
+                                   f"says {expected[1]}x{expected[0]}: a mask of another image; run lsms-data validate")
             return np.asarray(image.convert("L")) > 0
 
     def split_of_group(self, group: str) -> str | None:
         return self._group_split.get(group)
+
+    def split_fractions(self) -> dict[str, float]:
+        """``dataset.json``'s split fractions (for new split groups); DatasetError when they are unusable."""
+        fractions = self.info.get("split_fractions", DEFAULT_SPLIT_FRACTIONS)
+        problem = split_fractions_problem(fractions)
+        if problem:
+            example = json.dumps({"split_fractions": DEFAULT_SPLIT_FRACTIONS})[1:-1]
+            raise DatasetError(f"{self.root / INFO}: split_fractions {problem}; a new split group cannot be given a "
+                               f"split: fix dataset.json, e.g. {example}")
+        return fractions
 
     # --- writing ------------------------------------------------------------------------
     def add(self, image: np.ndarray, mask: np.ndarray, text: str, *, split_group: str, modality: str,
@@ -253,7 +407,7 @@ class AnnotationDataset:
             source: dict[str, Any] | None = None, model: dict[str, str] | None = None,
             proposal: np.ndarray | None = None, user: str | None = None,
             annotation_id: str | None = None, identifiers: dict[str, str] | None = None,
-            include_identifiers: bool = False) -> dict[str, Any]:
+            include_identifiers: bool = False, instance: int | None = None) -> dict[str, Any]:
         """Save one annotation (image file shared by content, mask, proposal, manifest line).
 
         image (H,W) in physical units; mask and proposal (H,W) binary. ``split`` None keeps
@@ -261,6 +415,9 @@ class AnnotationDataset:
         ``identifiers`` (DICOM keyword -> text, see lsms_core.privacy.dicom_identifiers) are
         stored, under the line's ``identifiers`` field, only when ``include_identifiers`` is
         True: by default a dataset holds pseudonymous keys and no patient identifier.
+        ``instance`` numbers the lesion the mask outlines among the lesions of its slice (the same
+        number on every annotation of that lesion; None when unknown or when the mask covers
+        several or none): the referring metrics use it (lsms_core.referring).
         Returns the record written. Raises DatasetError, writing nothing, if it is invalid.
         """
         pixels = compact_pixels(image)
@@ -274,6 +431,10 @@ class AnnotationDataset:
             raise DatasetError(f"the proposal mask is {np.asarray(proposal).shape}, the image {pixels.shape}")
         if not np.isfinite(pixels).all():
             raise DatasetError("the image has NaN or infinite pixels")
+        if pixels.dtype.kind == "f" and pixels.size and float(np.abs(pixels).max()) > _FLOAT32_MAX:
+            raise DatasetError(f"the image has values up to {float(np.abs(pixels).max()):.3g} in magnitude, beyond "
+                               f"what 32-bit floats hold ({_FLOAT32_MAX:.3g}; training reads float32): the image is "
+                               "damaged or wrongly scaled")
         record_id = annotation_id or uuid.uuid4().hex[:16]
         image_bytes = encode_npy(pixels)
         image_rel = f"images/{hashlib.sha256(image_bytes).hexdigest()[:20]}.npy"
@@ -292,6 +453,8 @@ class AnnotationDataset:
                   "spacing_mm": [float(v) for v in spacing_mm] if spacing_mm is not None else None,
                   "window": window, "split": split or "", "split_group": split_group,
                   "patient_key": patient_key or split_group, "source": source or {}, "provenance": provenance}
+        if instance is not None:
+            record["instance"] = int(instance)
         if include_identifiers and identifiers:
             record["identifiers"] = {str(k): str(v) for k, v in identifiers.items()}
         with _exclusive_lock(self.root / LOCK):
@@ -301,8 +464,7 @@ class AnnotationDataset:
                 raise DatasetError(f"annotation id {record_id} already exists in {self.root}")
             known = self._group_split.get(split_group)
             if split is None:
-                record["split"] = known or _split_for_new_group(split_group, self.info.get(
-                    "split_fractions", DEFAULT_SPLIT_FRACTIONS))
+                record["split"] = known or _split_for_new_group(split_group, self.split_fractions())
             elif known is not None and known != split:
                 raise DatasetError(f"group {split_group!r} is already in split {known!r}; splits are fixed per "
                                    "patient so that no patient is in two splits")
@@ -341,16 +503,33 @@ class AnnotationDataset:
     def _append_line(self, line: str) -> None:
         """Append one manifest line in a single write, after cutting a torn tail a crash left."""
         data = (line + "\n").encode()
-        fd = os.open(self.manifest, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        if self._unterminated:  # the last line is complete but lacks its newline: end it, never cut it
+            data = b"\n" + data
+        fd = open_regular(self.manifest, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
         try:
             size = os.fstat(fd).st_size
-            if size > self._offset:  # bytes after the last complete line: an interrupted save
+            if size > self._offset:  # bytes after the last complete line that do not parse: an interrupted save
                 os.ftruncate(fd, self._offset)
             os.write(fd, data)
             os.fsync(fd)
+        except OSError as exc:
+            if exc.filename is None:  # os.write names no file: "[Errno 28] No space left on device"
+                raise OSError(exc.errno, exc.strerror, str(self.manifest)) from exc
+            raise
         finally:
             os.close(fd)
         self._read_new_lines()
+
+
+def _is_json(text: bytes) -> bool:
+    """True when ``text`` (a manifest's last line without newline) is a complete JSON value."""
+    if not text.strip():
+        return False
+    try:
+        orjson.loads(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _user_name() -> str:

@@ -125,13 +125,43 @@ class ChannelLayerNorm(nn.LayerNorm):
         return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
 
+def coordinate_grid(height: int, width: int, like: torch.Tensor) -> torch.Tensor:
+    """(1,2,H,W) pixel-centre coordinates in [-1, 1]: channel 0 rows (top -1), channel 1 columns (left -1)."""
+    rows = (torch.arange(height, device=like.device, dtype=like.dtype) + 0.5) * (2.0 / height) - 1.0
+    cols = (torch.arange(width, device=like.device, dtype=like.dtype) + 0.5) * (2.0 / width) - 1.0
+    return torch.stack(torch.meshgrid(rows, cols, indexing="ij")).unsqueeze(0)
+
+
+class PositionEncoding(nn.Module):
+    """Adds ``conv1x1(row, column coordinates)`` to a stage's (B,C,H,W) input (CoordConv, Liu et al.
+    2018). Zero-initialised, so a model starts as the paper's and learns where "upper" and "left"
+    are instead of inferring it from zero padding at the borders."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(2, dim, 1)
+
+    def reset(self) -> None:
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        grid = coordinate_grid(x.shape[-2], x.shape[-1], self.proj.weight)
+        return x + self.proj(grid).to(x.dtype)
+
+
 class Encoder(nn.Module):
-    """Four stages; returns [F1, F2, F3, F4] at strides 4, 8, 16, 32 with ``widths`` channels."""
+    """Four stages; returns [F1, F2, F3, F4] at strides 4, 8, 16, 32 with ``widths`` channels.
+
+    ``position_encoding`` adds a PositionEncoding after each stage's down-sampling (not a paper
+    module: the ``lsms-grounded`` preset, docs/model.md).
+    """
 
     def __init__(self, widths: tuple[int, ...], depths: tuple[int, ...], mlp_ratios: tuple[int, ...],
                  drop_path: float, conv_units: tuple[int, ...], text_dim: int | None,
-                 pixel_map: bool) -> None:
+                 pixel_map: bool, position_encoding: bool = False) -> None:
         super().__init__()
+        self.position_encoding = position_encoding
         total = sum(depths)
         rates = [drop_path * i / max(total - 1, 1) for i in range(total)]  # linear 0 -> drop_path
         cursor = 0
@@ -144,6 +174,8 @@ class Encoder(nn.Module):
             setattr(self, f"patch_embed{i}", embed)
             setattr(self, f"block{i}", blocks)
             setattr(self, f"norm{i}", ChannelLayerNorm(width))
+            if position_encoding:
+                setattr(self, f"pos_embed{i}", PositionEncoding(width))
 
     def forward(self, image: torch.Tensor, words: torch.Tensor | None = None,
                 word_mask: torch.Tensor | None = None) -> list[torch.Tensor]:
@@ -152,6 +184,8 @@ class Encoder(nn.Module):
         x = image
         for i in range(1, 5):
             x = getattr(self, f"patch_embed{i}")(x)
+            if self.position_encoding:
+                x = getattr(self, f"pos_embed{i}")(x)
             for block in getattr(self, f"block{i}"):
                 x = block(x, words, word_mask)
             x = getattr(self, f"norm{i}")(x)

@@ -15,7 +15,9 @@ from torch import nn
 
 from ..config import ModelConfig
 from .decoder import FullScaleDecoder, NMF2D
-from .encoder import Encoder
+from ..selection import feature_dim as selection_feature_dim
+from .encoder import Encoder, PositionEncoding
+from .selector import LesionSelector
 
 
 class LSMSOutput(NamedTuple):
@@ -43,14 +45,26 @@ class LSMS(nn.Module):
         self.config = config.validate()
         text_dim = config.text_dim if config.use_text else None
         self.backbone = Encoder(config.widths, config.depths, config.mlp_ratios, config.drop_path,
-                                config.conv_units, text_dim, config.pixel_map)
+                                config.conv_units, text_dim, config.pixel_map, config.position_encoding)
         nmf = NMF2D(config.nmf_rank, config.nmf_train_steps, config.nmf_eval_steps, config.nmf_eval_seed)
         self.decode_head = FullScaleDecoder(
             tuple(config.widths[s - 1] for s in config.fsd_stages), config.ham_channels,
             config.decoder_channels, config.fsd, nmf, config.decoder_dropout)
         # L_avg projection of the contrastive loss (eq. 14); used in training only.
         self.sentence_proj = nn.Linear(config.text_dim, config.decoder_channels) if config.use_text else None
+        # Not in the paper (docs/model.md, "Grounding"): the sentence scales and shifts the decoder's
+        # last features (FiLM, Perez et al. 2018), a direct path from the words to the mask.
+        self.sentence_film = (nn.Linear(config.text_dim, 2 * config.decoder_channels)
+                              if config.use_text and config.sentence_film else None)
+        self.selector = (LesionSelector(selection_feature_dim(config.decoder_channels), config.text_dim,
+                                        config.selector_hidden) if config.select_lesions else None)
         self.apply(_init_weights)
+        if self.sentence_film is not None:
+            nn.init.zeros_(self.sentence_film.weight)
+            nn.init.zeros_(self.sentence_film.bias)
+        for module in self.modules():
+            if isinstance(module, PositionEncoding):
+                module.reset()
 
     @property
     def uses_text(self) -> bool:
@@ -74,11 +88,14 @@ class LSMS(nn.Module):
         stride = self.config.fsd_stride
         decoder_size = (size[0] // stride, size[1] // stride)
         chosen = [features[s - 1] for s in self.config.fsd_stages]
-        logits, embedding = self.decode_head(chosen, decoder_size)
+        mean_word = None
+        if self.uses_text:
+            mean_word = (words * word_mask.unsqueeze(-1)).sum(1) / word_mask.sum(1, keepdim=True).clamp(min=1)
+        film = self.sentence_film(mean_word).chunk(2, dim=1) if self.sentence_film is not None else None
+        logits, embedding = self.decode_head(chosen, decoder_size, film)
         logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
         sentence = None
         if self.sentence_proj is not None:
-            mean_word = (words * word_mask.unsqueeze(-1)).sum(1) / word_mask.sum(1, keepdim=True).clamp(min=1)
             sentence = self.sentence_proj(mean_word)
         return LSMSOutput(logits, embedding, sentence)
 

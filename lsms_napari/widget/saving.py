@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from lsms_core.dataset import AnnotationDataset, DatasetError
-from lsms_core.image_io import file_sha256
+from lsms_core.files import file_sha256
 from lsms_core.measure import measure_mask
 from lsms_core.privacy import dicom_identifiers, pseudonymous_key
 from lsms_core.windows import Window

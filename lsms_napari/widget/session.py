@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import threading
+from collections import OrderedDict
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -52,8 +54,46 @@ class Proposal:
     notes: list[str] = field(default_factory=list)  # e.g. "cuda ran out of memory; ... on the CPU"
 
 
+MAX_PROPOSALS = 32  # proposals kept (each holds its slice: 1 MB for 512x512 float32), most recently used
+
+
+class Proposals:
+    """The proposals by the key stored in their Labels layer's metadata, bounded: at most ``limit``,
+    the least recently used dropped first, and those whose layer was closed dropped by ``keep_only``.
+    Without a bound every Segment kept its slice (and mask) for the widget's lifetime."""
+
+    def __init__(self, limit: int = MAX_PROPOSALS) -> None:
+        self.limit = limit
+        self._items: OrderedDict[str, Proposal] = OrderedDict()
+
+    def add(self, key: str, proposal: Proposal) -> None:
+        self._items[key] = proposal
+        self._items.move_to_end(key)
+        while len(self._items) > self.limit:
+            self._items.popitem(last=False)
+
+    def get(self, key: str | None) -> Proposal | None:
+        """The proposal of ``key`` (marked as used), or None when unknown or dropped."""
+        if key not in self._items:
+            return None
+        self._items.move_to_end(key)
+        return self._items[key]
+
+    def keep_only(self, keys: Iterable[str | None]) -> None:
+        """Drop every proposal whose key is not in ``keys`` (the keys of the Labels layers still open)."""
+        alive = set(keys)
+        for key in [k for k in self._items if k not in alive]:
+            del self._items[key]
+
+    def __contains__(self, key) -> bool:
+        return key in self._items
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
 class WidgetSession:
-    """Keeps one Segmenter warm per (checkpoint, device) and the proposals by labels-layer name.
+    """Keeps one Segmenter warm per (checkpoint, device) and the proposals (bounded, see Proposals).
 
     All model work (loading, segmenting) runs on one dedicated thread. PyTorch's CPU thread pool
     (OpenMP) keeps a team of threads per calling thread, and napari's workers come from a pool
@@ -63,7 +103,7 @@ class WidgetSession:
 
     def __init__(self) -> None:
         self._segmenters: dict[tuple[str, str], Segmenter] = {}
-        self.proposals: dict[str, Proposal] = {}
+        self.proposals = Proposals()
         self._model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lsms-model")
 
     def _on_model_thread(self, func, *args):

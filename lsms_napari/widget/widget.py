@@ -1,80 +1,37 @@
 """The "Referring Lesion Segment" dock widget: type an expression, get that lesion as Labels.
 
-Layout and handlers only: the model runs in a napari worker thread (WidgetSession), saving
-goes through lsms_core's writer in a worker, training is a separate process. The viewer never
-waits on any of them.
+Layout and the Segment / Save handlers; each other job has its module: image_picker.py (image,
+slice, window), fields_box.py (structured description), model_picker.py (model, device),
+measurements.py, training_panel.py (lsms-train), workers.py (napari workers), session.py (warm
+model, proposals), saving.py (writer calls). The model runs in a napari worker thread
+(WidgetSession), saving goes through lsms_core's writer in a worker, training is a separate
+process. The viewer never waits on any of them.
 """
 
 from __future__ import annotations
 
-import threading
-import time
 import uuid
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 from napari.layers import Image, Labels
-from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info, show_warning
-from qtpy.QtCore import QTimer
-from qtpy.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout,
-                            QLabel, QLineEdit, QPushButton, QSpinBox, QVBoxLayout, QWidget)
+from qtpy.QtWidgets import (QCheckBox, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QLineEdit, QPushButton,
+                            QVBoxLayout, QWidget)
 
 from lsms_core.inference import ExpressionError, clean_expression
-from lsms_core.measure import measure_mask
-from lsms_core.windows import WINDOW_PRESETS, Window, window_from_limits
+from lsms_core.windows import Window
 
 from ..layers import SourceInfo
 from . import expression as ex
+from .fields_box import StructuredFields
+from .image_picker import FILE_WINDOW, ImagePicker  # noqa: F401 - FILE_WINDOW re-exported
+from .measurements import MeasurementsLabel, labels_slice
+from .model_picker import CHECKPOINT_FILE, DEFAULT_MODEL, ModelPicker  # noqa: F401 - re-exported
 from .saving import save_annotation
 from .session import Proposal, SegmentRequest, WidgetSession, pixels_sha
 from .training import TrainingProcess
-
-GO_TIMEOUT_S = 10.0  # a worker waits at most this long for the event loop to let it go
-
-
-@dataclass
-class Outcome:
-    """What a worker hands back: a value, or the message of the error that stopped it."""
-
-    value: Any = None
-    error: str | None = None
-
-
-def guarded(func, *args, go: threading.Event | None = None) -> Outcome:
-    """Run ``func`` in a worker without ever raising: errors come back as a message, so the GUI
-    shows one clear line instead of a traceback. ``go``: wait for it first (see start_worker)."""
-    if go is not None:
-        go.wait(GO_TIMEOUT_S)
-    try:
-        return Outcome(func(*args))
-    except Exception as error:  # noqa: BLE001 (every failure must reach the user as a message)
-        return Outcome(error=str(error) or type(error).__name__)
-
-
-def start_worker(func, *args, description: str, on_value, on_error, on_finished=None):
-    """Run ``guarded(func, *args)`` in a napari worker; returns the (running) worker.
-
-    ``on_finished(worker)`` is called once it ended, whatever happened. The work itself begins
-    once control is back in the event loop, so whoever gets the worker can still connect to its
-    signals: work that fails at once would otherwise finish before anyone listened."""
-    go = threading.Event()
-    worker = create_worker(guarded, func, *args, go=go, _progress={"desc": description})
-    # "started" is delivered in the GUI thread, through its event loop: only then does the work begin.
-    # (Not QTimer.singleShot: PySide6 6.12 loses a reference to None on each call, and Python aborts.)
-    worker.started.connect(lambda: go.set())
-    worker.returned.connect(lambda outcome: on_error(outcome.error) if outcome.error else on_value(outcome.value))
-    if on_finished is not None:
-        worker.finished.connect(lambda: on_finished(worker))
-    worker.start()
-    return worker
-
-
-DEFAULT_MODEL = "default model (lsms-reflits)"
-CHECKPOINT_FILE = "checkpoint file..."
-FILE_WINDOW = "file's own window"
+from .training_panel import TrainingPanel
+from .workers import GO_TIMEOUT_S, Outcome, guarded, start_worker  # noqa: F401 - re-exported
 
 
 class ReferringLesionSegmentWidget(QWidget):
@@ -87,12 +44,10 @@ class ReferringLesionSegmentWidget(QWidget):
         self._worker = None  # the Segment run in progress (None when idle or cancelled)
         self._saving = False  # a save is in progress
         self._request_id = 0
-        self._training: TrainingProcess | None = None
-        self._train_timer = QTimer(self)
-        self._train_timer.timeout.connect(self._poll_training)
         self._build()
         self.viewer.layers.events.inserted.connect(self._refresh_layers)
         self.viewer.layers.events.removed.connect(self._refresh_layers)
+        self.viewer.layers.events.removed.connect(self._forget_closed_proposals)
         self.viewer.layers.selection.events.active.connect(self._on_active_layer)
         self._refresh_layers()
 
@@ -100,11 +55,9 @@ class ReferringLesionSegmentWidget(QWidget):
     def _build(self) -> None:
         layout = QVBoxLayout(self)
         form = QFormLayout()
-        self.image_combo = QComboBox()
+        self.images = ImagePicker(self.viewer)
+        self.image_combo, self.window_combo = self.images.image_combo, self.images.window_combo
         form.addRow("Image", self.image_combo)
-        self.window_combo = QComboBox()
-        self.window_combo.addItems([FILE_WINDOW, *WINDOW_PRESETS])
-        self.window_combo.currentTextChanged.connect(self._apply_window)
         form.addRow("Window", self.window_combo)
         self.expression = QLineEdit()
         self.expression.setPlaceholderText("e.g. the largest hypodense lesion in the right lobe")
@@ -112,41 +65,15 @@ class ReferringLesionSegmentWidget(QWidget):
         form.addRow("Expression", self.expression)
         layout.addLayout(form)
 
-        fields = QGroupBox("Structured description (optional, composes the expression)")
-        fields_form = QFormLayout(fields)
-        self.field_combos: dict[str, QComboBox] = {}
-        for key, label, choices in (("lesion_type", "Lesion type", ex.LESION_TYPES),
-                                    ("location", "Segment / lobe", ex.LOCATIONS), ("size", "Size", ex.SIZES),
-                                    ("shape", "Shape", ex.SHAPES), ("boundary", "Boundary", ex.BOUNDARIES),
-                                    ("enhancement", "Enhancement", ex.ENHANCEMENTS)):
-            combo = QComboBox()
-            combo.addItems(list(choices))
-            fields_form.addRow(label, combo)
-            self.field_combos[key] = combo
-        self.diameter = QDoubleSpinBox()
-        self.diameter.setRange(0, 500)
-        self.diameter.setSuffix(" mm")
-        self.diameter.setSpecialValueText("-")
-        fields_form.addRow("Diameter", self.diameter)
-        layout.addWidget(fields)
+        self.structured = StructuredFields()
+        self.field_combos, self.diameter = self.structured.field_combos, self.structured.diameter
+        layout.addWidget(self.structured)
 
-        model_box = QGroupBox("Model")
-        model_form = QFormLayout(model_box)
-        self.model_combo = QComboBox()
-        self.model_combo.addItems([DEFAULT_MODEL, CHECKPOINT_FILE])
-        model_form.addRow("Model", self.model_combo)
-        path_row = QHBoxLayout()
-        self.checkpoint_path = QLineEdit()
-        self.checkpoint_path.setPlaceholderText(".safetensors written by lsms-train")
-        browse = QPushButton("...")
-        browse.clicked.connect(self._browse_checkpoint)
-        path_row.addWidget(self.checkpoint_path)
-        path_row.addWidget(browse)
-        model_form.addRow("Checkpoint", path_row)
-        self.device_combo = QComboBox()
-        self.device_combo.addItems(["auto", "cpu", "cuda"])
-        model_form.addRow("Device", self.device_combo)
-        layout.addWidget(model_box)
+        self.model_picker = ModelPicker()
+        self.model_combo = self.model_picker.model_combo
+        self.checkpoint_path = self.model_picker.checkpoint_path
+        self.device_combo = self.model_picker.device_combo
+        layout.addWidget(self.model_picker)
 
         buttons = QHBoxLayout()
         self.segment_button = QPushButton("Segment")
@@ -160,8 +87,7 @@ class ReferringLesionSegmentWidget(QWidget):
         self.status = QLabel("Type what you want segmented and press Segment.")
         self.status.setWordWrap(True)
         layout.addWidget(self.status)
-        self.measurements = QLabel("")
-        self.measurements.setWordWrap(True)
+        self.measurements = MeasurementsLabel()
         layout.addWidget(self.measurements)
 
         data_box = QGroupBox("Annotations")
@@ -190,20 +116,11 @@ class ReferringLesionSegmentWidget(QWidget):
         row.addWidget(self.save_button)
         row.addWidget(self.export_button)
         data_layout.addLayout(row)
-        train_row = QHBoxLayout()
-        self.epochs = QSpinBox()
-        self.epochs.setRange(1, 1000)
-        self.epochs.setValue(15)
-        self.epochs.setPrefix("epochs ")
-        self.train_button = QPushButton("Train on this dataset")
-        self.train_button.clicked.connect(self.train)
-        self.use_model_button = QPushButton("Use new model")
-        self.use_model_button.setEnabled(False)
-        self.use_model_button.clicked.connect(self.use_trained_model)
-        train_row.addWidget(self.epochs)
-        train_row.addWidget(self.train_button)
-        train_row.addWidget(self.use_model_button)
-        data_layout.addLayout(train_row)
+        self.training_panel = TrainingPanel(self, self._say_data, self._fail_data, self._use_model)
+        self.training_panel.train_button.clicked.connect(lambda: self.train())
+        self.epochs, self.train_button = self.training_panel.epochs, self.training_panel.train_button
+        self.use_model_button = self.training_panel.use_model_button
+        data_layout.addLayout(self.training_panel)
         self.data_status = QLabel("")
         self.data_status.setWordWrap(True)
         data_layout.addWidget(self.data_status)
@@ -212,78 +129,45 @@ class ReferringLesionSegmentWidget(QWidget):
 
     # --- layers -------------------------------------------------------------------------------
     def _image_layers(self) -> list[Image]:
-        return [layer for layer in self.viewer.layers if isinstance(layer, Image) and not layer.rgb]
+        return self.images.image_layers()
 
     def _refresh_layers(self, event=None) -> None:
-        current = self.image_combo.currentText()
-        names = [layer.name for layer in self._image_layers()]
-        self.image_combo.blockSignals(True)
-        self.image_combo.clear()
-        self.image_combo.addItems(names)
-        if current in names:
-            self.image_combo.setCurrentText(current)
-        self.image_combo.blockSignals(False)
+        self.images.refresh(event)
+
+    def _forget_closed_proposals(self, event=None) -> None:
+        """A closed Labels layer's proposal (and the slice it holds) is never needed again."""
+        self.session.proposals.keep_only(layer.metadata.get("lsms_proposal") for layer in self.viewer.layers
+                                         if isinstance(layer, Labels))
 
     def image_layer(self) -> Image | None:
-        name = self.image_combo.currentText()
-        return next((layer for layer in self._image_layers() if layer.name == name), None)
+        return self.images.image_layer()
 
     def current_slice(self, layer: Image) -> tuple[np.ndarray, int | None]:
         """(pixels (H,W), slice index or None): the 2-D image, or the displayed slice of a stack."""
-        if layer.ndim == 2:
-            return np.asarray(layer.data), None
-        if layer.ndim != 3:
-            raise ValueError(f"{layer.name} has {layer.ndim} dimensions; pick a 2-D image or a stack of slices")
-        index = int(round(float(layer.world_to_data(self.viewer.dims.point)[0])))
-        index = min(max(index, 0), layer.data.shape[0] - 1)
-        return np.asarray(layer.data[index]), index
-
-    def _apply_window(self, name: str) -> None:
-        layer = self.image_layer()
-        if layer is None:
-            return
-        if name == FILE_WINDOW:
-            info = SourceInfo.of(layer)
-            if info.window:
-                layer.contrast_limits = (info.window[0] - info.window[1] / 2, info.window[0] + info.window[1] / 2)
-            return
-        layer.contrast_limits = WINDOW_PRESETS[name].limits
+        return self.images.current_slice(layer)
 
     def current_window(self, layer: Image) -> Window:
         """The window the user is looking at (a preset's name when it matches one)."""
-        low, high = (float(v) for v in layer.contrast_limits)
-        for preset in WINDOW_PRESETS.values():
-            if np.allclose(preset.limits, (low, high)):
-                return preset
-        return window_from_limits(low, high, "file" if self.window_combo.currentText() == FILE_WINDOW else "custom")
+        return self.images.current_window(layer)
 
     # --- model --------------------------------------------------------------------------------
     def checkpoint(self) -> str:
-        if self.model_combo.currentText() == DEFAULT_MODEL:
-            return "default"
-        path = self.checkpoint_path.text().strip()
-        if not path:
-            raise ValueError("choose a checkpoint file, or pick the default model")
-        return path
-
-    def _browse_checkpoint(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "LSMS checkpoint", "", "safetensors (*.safetensors)")
-        if path:
-            self.checkpoint_path.setText(path)
-            self.model_combo.setCurrentText(CHECKPOINT_FILE)
+        return self.model_picker.checkpoint()
 
     def preload_model(self) -> None:
         """Load the chosen model in the background so the first Segment is fast."""
-        checkpoint, device = self.checkpoint(), self.device_combo.currentText()
+        checkpoint, device = self.checkpoint(), self.model_picker.device()
         return start_worker(self.session.segmenter, checkpoint, device, description="Loading LSMS model",
                             on_value=lambda _: self._say("Model ready."),
                             on_error=lambda error: self._fail(f"could not load the model: {error}"))
 
+    def _use_model(self, path: str) -> None:
+        self.model_picker.use_checkpoint(path)
+        self._say(f"Using the new model {path}.")
+
     # --- segment ------------------------------------------------------------------------------
     def fields(self) -> dict:
-        values = {key: combo.currentText() for key, combo in self.field_combos.items()}
-        values["diameter_mm"] = self.diameter.value() or None
-        return {k: v for k, v in values.items() if v not in ("", None)}
+        return self.structured.values()
 
     def segment(self) -> None:
         if self._worker is not None:  # e.g. Return pressed in the expression while a run goes on
@@ -343,7 +227,7 @@ class ReferringLesionSegmentWidget(QWidget):
             return None  # cancelled, or superseded by a newer request
         self._on_finished(request_id)  # free before the layer appears: a click right after it is taken
         request = proposal.request
-        source = next((l for l in self._image_layers() if l.name == request.source_layer), None)
+        source = self.images.source_layer(request.source_layer)
         if source is None:
             self._fail(f'the image "{request.source_layer}" was closed while segmenting; the result is discarded')
             return None
@@ -363,7 +247,7 @@ class ReferringLesionSegmentWidget(QWidget):
         labels = self.viewer.add_labels(data, name=name, scale=source.scale, translate=source.translate,
                                         metadata={"lsms_proposal": key, "lsms_source": source.name,
                                                   "lsms_slice": request.slice_index})
-        self.session.proposals[key] = proposal
+        self.session.proposals.add(key, proposal)
         labels.events.paint.connect(lambda event: self.update_measurements())
         labels.events.data.connect(lambda event: self.update_measurements())
         self.viewer.layers.selection.active = labels
@@ -383,26 +267,17 @@ class ReferringLesionSegmentWidget(QWidget):
 
     def active_proposal(self) -> tuple[Labels, Proposal] | None:
         layer = self.viewer.layers.selection.active
-        if isinstance(layer, Labels) and layer.metadata.get("lsms_proposal") in self.session.proposals:
-            return layer, self.session.proposals[layer.metadata["lsms_proposal"]]
-        return None
-
-    def _labels_slice(self, labels: Labels, proposal: Proposal) -> np.ndarray:
-        index = proposal.request.slice_index
-        return np.asarray(labels.data if index is None else labels.data[index]) > 0
+        if not isinstance(layer, Labels):
+            return None
+        proposal = self.session.proposals.get(layer.metadata.get("lsms_proposal"))
+        return (layer, proposal) if proposal is not None else None
 
     def update_measurements(self) -> str:
         found = self.active_proposal()
         if found is None:
-            self.measurements.setText("")
-            return ""
+            return self.measurements.show_for(None, None, None)
         labels, proposal = found
-        source = next((l for l in self._image_layers() if l.name == proposal.request.source_layer), None)
-        info = SourceInfo.of(source) if source is not None else SourceInfo()
-        text = measure_mask(self._labels_slice(labels, proposal), info.spacing_mm, proposal.request.pixels,
-                            info.hounsfield).summary()
-        self.measurements.setText(f"{labels.name}: {text}")
-        return text
+        return self.measurements.show_for(labels, proposal, self.images.source_layer(proposal.request.source_layer))
 
     # --- save / export ------------------------------------------------------------------------
     def _browse_dataset(self) -> None:
@@ -424,13 +299,13 @@ class ReferringLesionSegmentWidget(QWidget):
             self._fail_data("choose a dataset folder first")
             return None
         labels, proposal = found
-        source = next((l for l in self._image_layers() if l.name == proposal.request.source_layer), None)
+        source = self.images.source_layer(proposal.request.source_layer)
         if source is None:
             self._fail_data(f'the image "{proposal.request.source_layer}" is closed: nothing to attach the mask to')
             return None
         index = proposal.request.slice_index
         pixels = np.asarray(source.data if index is None else source.data[index])
-        mask = self._labels_slice(labels, proposal).copy()
+        mask = labels_slice(labels, proposal).copy()
         self._saving = True
         return start_worker(
             save_annotation, dataset, proposal, mask, pixels, SourceInfo.of(source), self.current_window(source),
@@ -466,47 +341,10 @@ class ReferringLesionSegmentWidget(QWidget):
     # --- training -----------------------------------------------------------------------------
     def train(self, extra_args: list[str] | None = None) -> TrainingProcess | None:
         """Start lsms-train on the dataset as a separate process; progress comes from its log."""
-        dataset = self.dataset_path.text().strip()
-        if not dataset or not (Path(dataset) / "dataset.json").exists():
-            self._fail_data("save some annotations into a dataset folder first")
-            return None
-        if self._training is not None and self._training.process.poll() is None:
-            self._fail_data("a training run is already going")
-            return None
-        run = Path(dataset).parent / f"{Path(dataset).name}-runs" / time.strftime("%Y%m%d-%H%M%S")
-        args = extra_args if extra_args is not None else [
-            "--preset", "lsms", "--image-size", "256", "--lr", "1e-3", "--weight-decay", "0.05", "--augment",
-            "--batch-size", "8", "--epochs", str(self.epochs.value()), "--model-name", f"lsms-{Path(dataset).name}"]
-        from napari.utils import progress
-
-        self._training = TrainingProcess(dataset, run, args)
-        self._train_progress = progress(total=0, desc="lsms-train")
-        self._train_timer.start(1000)
-        self.use_model_button.setEnabled(False)
-        self._say_data(f"Training in the background into {run} ...")
-        return self._training
-
-    def _poll_training(self) -> None:
-        if self._training is None:
-            return
-        status = self._training.poll()
-        if status.epochs and self._train_progress.total != status.epochs:
-            self._train_progress.total = status.epochs
-        self._train_progress.n = status.epoch
-        self._train_progress.set_description(status.text)
-        self._train_progress.refresh()
-        self._say_data(status.text)
-        if status.finished or status.failed:
-            self._train_timer.stop()
-            self._train_progress.close()
-            self.use_model_button.setEnabled(status.finished and self._training.best_checkpoint.exists())
+        return self.training_panel.train(self.dataset_path.text().strip(), extra_args)
 
     def use_trained_model(self) -> None:
-        if self._training is None or not self._training.best_checkpoint.exists():
-            return
-        self.checkpoint_path.setText(str(self._training.best_checkpoint))
-        self.model_combo.setCurrentText(CHECKPOINT_FILE)
-        self._say(f"Using the new model {self._training.best_checkpoint}.")
+        self.training_panel.use_trained_model()
 
     # --- messages -----------------------------------------------------------------------------
     def _say(self, text: str) -> None:
@@ -524,7 +362,7 @@ class ReferringLesionSegmentWidget(QWidget):
         show_error(text)
 
     def closeEvent(self, event) -> None:  # noqa: N802 (Qt's name)
-        if self._training is not None:
+        if self.training_panel.training is not None:
             show_info("lsms-train keeps running in the background; resume it later with --resume")
         self.session.close()
         super().closeEvent(event)

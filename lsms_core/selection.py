@@ -1,0 +1,148 @@
+"""Referring selection: LSMS finds the lesions, the selector picks the one(s) the words name.
+
+One implementation for inference (``Segmenter``) and training (``lsms-train-selector``):
+
+1. LSMS runs once per slice with the expression ``ALL_LESIONS_TEXT``; its mask, split into
+   8-connected components of >= ``MIN_CANDIDATE_PX`` px at the image's own size, gives the
+   *candidates* (``lesion_candidates``).
+2. Each candidate is described by ``candidate_features``: the decoder's features averaged over it and
+   over a ring around it, and its geometry and intensity, each also relative to the other candidates
+   of the slice (a word such as "largest" or "most hypodense" is a comparison).
+3. The selector (``lsms_core.model.selector``) scores each candidate against the sentence; the answer
+   is the union of the candidates it accepts, or nothing ("no such lesion on this slice").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import ndimage
+from skimage.measure import regionprops
+
+ALL_LESIONS_TEXT = "all lesions"
+MIN_CANDIDATE_PX = 3
+RING_PX = 3
+GEOMETRY_FEATURES = 17
+_EIGHT = np.ones((3, 3), dtype=bool)
+
+
+def feature_dim(decoder_channels: int) -> int:
+    """Length of one candidate's descriptor: features on it, features on its ring, geometry."""
+    return 2 * decoder_channels + GEOMETRY_FEATURES
+
+
+@dataclass
+class Candidates:
+    """The lesion candidates of one slice.
+
+    labels: (H,W) int32, 0 background, 1..K candidates (image size).
+    probability: (H,W) float32, LSMS's "all lesions" probability.
+    features: (K, feature_dim) float32 descriptors (K may be 0).
+    """
+
+    labels: np.ndarray
+    probability: np.ndarray
+    features: torch.Tensor
+
+    @property
+    def count(self) -> int:
+        return int(self.features.shape[0])
+
+    def union(self, chosen: np.ndarray) -> np.ndarray:
+        """(H,W) bool mask of the candidates whose (K,) ``chosen`` flag is set."""
+        keep = np.zeros(self.count + 1, dtype=bool)
+        keep[1:] = chosen
+        return keep[self.labels]
+
+
+def components(mask: np.ndarray, min_area: int = MIN_CANDIDATE_PX) -> np.ndarray:
+    """8-connected components of a (H,W) bool mask with >= ``min_area`` px, labelled 1..K."""
+    labels, count = ndimage.label(mask, structure=_EIGHT)
+    if count == 0:
+        return labels.astype(np.int32)
+    areas = np.bincount(labels.ravel(), minlength=count + 1)
+    keep = np.zeros(count + 1, dtype=np.int32)
+    kept = np.flatnonzero(areas[1:] >= min_area) + 1
+    keep[kept] = np.arange(1, len(kept) + 1)
+    return keep[labels]
+
+
+def _ranks(values: np.ndarray) -> np.ndarray:
+    """0 for the smallest value, 1 for the next, ... (ties share the lower rank)."""
+    return np.searchsorted(np.sort(values), values, side="left").astype(np.float32)
+
+
+def candidate_features(labels: np.ndarray, grey: np.ndarray, embedding: torch.Tensor) -> torch.Tensor:
+    """Descriptors (K, 2D + GEOMETRY_FEATURES) of the candidates of one slice.
+
+    labels: (H,W) int candidates 1..K; grey: (H,W) the windowed image in [0,1] at the same size;
+    embedding: (D,h,w) the decoder's ``align`` features of the "all lesions" pass.
+    Geometry (in this order): log area (px), area share of the image, centroid row and column in
+    [-1, 1], mean grey on the lesion minus on its ring (x10: 0.1 = 40 HU in the soft-tissue window),
+    solidity, eccentricity; relative to the slice's candidates: log area minus the largest's, area
+    rank from the largest and from the smallest (/4), contrast minus the darkest's, contrast rank from
+    the darkest (/4), centroid minus the candidates' mean centroid (row, column), log of the count,
+    distance rank from the candidates' mean centroid (/4).
+    """
+    count = int(labels.max())
+    dim = embedding.shape[0]
+    if count == 0:
+        return torch.zeros(0, 2 * dim + GEOMETRY_FEATURES)
+    height, width = labels.shape
+    regions = regionprops(labels)
+    union = labels > 0
+    masks = np.stack([labels == r.label for r in regions])  # (K,H,W)
+    rings = np.stack([ndimage.binary_dilation(m, _EIGHT, iterations=RING_PX) & ~union for m in masks])
+    background = float(grey[~union].mean()) if (~union).any() else float(grey.mean())
+    area = np.array([r.area for r in regions], dtype=np.float32)
+    centroid = np.array([r.centroid for r in regions], dtype=np.float32)  # (K,2) px
+    centroid = centroid / np.array([height, width], dtype=np.float32) * 2 - 1
+    inside = np.array([grey[m].mean() for m in masks], dtype=np.float32)
+    around = np.array([grey[r].mean() if r.any() else background for r in rings], dtype=np.float32)
+    contrast = (inside - around) * 10
+    solidity = np.array([r.solidity for r in regions], dtype=np.float32)
+    eccentricity = np.array([r.eccentricity for r in regions], dtype=np.float32)
+    log_area = np.log(area)
+    offset = centroid - centroid.mean(0, keepdims=True)
+    geometry = np.stack([
+        log_area, area / (height * width), centroid[:, 0], centroid[:, 1], contrast, solidity, eccentricity,
+        log_area - log_area.max(), _ranks(-area) / 4, _ranks(area) / 4, contrast - contrast.min(),
+        _ranks(contrast) / 4, offset[:, 0], offset[:, 1], np.full(count, np.log(count), np.float32),
+        _ranks(np.hypot(offset[:, 0], offset[:, 1])) / 4, np.zeros(count, np.float32),
+    ], axis=1)
+    geometry[:, -1] = (area >= 30).astype(np.float32)  # shape words only mean something for >= 30 px
+    pooled = _pool(embedding.float(), torch.from_numpy(np.concatenate([masks, rings])).float())
+    on_lesion, on_ring = pooled[:count], pooled[count:]
+    return torch.cat([on_lesion, on_ring, torch.from_numpy(geometry)], dim=1)
+
+
+def _pool(embedding: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """Mean of (D,h,w) features under each of (M,H,W) masks, the masks area-resized to (h,w)."""
+    small = F.adaptive_avg_pool2d(masks[:, None], embedding.shape[-2:])[:, 0] if masks.shape[-2:] != embedding.shape[-2:] \
+        else masks
+    weights = small.flatten(1)  # (M, hw)
+    total = weights.sum(1, keepdim=True)
+    pooled = weights @ embedding.flatten(1).T / total.clamp(min=1e-6)  # (M, D)
+    return torch.where(total > 0, pooled, torch.zeros_like(pooled))
+
+
+def lesion_candidates(model, model_input: torch.Tensor, words: torch.Tensor, word_mask: torch.Tensor,
+                      image_shape: tuple[int, int], grey: np.ndarray, threshold: float = 0.5) -> Candidates:
+    """Run LSMS with the "all lesions" words on one (1,3,S,S) input (on the model's device, in its
+    memory format) and describe the candidates at ``image_shape`` (H,W); ``grey`` is the windowed
+    image (H,W) in [0,1]."""
+    output = model(model_input, words, word_mask, features=True)
+    logits = F.interpolate(output.logits.float(), size=image_shape, mode="bilinear", align_corners=False)
+    probability = torch.sigmoid(logits)[0, 0].cpu().numpy()
+    labels = components(probability > threshold)
+    features = candidate_features(labels, grey, output.embedding[0].float().cpu())
+    return Candidates(labels, probability.astype(np.float32), features)
+
+
+def sentence_feature(words: torch.Tensor, word_mask: torch.Tensor) -> torch.Tensor:
+    """Mean of the real words' features: (B,T,C_l), (B,T) -> (B,C_l)."""
+    weights = word_mask.to(words.dtype).unsqueeze(-1)
+    return (words * weights).sum(1) / weights.sum(1).clamp(min=1)

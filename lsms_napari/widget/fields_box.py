@@ -1,0 +1,33 @@
+"""The "Structured description" box: optional fields that compose the expression (expression.py)."""
+
+from __future__ import annotations
+
+from qtpy.QtWidgets import QComboBox, QDoubleSpinBox, QFormLayout, QGroupBox
+
+from . import expression as ex
+
+
+class StructuredFields(QGroupBox):
+    def __init__(self) -> None:
+        super().__init__("Structured description (optional, composes the expression)")
+        form = QFormLayout(self)
+        self.field_combos: dict[str, QComboBox] = {}
+        for key, label, choices in (("lesion_type", "Lesion type", ex.LESION_TYPES),
+                                    ("location", "Segment / lobe", ex.LOCATIONS), ("size", "Size", ex.SIZES),
+                                    ("shape", "Shape", ex.SHAPES), ("boundary", "Boundary", ex.BOUNDARIES),
+                                    ("enhancement", "Enhancement", ex.ENHANCEMENTS)):
+            combo = QComboBox()
+            combo.addItems(list(choices))
+            form.addRow(label, combo)
+            self.field_combos[key] = combo
+        self.diameter = QDoubleSpinBox()
+        self.diameter.setRange(0, 500)
+        self.diameter.setSuffix(" mm")
+        self.diameter.setSpecialValueText("-")
+        form.addRow("Diameter", self.diameter)
+
+    def values(self) -> dict:
+        """The fields that are filled in, by attribute name."""
+        values = {key: combo.currentText() for key, combo in self.field_combos.items()}
+        values["diameter_mm"] = self.diameter.value() or None
+        return {k: v for k, v in values.items() if v not in ("", None)}

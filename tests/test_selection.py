@@ -1,0 +1,103 @@
+"""Referring selection: lesion candidates, their descriptors, the selector in Segmenter, and its training."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from lsms_core.checkpoint import read_checkpoint, save_checkpoint
+from lsms_core.config import preset
+from lsms_core.inference import Segmenter
+from lsms_core.model import build_model
+from lsms_core.preprocessing import to_model_input
+from lsms_core.selection import GEOMETRY_FEATURES, candidate_features, components, feature_dim
+
+
+def _disc(shape, centre, radius):
+    rows, cols = np.mgrid[: shape[0], : shape[1]]
+    return (rows - centre[0]) ** 2 + (cols - centre[1]) ** 2 <= radius ** 2
+
+
+def test_components_drop_specks_and_number_the_rest():
+    mask = _disc((40, 40), (10, 10), 4) | _disc((40, 40), (30, 30), 3)
+    mask[2, 38] = True  # a 1-px speck
+    labels = components(mask, min_area=3)
+    assert labels.max() == 2 and labels[2, 38] == 0
+    assert set(np.unique(labels[mask & (labels > 0)])) == {1, 2}
+
+
+def test_candidate_descriptors_rank_size_and_darkness_among_the_slice():
+    grey = np.full((64, 64), 0.6, np.float32)
+    big, small = _disc((64, 64), (16, 16), 8), _disc((64, 64), (48, 48), 3)
+    grey[big] = 0.4  # the big one darker: 80 HU below its ring in the soft-tissue window
+    grey[small] = 0.55
+    labels = np.zeros((64, 64), np.int32)
+    labels[big], labels[small] = 1, 2
+    features = candidate_features(labels, grey, torch.randn(8, 16, 16))
+    assert features.shape == (2, feature_dim(8)) == (2, 16 + GEOMETRY_FEATURES)
+    geometry = features[:, 16:].numpy()
+    log_area, share, row, col, contrast = geometry[:, :5].T
+    assert log_area[0] > log_area[1] and share[0] == pytest.approx(big.sum() / 64 ** 2)
+    assert row[0] < 0 < row[1] and col[0] < 0 < col[1]  # upper left, lower right
+    assert contrast[0] == pytest.approx(-2.0, abs=1e-4) and contrast[1] == pytest.approx(-0.5, abs=1e-4)
+    assert list(geometry[:, 8]) == [0.0, 0.25]  # rank from the largest
+    assert list(geometry[:, 9]) == [0.25, 0.0]  # rank from the smallest
+    assert list(geometry[:, 11]) == [0.0, 0.25]  # rank from the darkest
+    assert candidate_features(np.zeros((8, 8), np.int32), grey[:8, :8], torch.randn(8, 4, 4)).shape == (0, 16 + 17)
+
+
+def test_segmenter_with_a_selector_returns_whole_candidates(tmp_path, tiny_config, lits):
+    config = tiny_config.replace(model=preset("lsms-tiny", select_lesions=True), preset="lsms-tiny+select")
+    torch.manual_seed(0)
+    path = save_checkpoint(tmp_path / "select.safetensors", build_model(config.model), config)
+    segmenter = Segmenter(path, device="cpu")
+    first = segmenter.segment(lits.hu[100], "the largest lesion", hounsfield=True)
+    found = segmenter.candidates(to_model_input(lits.hu[100], config.preprocess, True), lits.hu[100], True)
+    assert any("lesion candidate" in note for note in first.notes)
+    for k in range(1, found.count + 1):  # each candidate is wholly in the answer or wholly out of it
+        inside = first.mask[found.labels == k]
+        assert inside.all() or not inside.any()
+    assert not first.mask[found.labels == 0].any()
+    encodings = segmenter.text_encodings
+    segmenter.segment(lits.hu[100], "the smallest lesion", hounsfield=True)
+    assert segmenter.text_encodings == encodings + 1  # the candidates pass ("all lesions") was cached
+
+
+@pytest.fixture(scope="module")
+def small_synth(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synth") / "s"
+    done = subprocess.run([sys.executable, "-m", "training.data_cli", "build-synth", str(root), "--train", "40",
+                           "--val", "6", "--test", "0", "--seed", "3"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    return root
+
+
+def test_selector_training_learns_to_pick_the_named_lesion(small_synth, tmp_path):
+    """On the shipped LSMS, the selector learns from 40 synthetic slices to point at the lesion the
+    words name on them (its own training data: this is a learnability check, the held-out figures
+    are in the model card)."""
+    from lsms_core.dataset import AnnotationDataset
+    from training.evaluate import evaluate
+
+    done = subprocess.run([sys.executable, "-m", "training.selector_cli", str(small_synth), "--checkpoint", "default",
+                           "-o", str(tmp_path / "run"), "--epochs", "40", "--no-progress"],
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [r["event"] for r in log][:2] == ["start", "epoch"] and log[-1]["event"] == "end"
+    stored = read_checkpoint(tmp_path / "run" / "best.safetensors")
+    assert stored.config.model.select_lesions and stored.extra["base"]["name"] == "lsms-reflits"
+    report = evaluate(str(tmp_path / "run" / "last.safetensors"), str(small_synth), split="train")
+    neutral = evaluate(str(tmp_path / "run" / "last.safetensors"), str(small_synth), split="train",
+                       text_mode="neutral")
+    assert report["n_referring"] > 50
+    assert report["pointing"] > neutral["pointing"] + 0.3  # the words, not the image, choose
+    again = subprocess.run([sys.executable, "-m", "training.selector_cli", str(small_synth), "--checkpoint", "default",
+                            "-o", str(tmp_path / "run")], capture_output=True, text=True, timeout=300)
+    assert again.returncode == 2 and "--overwrite" in again.stderr
+    assert AnnotationDataset.open(small_synth)  # the dataset is untouched

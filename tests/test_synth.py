@@ -1,0 +1,269 @@
+"""Synthetic referring data (lsms-data build-synth): checked on what it wrote, by measuring again.
+
+The output labels of a synthetic slice are rebuilt from the real LiTS labels of its background and
+the masks it stored ("all lesions" is every tumour pixel), then every lesion is measured here,
+independently of the fact engine, and every expression is checked against those measurements.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from collections import defaultdict
+
+import numpy as np
+import pytest
+from scipy import ndimage
+from skimage.measure import regionprops
+
+from lsms_core.dataset import AnnotationDataset
+from lsms_core.lits import LIVER, TUMOUR
+from training.reflits import block_splits
+from training.synthetic_lesions import SynthConfig
+
+EIGHT = np.ones((3, 3), dtype=bool)
+
+
+def _build(root, *args: str) -> str:
+    done = subprocess.run([sys.executable, "-m", "training.data_cli", "build-synth", str(root), *args],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synth") / "synth"
+    stdout = _build(root, "--train", "30", "--val", "0", "--test", "10", "--seed", "0", "--per-lesion", "3")
+    return root, stdout
+
+
+@pytest.fixture(scope="module")
+def slices(synth, lits):
+    """Per stored image: its records, the rebuilt output labels, the output HU and the background z."""
+    dataset = AnnotationDataset.open(synth[0])
+    by_image = defaultdict(list)
+    for record in dataset.records:
+        by_image[record["image"]].append(record)
+    out = []
+    for records in by_image.values():
+        z = records[0]["source"]["axial_slice"]
+        assert all(r["source"]["axial_slice"] == z for r in records)
+        masks = [dataset.read_mask(r) for r in records]
+        labels = lits.labels[z].copy()
+        labels[np.logical_or.reduce(masks)] = TUMOUR
+        out.append({"records": records, "masks": masks, "labels": labels, "hu": dataset.read_image(records[0]),
+                    "z": z, "synthetic": records[0]["source"]["synthetic"]})
+    return out
+
+
+def _measure(hu, labels):
+    """Every tumour component (>= 6 px, 8-connected, in raster order) with its measurements."""
+    liver = labels >= LIVER
+    depth = ndimage.distance_transform_edt(liver)
+    components, _ = ndimage.label(labels == TUMOUR, structure=EIGHT)
+    rows, cols = np.nonzero(liver)
+    lesions = []
+    for region in regionprops(components):
+        if region.area < 6:
+            continue
+        mask = components == region.label
+        ring = ndimage.binary_dilation(mask, iterations=6) & (labels == LIVER)
+        lesions.append({"mask": mask, "area": region.area, "r": region.centroid[0], "c": region.centroid[1],
+                        "contrast": hu[mask].mean() - hu[ring].mean(), "depth": depth[mask].min(),
+                        "solidity": region.solidity, "ecc": region.eccentricity})
+    return lesions, rows.mean(), cols.mean(), depth.max()
+
+
+def _fits(word, lesion, lesions, centre_r, centre_c, max_depth) -> bool:
+    """Loose (margin-free) meaning of each word, as a reader checking the image would apply it."""
+    areas = sorted((x["area"] for x in lesions), reverse=True)
+    return {
+        "largest": lesion["area"] == areas[0],
+        "second_largest": len(areas) > 1 and lesion["area"] == areas[1],
+        "smallest": lesion["area"] == areas[-1],
+        "darkest": lesion["contrast"] == min(x["contrast"] for x in lesions),
+        "upper": lesion["r"] < centre_r, "lower": lesion["r"] > centre_r,
+        "left": lesion["c"] < centre_c, "right": lesion["c"] > centre_c,
+        "peripheral": lesion["depth"] < 3.5, "central": lesion["depth"] > 0.275 * max_depth,
+        "hypodense": lesion["contrast"] < -12.5, "hyperdense": lesion["contrast"] > 12.5,
+        "isodense": abs(lesion["contrast"]) < 14,
+        "round": lesion["solidity"] >= 0.875 and lesion["ecc"] <= 0.85, "irregular": lesion["solidity"] < 0.84,
+    }[word]
+
+
+def _words(text: str) -> list[str]:
+    text = text.lower().replace("second largest", " second_largest ").replace("most hypodense", " darkest ")
+    text = text.replace("at the liver surface", " peripheral ").replace("deep inside the liver", " central ")
+    return [w for w in ("second_largest", "largest", "smallest", "darkest", "upper", "lower", "left", "right",
+                        "peripheral", "central", "hypodense", "hyperdense", "isodense", "round", "irregular")
+            if re.search(rf"\b{w}\b", text)]
+
+
+def test_table_counts_and_validation(synth):
+    root, stdout = synth
+    rows = {line.split()[0]: [int(v) for v in line.split()[1:]] for line in stdout.splitlines()
+            if line.split() and line.split()[0] in ("train", "val", "test")}
+    assert rows["train"][0] == 30 and rows["val"] == [0, 0, 0, 0] and rows["test"][0] == 10
+    dataset = AnnotationDataset.open(root)
+    for split, (n_slices, lesions, expressions, absent) in rows.items():
+        records = dataset.select(split)
+        assert expressions == len(records)
+        assert n_slices == len({r["image"] for r in records}) == len({r["split_group"] for r in records})
+        assert absent == sum(1 for r in records if r["attributes"].get("count") == "none")
+        assert lesions <= expressions
+    absent = sum(r[3] for r in rows.values())
+    total = sum(r[2] for r in rows.values())
+    assert 0.04 <= absent / total <= 0.2, f"{absent} absent of {total}"
+    for record in dataset.records:
+        assert record["split_group"].startswith(f"synth-{record['split']}-")
+        assert record["provenance"]["user"] == "lsms-data build-synth"
+        assert record["modality"] == "CT" and record["units"] == "HU" and record["patient_key"] == "lits-117"
+        assert record["source"]["dataset"] == "synthetic on LiTS case 117"
+        assert record["source"]["synthetic"], "every slice has at least one synthetic lesion"
+        assert record.get("instance") == record["source"]["lesion"]
+    done = subprocess.run([sys.executable, "-m", "training.data_cli", "validate", str(root)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_every_expression_fits_its_lesion_and_no_other(slices):
+    checked = absent = 0
+    for item in slices:
+        hu, labels, z = item["hu"], item["labels"], item["z"]
+        lesions, centre_r, centre_c, max_depth = _measure(hu, labels)
+        per_slice_absent = 0
+        instance_masks: dict[int, np.ndarray] = {}
+        for record, truth in zip(item["records"], item["masks"]):
+            text = record["text"]
+            if re.search(r"\b(all|every)\b", text.lower()):
+                np.testing.assert_array_equal(truth, labels == TUMOUR)
+                assert record.get("instance") is None
+                continue
+            words = _words(text)
+            if not truth.any():  # absent: fits no lesion on the slice
+                assert record.get("instance") is None and record["attributes"].get("count") == "none"
+                assert words and 1 <= len(words) <= 2, text
+                for lesion in lesions:
+                    assert not all(_fits(w, lesion, lesions, centre_r, centre_c, max_depth) for w in words), \
+                        f"absent {text!r} fits a lesion of slice {z}"
+                per_slice_absent += 1
+                absent += 1
+                continue
+            targets = [i for i, x in enumerate(lesions) if np.array_equal(x["mask"], truth)]
+            assert len(targets) == 1, f"{text!r}: the mask is not one lesion of slice {z}"
+            assert record["instance"] == targets[0], "the instance number is the lesion's index on its slice"
+            assert np.array_equal(instance_masks.setdefault(targets[0], truth), truth)
+            target = lesions[targets[0]]
+            if "only" in text:
+                assert len(lesions) == 1
+                continue
+            assert words, f"no attribute words in {text!r}"
+            args = (lesions, centre_r, centre_c, max_depth)
+            assert all(_fits(w, target, *args) for w in words), f"{text!r} does not fit its lesion (slice {z})"
+            for other in lesions:
+                if other is not target:
+                    assert not all(_fits(w, other, *args) for w in words), f"{text!r} also fits another lesion"
+            checked += 1
+        assert per_slice_absent <= 1
+    assert checked > 100 and absent > 0
+
+
+def test_synthetic_lesions_lie_inside_the_liver_and_nothing_else_changes(slices, lits):
+    for item in slices:
+        z, labels, hu = item["z"], item["labels"], item["hu"]
+        source = lits.labels[z]
+        synthetic = (labels == TUMOUR) & (source != TUMOUR)
+        assert synthetic.sum() == sum(s["area_px"] for s in item["synthetic"]), "rebuilt labels miss a lesion"
+        inner = ndimage.binary_erosion(source >= LIVER, EIGHT)
+        assert not (synthetic & ~inner).any(), f"synthetic lesion pixels outside the liver (slice {z})"
+        # each synthetic lesion its own 8-connected component, apart from real tumours
+        _, n_real = ndimage.label(source == TUMOUR, structure=EIGHT)
+        _, n_all = ndimage.label(labels == TUMOUR, structure=EIGHT)
+        assert n_all == n_real + len(item["synthetic"])
+        untouched = source != LIVER  # background and real tumours keep their exact values
+        np.testing.assert_array_equal(hu[untouched], lits.hu[z][untouched])
+        assert not np.array_equal(hu, lits.hu[z])
+
+
+def test_backgrounds_come_from_their_splits_blocks_only(slices, synth):
+    splits = block_splits(128)
+    dataset = AnnotationDataset.open(synth[0])
+    held_out = [z for z, (s, _) in splits.items() if s != "train"]
+    seen = defaultdict(set)
+    for record in dataset.records:
+        z = record["source"]["axial_slice"]
+        assert splits.get(z, (None,))[0] == record["split"], f"{record['split']} slice from z={z}"
+        seen[record["split"]].add(z)
+    for z in seen["train"]:
+        assert min(abs(z - h) for h in held_out) > 5, f"training background {z} within 5 slices of held-out data"
+    assert len(seen["train"]) > 5
+
+
+def test_same_seed_same_dataset(tmp_path):
+    roots = [tmp_path / name for name in ("a", "b", "c")]
+    for root, seed in zip(roots, ("5", "5", "6")):
+        _build(root, "--train", "6", "--val", "2", "--test", "3", "--seed", seed)
+    datasets = [AnnotationDataset.open(root) for root in roots]
+
+    def lines(dataset):
+        records = []
+        for record in dataset.records:
+            record = dict(record, provenance={k: v for k, v in record["provenance"].items() if k != "saved_at"})
+            records.append(record)
+        return records
+
+    def files(root):
+        return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*"))
+                if p.is_file() and p.parent.name in ("images", "masks")}
+
+    assert lines(datasets[0]) == lines(datasets[1])
+    assert files(roots[0]) == files(roots[1])
+    assert lines(datasets[0]) != lines(datasets[2])
+    images = [{name for name in files(root) if name.startswith("images/")} for root in roots]
+    assert images[0] == images[1] and images[0].isdisjoint(images[2])
+
+
+def test_density_shift_measured_on_the_output(slices, lits):
+    measured = defaultdict(list)
+    for item in slices:
+        hu, labels = item["hu"], item["labels"]
+        synthetic = (labels == TUMOUR) & (lits.labels[item["z"]] != TUMOUR)
+        components, count = ndimage.label(synthetic, structure=EIGHT)
+        centres = ndimage.center_of_mass(synthetic, components, range(1, count + 1))
+        for lesion in item["synthetic"]:  # found by its recorded centre (2 decimals) and area
+            found = [i + 1 for i, (r, c) in enumerate(centres)
+                     if abs(r - lesion["centre"][0]) <= 0.006 and abs(c - lesion["centre"][1]) <= 0.006]
+            assert len(found) == 1, f"synthetic lesion {lesion} not found on slice {item['z']}"
+            mask = components == found[0]
+            assert mask.sum() == lesion["area_px"]
+            ring = ndimage.binary_dilation(mask, iterations=6) & (labels == LIVER)
+            measured[lesion["density"]].append(float(hu[mask].mean() - hu[ring].mean()))
+    tolerance = 10.0  # lesions inserted later, their soft edges and mass effect can take or shade ring pixels
+    assert len(measured["hypodense"]) >= 10, "too few hypodense synthetic lesions in the sample"
+    low, high = SynthConfig().shift_hu
+    for contrast in measured["hypodense"]:
+        assert -high - tolerance <= contrast <= -low + tolerance
+    for contrast in measured["hyperdense"]:
+        assert low - tolerance <= contrast <= high + tolerance
+    for contrast in measured["isodense"]:
+        assert abs(contrast) <= 5 + tolerance
+    # the draws span the range rather than sit at one value
+    assert max(measured["hypodense"]) - min(measured["hypodense"]) > 40
+
+
+def test_reflits_stores_instance_numbers(lits):
+    from training.reflits import build_reflits
+
+    calls = []
+    build_reflits(lits, lambda *a, **k: calls.append((a, k)) or {}, seed=0)
+    assert calls
+    per_slice = defaultdict(dict)
+    for (image, mask, text), kwargs in ((c[0], c[1]) for c in calls):
+        assert kwargs["instance"] == kwargs["source"]["lesion"]
+        if kwargs["instance"] is None:
+            assert re.search(r"\b(all|every)\b", text)
+            continue
+        key = per_slice[kwargs["source"]["axial_slice"]]
+        assert np.array_equal(key.setdefault(kwargs["instance"], mask), mask), "one instance, one mask"

@@ -1,0 +1,61 @@
+"""``lsms-train-selector``: teach a trained LSMS to pick the lesion the words name.
+
+LSMS (frozen) marks all lesions of each slice; a small head learns which of them each expression
+names (docs/model.md, "Grounding the words"). Writes best/last checkpoints that `lsms-segment`,
+`lsms-eval` and the plugin use like any other.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from lsms_core.cli.common import run_cli
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lsms-train-selector", description=__doc__,
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("dataset", nargs="+", help="dataset folders (dataset.json); their train splits are used for "
+                                              "training, their val splits to pick the best epoch")
+    p.add_argument("--checkpoint", required=True, help="the trained LSMS (.safetensors, or 'default')")
+    p.add_argument("-o", "--output", required=True, help="run folder: best/last checkpoints, log.jsonl")
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--weight-decay", type=float, default=0.01)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="cpu or cuda (the candidates pass runs there)")
+    p.add_argument("--model-name", default="lsms", help="name stored in the checkpoints")
+    p.add_argument("--half-checkpoints", action="store_true", help="store weights in fp16")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier run's files in --output")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+
+    def train() -> int:
+        from pathlib import Path
+
+        from .selector_training import train_selector
+
+        if args.epochs < 1 or args.batch_size < 1 or not 0 < args.lr <= 1:
+            raise ValueError("--epochs and --batch-size must be >= 1 and --lr in (0, 1]")
+        earlier = [n for n in ("best.safetensors", "last.safetensors", "log.jsonl") if (Path(args.output) / n).exists()]
+        if earlier and not args.overwrite:
+            raise FileExistsError(f"{args.output} holds an earlier run ({', '.join(earlier)}): pass --overwrite "
+                                  "to replace it, or another -o folder")
+        end = train_selector(args.checkpoint, args.dataset, args.output, args.epochs, args.batch_size, args.lr,
+                             args.weight_decay, args.seed, args.device, args.model_name, args.half_checkpoints,
+                             progress=not args.no_progress)
+        print(json.dumps(end))
+        return 0
+
+    return run_cli("lsms-train-selector", train)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

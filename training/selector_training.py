@@ -1,0 +1,261 @@
+"""Training the lesion selector (``lsms-train-selector``) on a trained LSMS.
+
+LSMS stays frozen. Per slice it runs once with "all lesions" (lsms_core.selection, exactly as
+at inference); its candidates are matched to the slice's true lesion instances, and each
+expression of the slice becomes a target over the candidates: 1 for those on the lesion(s) it
+names, 0 for the others (all 0 for an expression of an absent lesion). The selector learns
+from these with binary cross-entropy; expressions whose lesion LSMS did not find teach nothing
+and are left out of training (they still count, as misses, in validation).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import random
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from lsms_core.checkpoint import read_checkpoint, save_checkpoint
+from lsms_core.dataset import AnnotationDataset
+from lsms_core.metrics import Scores
+from lsms_core.model import build_model
+from lsms_core.preprocessing import to_model_input, to_unit_grey
+from lsms_core.referring import ReferringScores, instance_map, named_instance, score_referring
+from lsms_core.selection import ALL_LESIONS_TEXT, Candidates, lesion_candidates, sentence_feature
+
+MATCH_SHARE = 0.3  # a candidate is on an instance when >= this share of its pixels lie on it
+COVER_SHARE = 0.5  # an expression names an instance when its mask covers >= this share of it
+
+
+@dataclass
+class Expression:
+    text: str
+    target: torch.Tensor  # (K,) 1 for the candidates on the named lesion(s)
+    mask: np.ndarray  # (H,W) bool, the annotation's own mask
+    named: int | None  # the instance a referring case names (lsms_core.referring), else None
+    found: bool  # False when it names lesions and no candidate lies on any of them
+
+
+@dataclass
+class SliceSamples:
+    candidates: Candidates
+    instances: np.ndarray
+    expressions: list[Expression] = field(default_factory=list)
+
+
+def _candidate_instances(candidates: Candidates, instances: np.ndarray) -> np.ndarray:
+    """(K,) instance number each candidate lies on (0: on none)."""
+    matched = np.zeros(candidates.count, dtype=np.int64)
+    for k in range(candidates.count):
+        under = instances[candidates.labels == k + 1]
+        counts = np.bincount(under, minlength=int(instances.max()) + 1)
+        counts[0] = 0
+        if counts.max() >= MATCH_SHARE * len(under):
+            matched[k] = int(counts.argmax())
+    return matched
+
+
+def slice_samples(model, prep, words_all, mask_all, dataset: AnnotationDataset, records: list[dict],
+                  device: torch.device) -> SliceSamples:
+    """Candidates of one slice and a target over them for each of its annotations ``records``."""
+    image = dataset.read_image(records[0])
+    hounsfield = records[0]["units"] == "HU"
+    model_input = to_model_input(image, prep, hounsfield)[None].to(device)
+    with torch.inference_mode():
+        candidates = lesion_candidates(model, model_input, words_all, mask_all, image.shape,
+                                       to_unit_grey(image, prep, hounsfield))
+    masks = [dataset.read_mask(r) > 0 for r in records]
+    instances = instance_map(masks, [r.get("instance") for r in records])
+    on_instance = _candidate_instances(candidates, instances)
+    samples = SliceSamples(candidates, instances)
+    for record, mask in zip(records, masks):
+        sizes = np.bincount(instances.ravel(), minlength=int(instances.max()) + 1)
+        covered = np.bincount(instances[mask], minlength=len(sizes))
+        named_set = {i for i in range(1, len(sizes)) if covered[i] >= COVER_SHARE * sizes[i]}
+        target = torch.tensor([float(i in named_set) for i in on_instance])
+        named = named_instance(mask, instances) if instances.max() >= 2 else None
+        samples.expressions.append(Expression(record["text"], target, mask, named,
+                                              found=not named_set or bool(target.any())))
+    return samples
+
+
+def collect(model, prep, text_encoder, datasets: list[AnnotationDataset], split: str, device: torch.device,
+            progress: bool = True) -> list[SliceSamples]:
+    """SliceSamples for every slice of ``split`` in ``datasets``."""
+    words_all, mask_all = text_encoder.encode([ALL_LESIONS_TEXT], device)
+    groups: list[tuple[AnnotationDataset, list[dict]]] = []
+    for dataset in datasets:
+        by_image: dict[str, list[dict]] = defaultdict(list)
+        for record in dataset.select(split):
+            by_image[record["image"]].append(record)
+        groups += [(dataset, rs) for rs in by_image.values()]
+    iterator = groups
+    if progress:
+        from tqdm import tqdm
+
+        iterator = tqdm(groups, desc=f"candidates ({split})", unit="slice", leave=False, disable=None)
+    return [slice_samples(model, prep, words_all, mask_all, d, rs, device) for d, rs in iterator]
+
+
+class SentenceCache:
+    """Mean word feature (C_l,) per expression, from the frozen text encoder."""
+
+    def __init__(self, encoder, device: torch.device) -> None:
+        self.encoder, self.device, self.features = encoder, device, {}
+
+    def fill(self, texts: list[str], batch: int = 128) -> None:
+        missing = sorted(set(texts) - set(self.features))
+        for start in range(0, len(missing), batch):
+            chunk = missing[start:start + batch]
+            with torch.inference_mode():
+                words, mask = self.encoder.encode(chunk, self.device)
+                pooled = sentence_feature(words, mask).float().cpu()
+            self.features.update(zip(chunk, pooled))
+
+    def __getitem__(self, text: str) -> torch.Tensor:
+        return self.features[text]
+
+
+def _batch(items: list[tuple[SliceSamples, Expression]], sentences: SentenceCache):
+    """Padded (B,K,F) features, (B,K) valid, (B,C_l) sentences, (B,K) targets."""
+    width = max(max(s.candidates.count for s, _ in items), 1)
+    dim = items[0][0].candidates.features.shape[1]
+    features = torch.zeros(len(items), width, dim)
+    valid = torch.zeros(len(items), width, dtype=torch.bool)
+    target = torch.zeros(len(items), width)
+    for row, (slice_, expression) in enumerate(items):
+        count = slice_.candidates.count
+        features[row, :count] = slice_.candidates.features
+        valid[row, :count] = True
+        target[row, :count] = expression.target
+    sentence = torch.stack([sentences[e.text] for _, e in items])
+    return features, valid, sentence, target
+
+
+def selector_loss(logits: torch.Tensor, valid: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy over the real candidates, the named ones and the others averaged apart
+    (one named lesion among ten must weigh as much as the nine it is not), then over the batch."""
+    safe = torch.where(valid, logits, torch.zeros_like(logits))
+    per_candidate = F.binary_cross_entropy_with_logits(safe, target, reduction="none")
+    positive, negative = target * valid, (1 - target) * valid
+    loss = ((per_candidate * positive).sum(1) / positive.sum(1).clamp(min=1)
+            + (per_candidate * negative).sum(1) / negative.sum(1).clamp(min=1))
+    return loss.mean()
+
+
+@torch.no_grad()
+def evaluate_selection(selector, slices: list[SliceSamples], sentences: SentenceCache) -> dict:
+    """Dice/IoU of the chosen union against each annotation's mask, and the referring figures."""
+    selector.eval()
+    scores, referring, oracle = Scores(), ReferringScores(), ReferringScores()
+    for slice_ in slices:
+        count = slice_.candidates.count
+        for expression in slice_.expressions:
+            if count:
+                logits = selector(slice_.candidates.features[None], torch.ones(1, count, dtype=torch.bool),
+                                  sentences[expression.text][None])[0]
+                chosen = slice_.candidates.union((logits > 0).numpy())
+            else:
+                chosen = np.zeros(slice_.instances.shape, dtype=bool)
+            scores.add(chosen, expression.mask)
+            if expression.named is not None:
+                referring.add(score_referring(chosen, slice_.instances, expression.named))
+                best = [score_referring(slice_.candidates.labels == k + 1, slice_.instances, expression.named).hit
+                        for k in range(count)]
+                oracle.add(score_referring(np.zeros_like(expression.mask), slice_.instances, expression.named)
+                           if not any(best) else score_referring(slice_.candidates.labels == best.index(True) + 1,
+                                                                 slice_.instances, expression.named))
+    selector.train()
+    return {"dice": scores.dice, "miou": scores.miou, "n": scores.n, **referring.summary(),
+            "oracle_hit_rate": oracle.summary()["hit_rate"]}
+
+
+def train_selector(checkpoint: str, datasets: list[str], output: str, epochs: int = 30, batch_size: int = 64,
+                   lr: float = 1e-3, weight_decay: float = 0.01, seed: int = 0, device: str = "cpu",
+                   model_name: str = "lsms", half: bool = False, progress: bool = True) -> dict:
+    """Train a selector on the frozen LSMS of ``checkpoint``; write ``best``/``last`` checkpoints (LSMS +
+    selector) and ``log.jsonl`` into ``output``. Returns the end record."""
+    from lsms_core.text_encoder import TextEncoder
+
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    run = Path(output)
+    run.mkdir(parents=True, exist_ok=True)
+    torch_device = torch.device(device)
+    base = read_checkpoint(checkpoint)
+    model_config = dataclasses.replace(base.config.model, select_lesions=True).validate()
+    config = base.config.replace(model=model_config, preset=f"{base.config.preset}+select")
+    model = build_model(model_config)
+    result = model.load_state_dict(base.model_state, strict=False)
+    if result.unexpected_keys or any(not k.startswith("selector.") for k in result.missing_keys):
+        raise ValueError(f"{checkpoint}: weights do not fit ({result.unexpected_keys[:3]}, {result.missing_keys[:3]})")
+    model.to(torch_device).eval()
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    text_encoder = TextEncoder(base.config.text).to(torch_device).eval()
+    opened = [AnnotationDataset.open(path) for path in datasets]
+    start = time.perf_counter()
+    train = collect(model, base.config.preprocess, text_encoder, opened, "train", torch_device, progress)
+    val = collect(model, base.config.preprocess, text_encoder, opened, "val", torch_device, progress)
+    sentences = SentenceCache(text_encoder, torch_device)
+    sentences.fill([e.text for s in train + val for e in s.expressions])
+    items = [(s, e) for s in train for e in s.expressions if e.found]
+    if not items:
+        raise ValueError("no training expression whose lesion LSMS finds: is the checkpoint trained?")
+    selector = model.selector
+    for parameter in selector.parameters():
+        parameter.requires_grad_(True)
+    selector.train()
+    optimiser = torch.optim.AdamW(selector.parameters(), lr=lr, weight_decay=weight_decay)
+    steps = epochs * math.ceil(len(items) / batch_size)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=lr, total_steps=steps, pct_start=0.1)
+    log = run / "log.jsonl"
+    prepared = {"event": "start", "checkpoint": str(checkpoint), "datasets": datasets, "epochs": epochs,
+                "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay, "seed": seed,
+                "train_slices": len(train), "train_expressions": len(items),
+                "train_missed": sum(not e.found for s in train for e in s.expressions),
+                "val_slices": len(val), "candidate_seconds": round(time.perf_counter() - start, 1)}
+    with open(log, "w") as handle:
+        handle.write(json.dumps(prepared) + "\n")
+    best, best_epoch = -math.inf, 0
+    for epoch in range(1, epochs + 1):
+        rng.shuffle(items)
+        total = 0.0
+        for begin in range(0, len(items), batch_size):
+            features, valid, sentence, target = _batch(items[begin:begin + batch_size], sentences)
+            loss = selector_loss(selector(features, valid, sentence), valid, target)
+            if not torch.isfinite(loss):
+                raise RuntimeError(f"the selector's loss became {float(loss)} in epoch {epoch}: lower --lr")
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            schedule.step()
+            total += float(loss) * len(target)
+        figures = evaluate_selection(selector, val, sentences) if val else {}
+        record = {"event": "epoch", "epoch": epoch, "train_loss": round(total / len(items), 5),
+                  **{f"val_{k}": (round(v, 5) if isinstance(v, float) else v) for k, v in figures.items()}}
+        score = (figures["dice"] + (figures["hit_rate"] if figures.get("n_referring") else 0.0)) if val else -total
+        extra = {"name": model_name, "epoch": epoch, "selector": {k: v for k, v in prepared.items() if k != "event"},
+                 "base": base.identity, "val": figures}
+        model.to("cpu")
+        if score > best:
+            best, best_epoch = score, epoch
+            save_checkpoint(run / "best.safetensors", model, config, None, extra, half=half)
+        save_checkpoint(run / "last.safetensors", model, config, None, extra, half=half)
+        model.to(torch_device)
+        with open(log, "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+        if progress:
+            print(json.dumps(record), flush=True)
+    end = {"event": "end", "best_epoch": best_epoch, "seconds": round(time.perf_counter() - start, 1)}
+    with open(log, "a") as handle:
+        handle.write(json.dumps(end) + "\n")
+    return end

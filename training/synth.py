@@ -1,0 +1,109 @@
+"""Synthetic referring data: synthetic lesions (training/synthetic_lesions.py) inserted into real
+LiTS slices, described by RefLiTS's fact engine (training/reflits.py), written as a dataset.
+
+Backgrounds come from the RefLiTS block of the same split only (``block_splits`` with the same gap),
+so a synthetic training slice is never a validation or test slice, nor one of the gap slices between
+blocks. Each synthetic slice is a fresh random insertion into a background drawn with replacement;
+everything is drawn from ``numpy.random.default_rng([seed, split, attempt])``, so one seed gives the
+same slices, masks and texts whatever else is built, and the first N slices of a split do not depend
+on how many follow.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Callable
+
+import numpy as np
+
+from lsms_core.lits import LIVER, LitsVolume
+
+from .reflits import (SOFT_TISSUE_WINDOW, absent_expressions, block_splits, expressions_for_slice,
+                      measure_lesions)
+from .synthetic_lesions import SynthConfig, insert_lesions
+
+SPLIT_ORDER = ("train", "val", "test")
+USER = "lsms-data build-synth"
+
+
+def background_slices(volume: LitsVolume, gap: int = 5, min_liver_area: int = 800) -> dict[str, list[int]]:
+    """Per split, the axial slices of that split's RefLiTS blocks whose liver covers at least
+    ``min_liver_area`` px."""
+    splits = block_splits(len(volume.hu), gap=gap)
+    chosen: dict[str, list[int]] = {s: [] for s in SPLIT_ORDER}
+    for z, (split, _block) in sorted(splits.items()):
+        if int((volume.labels[z] >= LIVER).sum()) >= min_liver_area:
+            chosen[split].append(z)
+    return chosen
+
+
+def build_synth(volume: LitsVolume, add: Callable[..., dict], slices_per_split: dict[str, int], seed: int = 0,
+                per_lesion: int = 3, progress: Callable[[int, int], None] | None = None, *, min_area: int = 20,
+                distractor_area: int = 6, gap: int = 5, min_liver_area: int = 800, absent_share: float = 0.1,
+                config: SynthConfig = SynthConfig(), max_attempts_per_slice: int = 50) -> dict:
+    """Write ``slices_per_split[split]`` synthetic slices per split through ``add``
+    (``AnnotationDataset.add``); returns, per split, the numbers of slices, lesions named by an
+    expression, expressions (absent ones included), absent expressions and synthetic lesions.
+
+    Expressions come from ``expressions_for_slice`` on the *new* slice (real and synthetic lesions
+    alike), so each names its lesion and fits no other. A slice also gets one "absent" expression
+    (fits no lesion, empty mask) with probability min(1, n * s / (1 - s)), n its other expressions
+    and s = ``absent_share``: about that share of all expressions.
+    """
+    if gap < 5:
+        raise ValueError(f"gap must be at least 5 slices so neighbouring slices do not leak, got {gap}")
+    backgrounds = background_slices(volume, gap=gap, min_liver_area=min_liver_area)
+    wanted = {s: int(slices_per_split.get(s, 0)) for s in SPLIT_ORDER}
+    for split, n in wanted.items():
+        if n < 0:
+            raise ValueError(f"{split}: a negative number of slices ({n})")
+        if n and not backgrounds[split]:
+            raise ValueError(f"{split}: no slice of its blocks has a liver of >= {min_liver_area} px")
+    counts = {s: {"slices": 0, "lesions": 0, "expressions": 0, "absent": 0, "synthetic": 0} for s in SPLIT_ORDER}
+    total, done = sum(wanted.values()), 0
+    absent_odds = absent_share / max(1.0 - absent_share, 1e-9)
+    for split_number, split in enumerate(SPLIT_ORDER):
+        attempt = 0
+        for k in range(wanted[split]):
+            for _ in range(max_attempts_per_slice):
+                rng = np.random.default_rng([seed, split_number, attempt])
+                attempt += 1
+                z = backgrounds[split][int(rng.integers(len(backgrounds[split])))]
+                hu, labels, inserted = insert_lesions(volume.hu[z], volume.labels[z], rng, config,
+                                                      distractor_area=distractor_area)
+                if not inserted:
+                    continue
+                text_rng = random.Random(int(rng.integers(2**62)))
+                lesions = measure_lesions(hu, labels, distractor_area)
+                expressions = expressions_for_slice(hu, labels, min_area=min_area, distractor_area=distractor_area,
+                                                    per_lesion=per_lesion, rng=text_rng, lesions=lesions)
+                if expressions:
+                    break
+            else:
+                raise RuntimeError(f"{split}: no usable synthetic slice after {max_attempts_per_slice} attempts")
+            absent = []
+            if text_rng.random() < min(1.0, len(expressions) * absent_odds):
+                absent = absent_expressions(lesions, text_rng, limit=1)
+            synthetic = []
+            for lesion in inserted:
+                record = lesion.describe()
+                record["instance"] = next((i for i, m in enumerate(lesions) if (m.mask & lesion.mask).any()), None)
+                synthetic.append(record)
+            group = f"synth-{split}-{k:05d}"
+            for j, expression in enumerate(expressions + absent):
+                add(hu, expression.mask, expression.text, split=split, split_group=group, patient_key=volume.case,
+                    modality="CT", units="HU", window=SOFT_TISSUE_WINDOW, attributes=expression.attributes,
+                    expression_kinds=expression.kinds, user=USER, annotation_id=f"{group}-{j:02d}",
+                    source={"dataset": f"synthetic on LiTS case {volume.case.removeprefix('lits-')}",
+                            "axial_slice": z, "synthetic": synthetic, "lesion": expression.lesion_index},
+                    instance=expression.lesion_index)
+            row = counts[split]
+            row["slices"] += 1
+            row["lesions"] += len({e.lesion_index for e in expressions if e.lesion_index is not None})
+            row["expressions"] += len(expressions) + len(absent)
+            row["absent"] += len(absent)
+            row["synthetic"] += len(inserted)
+            done += 1
+            if progress is not None:
+                progress(done, total)
+    return counts

@@ -39,12 +39,11 @@ class ModelConfig:
     # Not in the paper: coordinates added after each down-sampling (encoder.PositionEncoding), so
     # "upper"/"left" can be grounded; see docs/model.md, "Grounding position".
     position_encoding: bool = False
-    # Not in the paper: the mean word feature scales and shifts the decoder's last features (FiLM).
-    sentence_film: bool = False
     # Not in the paper: LSMS's "all lesions" mask gives candidates, a small head picks those the words
     # name (model/selector.py, lsms_core/selection.py; docs/model.md, "Grounding the words").
     select_lesions: bool = False
     selector_hidden: int = 128
+    selector_features: str = "geometry"  # "geometry", or "all": also the decoder features on/around each candidate
     text_dim: int = 384  # C_l
     # Full-Scale Decoder (LightHamHead)
     fsd: bool = True  # False: no Hamburger (Table III c, "w/o FSD")
@@ -75,6 +74,8 @@ class ModelConfig:
         _check_range("drop_path", self.drop_path, 0.0, 0.99)
         _check_range("decoder_dropout", self.decoder_dropout, 0.0, 0.99)
         _check_range("selector_hidden", self.selector_hidden, 8, 1024)
+        if self.selector_features not in ("geometry", "all"):
+            raise ConfigError(f"selector_features must be 'geometry' or 'all', got {self.selector_features!r}")
         if self.select_lesions and not self.use_text:
             raise ConfigError("select_lesions needs the text branch (use_text): the selector reads the expression")
         if len(self.conv_units) > 8:
@@ -190,9 +191,9 @@ class LSMSConfig:
         except json.JSONDecodeError as exc:
             raise ConfigError(f"the stored configuration is not valid JSON: {exc}") from exc
         return cls(
-            model=_from_dict(ModelConfig, raw.get("model", {})),
-            text=_from_dict(TextEncoderConfig, raw.get("text", {})),
-            preprocess=_from_dict(PreprocessConfig, raw.get("preprocess", {})),
+            model=dataclass_from_dict(ModelConfig, raw.get("model", {})),
+            text=dataclass_from_dict(TextEncoderConfig, raw.get("text", {})),
+            preprocess=dataclass_from_dict(PreprocessConfig, raw.get("preprocess", {})),
             preset=str(raw.get("preset", "custom")),
         ).validate()
 
@@ -231,17 +232,19 @@ def _check_range(name: str, value: Any, low: float, high: float) -> None:
             raise ConfigError(f"{name} must lie in {low:g}..{high:g}, got {value!r}")
 
 
-def _from_dict(cls: type, raw: dict[str, Any]) -> Any:
-    """Build a frozen dataclass from JSON, turning lists back into tuples.
+def dataclass_from_dict(cls: type, raw: Any, newer: str = "is this checkpoint from a newer lsms-napari?") -> Any:
+    """``cls(**raw)`` from stored JSON, lists turned back into tuples: the one rule for every stored
+    config (a checkpoint's, a training run's ``TrainConfig``).
 
-    Unknown keys are an error: a checkpoint from a newer version must say so, not load wrong.
+    Unknown keys are an error naming them (``newer`` ends the message): a file from a newer version
+    must say so, not load with settings silently dropped.
     """
-    known = {f.name: f for f in fields(cls)}
-    unknown = set(raw) - set(known)
+    if not isinstance(raw, dict):
+        raise ConfigError(f"a stored {cls.__name__} must be a JSON object, got {type(raw).__name__}")
+    unknown = set(raw) - {f.name for f in fields(cls)}
     if unknown:
-        raise ConfigError(f"unknown {cls.__name__} fields {sorted(unknown)}: is this checkpoint from a newer lsms-napari?")
-    values = {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()}
-    return cls(**values)
+        raise ConfigError(f"unknown {cls.__name__} fields {sorted(unknown)}: {newer}")
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
 
 
 # --- presets (docs/model.md, section "Presets") -------------------------------------------

@@ -99,8 +99,8 @@ class ReferringScores:
 
     @staticmethod
     def _summary(outcomes: list[ReferringOutcome]) -> dict[str, float | int]:
-        if not outcomes:
-            return {"hit_rate": float("nan"), "pointing": float("nan"), "leak": float("nan"), "n_referring": 0}
+        if not outcomes:  # None (JSON null), not NaN: no referring case, nothing to report
+            return {"hit_rate": None, "pointing": None, "leak": None, "n_referring": 0}
         return {"hit_rate": float(np.mean([o.hit for o in outcomes])),
                 "pointing": float(np.mean([o.pointing for o in outcomes])),
                 "leak": float(np.mean([o.leak for o in outcomes])), "n_referring": len(outcomes)}

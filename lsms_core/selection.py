@@ -26,6 +26,7 @@ ALL_LESIONS_TEXT = "all lesions"
 MIN_CANDIDATE_PX = 3
 RING_PX = 3
 GEOMETRY_FEATURES = 17
+HORIZONTAL_GEOMETRY = (3, 13)  # geometry columns that change sign under a left-right flip (column, offset)
 _EIGHT = np.ones((3, 3), dtype=bool)
 
 

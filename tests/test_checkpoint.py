@@ -257,19 +257,21 @@ def test_a_huge_file_is_refused_from_its_size_before_reading(tmp_path, monkeypat
     assert not read
 
 
-def test_stored_configs_share_one_rule_for_unknown_keys():
-    """Issue 15: config._from_dict refuses unknown keys, TrainConfig.from_json dropped them. The shared
-    helper (lsms_core.records) follows config.py's rule: unknown keys are an error that names them."""
+def test_stored_configs_share_one_rule_for_unknown_keys(tmp_path):
+    """Issue 15: the checkpoint's config refused unknown keys, TrainConfig.from_json dropped them. Both
+    now read through config.dataclass_from_dict: unknown keys are an error that names them."""
     import dataclasses
 
-    from lsms_core.config import ConfigError, PreprocessConfig, _from_dict
-    from lsms_core.records import dataclass_from_dict
+    from lsms_core.config import ConfigError, PreprocessConfig, dataclass_from_dict
+    from training.config import TrainConfig
 
     raw = dataclasses.asdict(PreprocessConfig(image_size=64))
-    expected = PreprocessConfig(image_size=64)
-    assert dataclass_from_dict(PreprocessConfig, raw) == _from_dict(PreprocessConfig, raw) == expected
-    for read in (dataclass_from_dict, _from_dict):
-        with pytest.raises(ConfigError, match=r"unknown PreprocessConfig fields \['gamma'\]"):
-            read(PreprocessConfig, {**raw, "gamma": 2.0})
+    assert dataclass_from_dict(PreprocessConfig, raw) == PreprocessConfig(image_size=64)
+    with pytest.raises(ConfigError, match=r"unknown PreprocessConfig fields \['gamma'\]"):
+        dataclass_from_dict(PreprocessConfig, {**raw, "gamma": 2.0})
     with pytest.raises(ConfigError, match="JSON object"):
         dataclass_from_dict(PreprocessConfig, [1, 2])
+    stored = json.loads(TrainConfig(dataset="d", output="o", mix=("s",)).to_json())
+    assert TrainConfig.from_json(json.dumps(stored)).mix == ("s",)
+    with pytest.raises(ConfigError, match=r"unknown TrainConfig fields \['warp_speed'\]"):
+        TrainConfig.from_json(json.dumps({**stored, "warp_speed": 9}))

@@ -30,7 +30,8 @@ def test_default_checkpoint_is_shipped_and_self_describing():
     path = resolve_checkpoint("default")
     assert path == DEFAULT_CHECKPOINT
     stored = read_checkpoint(path)
-    assert stored.config.preset == "lsms" and stored.config.model.use_text
+    assert stored.config.preset == "lsms+select" and stored.config.model.use_text
+    assert stored.config.model.select_lesions and stored.extra["base"]["name"] == "lsms-reflits"
     assert stored.config.text.name == "all-MiniLM-L6-v2" and stored.config.text.sha256
     assert stored.extra["name"] == "lsms-reflits"
     assert stored.identity["sha256"] == _card_figures()["sha256"]
@@ -54,7 +55,12 @@ def test_default_model_reaches_its_model_card_figures(reflits):
     # CPU fp32 with seeded NMF is deterministic; the margin only absorbs other CPUs' rounding.
     assert as_is["dice"] == pytest.approx(figures["test"]["dice"], abs=0.01)
     assert neutral["dice"] == pytest.approx(figures["test_neutral"]["dice"], abs=0.01)
-    assert as_is["dice"] > neutral["dice"]  # it uses the expression
+    assert as_is["n_referring"] == figures["test"]["n_referring"]
+    for key in ("hit_rate", "pointing", "leak"):
+        assert as_is[key] == pytest.approx(figures["test"][key], abs=0.02)
+        assert neutral[key] == pytest.approx(figures["test_neutral"][key], abs=0.02)
+    # the words, not the image, choose the lesion
+    assert as_is["hit_rate"] > neutral["hit_rate"] + 0.1 and as_is["leak"] < neutral["leak"] - 0.2
 
 
 def test_lsms_segment_uses_the_default_model(tmp_path):

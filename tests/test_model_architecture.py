@@ -254,15 +254,15 @@ def test_channels_last_gives_the_same_logits():
     torch.testing.assert_close(nmf_nhwc, nmf(x), atol=1e-5, rtol=1e-4)
 
 
-def test_grounding_additions_start_as_the_papers_model():
-    """position_encoding and sentence_film are zero-initialised: with a paper model's weights the
-    grounded model computes the same logits, so it can start from any trained checkpoint."""
+def test_position_encoding_starts_as_the_papers_model():
+    """position_encoding is zero-initialised: with a paper model's weights the model computes the same
+    logits, so it can start from any trained checkpoint (lsms-train --init-checkpoint)."""
     base = build_model(preset("lsms-tiny")).eval()
-    grounded = build_model(preset("lsms-tiny", position_encoding=True, sentence_film=True)).eval()
+    grounded = build_model(preset("lsms-tiny", position_encoding=True)).eval()
     result = grounded.load_state_dict(base.state_dict(), strict=False)
     assert not result.unexpected_keys
     assert sorted({k.split(".")[1] if k.startswith("backbone.") else k.split(".")[0] for k in result.missing_keys}) \
-        == ["pos_embed1", "pos_embed2", "pos_embed3", "pos_embed4", "sentence_film"]
+        == ["pos_embed1", "pos_embed2", "pos_embed3", "pos_embed4"]
     image, (words, mask) = torch.randn(2, 3, 64, 64), _words(2, 5, 384)
     with torch.no_grad():
         assert torch.allclose(grounded(image, words, mask), base(image, words, mask), atol=1e-6)

@@ -6,6 +6,8 @@ import dataclasses
 import json
 from dataclasses import dataclass
 
+from lsms_core.config import PreprocessConfig, dataclass_from_dict
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -34,8 +36,8 @@ class TrainConfig:
     text_lr: float | None = None  # learning rate of trained text layers (default: lr)
     augment: bool = False
     init_mscan: str | None = None  # SegNeXt MSCAN ImageNet weights to start the encoder from
-    window_center: float = 50.0
-    window_width: float = 400.0
+    window_center: float = PreprocessConfig.window_center
+    window_width: float = PreprocessConfig.window_width
     seed: int = 0
     device: str = "auto"
     amp: bool = True  # bf16/fp16 autocast on CUDA (never on CPU)
@@ -82,9 +84,7 @@ class TrainConfig:
 
     @classmethod
     def from_json(cls, text: str) -> "TrainConfig":
-        raw = json.loads(text)
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items() if k in known})
+        return dataclass_from_dict(cls, json.loads(text), "is this run from a newer lsms-napari?")
 
     def differences(self, other: "TrainConfig", ignore: tuple[str, ...] = ("device",)) -> dict:
         """Fields (other than ``ignore``) whose values differ: what a resume will not apply."""

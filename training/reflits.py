@@ -21,8 +21,9 @@ from scipy import ndimage
 from skimage.measure import label, regionprops
 
 from lsms_core.lits import LIVER, TUMOUR, LitsVolume
+from lsms_core.windows import DEFAULT_WINDOW
 
-SOFT_TISSUE_WINDOW = {"center": 50.0, "width": 400.0, "name": "soft tissue"}
+SOFT_TISSUE_WINDOW = DEFAULT_WINDOW.to_record()
 Truth = bool | None  # True, False, or None = too close to call
 
 

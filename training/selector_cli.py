@@ -26,6 +26,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--weight-decay", type=float, default=0.01)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--features", choices=("geometry", "all"), default="geometry",
+                   help="what the selector reads of each candidate: its geometry and intensity (size, position, "
+                        "contrast, shape, each also relative to the slice's others), or that and the decoder's "
+                        "features on and around it")
+    p.add_argument("--no-flip", action="store_true", help="no left-right mirroring of the candidates and words")
     p.add_argument("--device", default="cpu", help="cpu or cuda (the candidates pass runs there)")
     p.add_argument("--model-name", default="lsms", help="name stored in the checkpoints")
     p.add_argument("--half-checkpoints", action="store_true", help="store weights in fp16")
@@ -50,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
                                   "to replace it, or another -o folder")
         end = train_selector(args.checkpoint, args.dataset, args.output, args.epochs, args.batch_size, args.lr,
                              args.weight_decay, args.seed, args.device, args.model_name, args.half_checkpoints,
-                             progress=not args.no_progress)
+                             progress=not args.no_progress, flip=not args.no_flip, features=args.features)
         print(json.dumps(end))
         return 0
 

@@ -29,7 +29,10 @@ from lsms_core.metrics import Scores
 from lsms_core.model import build_model
 from lsms_core.preprocessing import to_model_input, to_unit_grey
 from lsms_core.referring import ReferringScores, instance_map, named_instance, score_referring
-from lsms_core.selection import ALL_LESIONS_TEXT, Candidates, lesion_candidates, sentence_feature
+from lsms_core.selection import (ALL_LESIONS_TEXT, GEOMETRY_FEATURES, HORIZONTAL_GEOMETRY, Candidates,
+                                 lesion_candidates, sentence_feature)
+
+from .data import _swap_words
 
 MATCH_SHARE = 0.3  # a candidate is on an instance when >= this share of its pixels lie on it
 COVER_SHARE = 0.5  # an expression names an instance when its mask covers >= this share of it
@@ -124,19 +127,30 @@ class SentenceCache:
         return self.features[text]
 
 
-def _batch(items: list[tuple[SliceSamples, Expression]], sentences: SentenceCache):
-    """Padded (B,K,F) features, (B,K) valid, (B,C_l) sentences, (B,K) targets."""
+def mirrored(text: str) -> str:
+    """The expression for the left-right mirrored slice ("left" and "right" swapped)."""
+    return _swap_words(text, ("left", "right"))
+
+
+def _batch(items: list[tuple[SliceSamples, Expression]], sentences: SentenceCache, flips: list[bool] | None = None):
+    """Padded (B,K,F) features, (B,K) valid, (B,C_l) sentences, (B,K) targets. ``flips`` mirrors
+    chosen items left-right: their horizontal geometry changes sign and "left"/"right" swap."""
     width = max(max(s.candidates.count for s, _ in items), 1)
     dim = items[0][0].candidates.features.shape[1]
     features = torch.zeros(len(items), width, dim)
     valid = torch.zeros(len(items), width, dtype=torch.bool)
     target = torch.zeros(len(items), width)
+    flips = flips or [False] * len(items)
+    geometry = dim - GEOMETRY_FEATURES
     for row, (slice_, expression) in enumerate(items):
         count = slice_.candidates.count
         features[row, :count] = slice_.candidates.features
+        if flips[row]:
+            for column in HORIZONTAL_GEOMETRY:
+                features[row, :count, geometry + column] *= -1
         valid[row, :count] = True
         target[row, :count] = expression.target
-    sentence = torch.stack([sentences[e.text] for _, e in items])
+    sentence = torch.stack([sentences[mirrored(e.text) if flip else e.text] for (_, e), flip in zip(items, flips)])
     return features, valid, sentence, target
 
 
@@ -180,7 +194,8 @@ def evaluate_selection(selector, slices: list[SliceSamples], sentences: Sentence
 
 def train_selector(checkpoint: str, datasets: list[str], output: str, epochs: int = 30, batch_size: int = 64,
                    lr: float = 1e-3, weight_decay: float = 0.01, seed: int = 0, device: str = "cpu",
-                   model_name: str = "lsms", half: bool = False, progress: bool = True) -> dict:
+                   model_name: str = "lsms", half: bool = False, progress: bool = True, flip: bool = True,
+                   features: str = "geometry") -> dict:
     """Train a selector on the frozen LSMS of ``checkpoint``; write ``best``/``last`` checkpoints (LSMS +
     selector) and ``log.jsonl`` into ``output``. Returns the end record."""
     from lsms_core.text_encoder import TextEncoder
@@ -191,7 +206,7 @@ def train_selector(checkpoint: str, datasets: list[str], output: str, epochs: in
     run.mkdir(parents=True, exist_ok=True)
     torch_device = torch.device(device)
     base = read_checkpoint(checkpoint)
-    model_config = dataclasses.replace(base.config.model, select_lesions=True).validate()
+    model_config = dataclasses.replace(base.config.model, select_lesions=True, selector_features=features).validate()
     config = base.config.replace(model=model_config, preset=f"{base.config.preset}+select")
     model = build_model(model_config)
     result = model.load_state_dict(base.model_state, strict=False)
@@ -206,7 +221,8 @@ def train_selector(checkpoint: str, datasets: list[str], output: str, epochs: in
     train = collect(model, base.config.preprocess, text_encoder, opened, "train", torch_device, progress)
     val = collect(model, base.config.preprocess, text_encoder, opened, "val", torch_device, progress)
     sentences = SentenceCache(text_encoder, torch_device)
-    sentences.fill([e.text for s in train + val for e in s.expressions])
+    texts = [e.text for s in train + val for e in s.expressions]
+    sentences.fill(texts + [mirrored(t) for t in texts] if flip else texts)
     items = [(s, e) for s in train for e in s.expressions if e.found]
     if not items:
         raise ValueError("no training expression whose lesion LSMS finds: is the checkpoint trained?")
@@ -218,7 +234,7 @@ def train_selector(checkpoint: str, datasets: list[str], output: str, epochs: in
     steps = epochs * math.ceil(len(items) / batch_size)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=lr, total_steps=steps, pct_start=0.1)
     log = run / "log.jsonl"
-    prepared = {"event": "start", "checkpoint": str(checkpoint), "datasets": datasets, "epochs": epochs,
+    prepared = {"event": "start", "checkpoint": str(checkpoint), "datasets": datasets, "epochs": epochs, "flip": flip, "features": features,
                 "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay, "seed": seed,
                 "train_slices": len(train), "train_expressions": len(items),
                 "train_missed": sum(not e.found for s in train for e in s.expressions),
@@ -230,7 +246,9 @@ def train_selector(checkpoint: str, datasets: list[str], output: str, epochs: in
         rng.shuffle(items)
         total = 0.0
         for begin in range(0, len(items), batch_size):
-            features, valid, sentence, target = _batch(items[begin:begin + batch_size], sentences)
+            chunk = items[begin:begin + batch_size]
+            flips = [flip and rng.random() < 0.5 for _ in chunk]
+            features, valid, sentence, target = _batch(chunk, sentences, flips)
             loss = selector_loss(selector(features, valid, sentence), valid, target)
             if not torch.isfinite(loss):
                 raise RuntimeError(f"the selector's loss became {float(loss)} in epoch {epoch}: lower --lr")
@@ -238,7 +256,7 @@ def train_selector(checkpoint: str, datasets: list[str], output: str, epochs: in
             loss.backward()
             optimiser.step()
             schedule.step()
-            total += float(loss) * len(target)
+            total += float(loss.detach()) * len(target)
         figures = evaluate_selection(selector, val, sentences) if val else {}
         record = {"event": "epoch", "epoch": epoch, "train_loss": round(total / len(items), 5),
                   **{f"val_{k}": (round(v, 5) if isinstance(v, float) else v) for k, v in figures.items()}}

@@ -37,7 +37,7 @@ from .state import Progress, read_state, restore_state, save_state
 
 LOG_FILE = "log.jsonl"
 RUN_FILES = ("best.safetensors", "last.safetensors", "train_state.safetensors", LOG_FILE)  # what a run writes
-GROUNDING_FLAGS = ("position_encoding", "sentence_film")  # ModelConfig additions that start at zero
+GROUNDING_FLAGS = ("position_encoding",)  # ModelConfig additions that start at zero
 _NORMS = (nn.BatchNorm2d, nn.LayerNorm, nn.GroupNorm, nn.SyncBatchNorm)
 
 
@@ -178,8 +178,8 @@ class Trainer:
         return encoder.to(self.device), None
 
     def _load_initial_weights(self, path: str) -> None:
-        """Start from a checkpoint of the same architecture; only the zero-initialised grounding
-        layers a preset may add to it (position encoding, sentence FiLM) may be missing."""
+        """Start from a checkpoint of the same architecture; only the zero-initialised layers a preset
+        may add to it (position encoding) may be missing."""
         from lsms_core.checkpoint import CheckpointError, read_checkpoint
 
         checkpoint = read_checkpoint(path)
@@ -194,7 +194,7 @@ class Trainer:
             raise CheckpointError(f"--init-checkpoint {checkpoint.path} was trained with text encoder "
                                   f"{checkpoint.config.text.name!r}, this run uses {self.lsms_config.text.name!r}")
         result = self.model.load_state_dict(checkpoint.model_state, strict=False)
-        missing = [k for k in result.missing_keys if not (".pos_embed" in f".{k}" or k.startswith("sentence_film."))]
+        missing = [k for k in result.missing_keys if ".pos_embed" not in f".{k}"]
         if missing or result.unexpected_keys:
             raise CheckpointError(f"--init-checkpoint {checkpoint.path}: weights do not fit (missing {missing[:5]}, "
                                   f"unexpected {result.unexpected_keys[:5]})")
@@ -284,7 +284,7 @@ class Trainer:
         if scores is not None:
             record.update(val_dice=round(scores.dice, 5), val_miou=round(scores.miou, 5), val_n=scores.n)
             record.update({f"val_{k}": round(v, 5) if isinstance(v, float) else v
-                           for k, v in referring.summary().items()})
+                           for k, v in referring.summary().items()})  # None without referring cases
         self.progress.epoch = epoch + 1
         self.progress.step_in_epoch = 0
         self.progress.history.append({k: record[k] for k in ("epoch", "iteration") if k in record})

@@ -113,9 +113,7 @@ class FullScaleDecoder(nn.Module):
         self.dropout = nn.Dropout2d(dropout)
         self.conv_seg = nn.Conv2d(channels, 1, 1)
 
-    def forward(self, features: list[torch.Tensor], size: tuple[int, int],
-                film: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """``film`` (scale, shift), each (B,channels), modulates ``align`` as ``align * (1 + scale) + shift``."""
+    def forward(self, features: list[torch.Tensor], size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         if self.literal_squeeze:
             aligned = [f if f.shape[-2:] == size else F.interpolate(f, size=size, mode="bilinear", align_corners=False)
                        for f in features]
@@ -124,9 +122,6 @@ class FullScaleDecoder(nn.Module):
             squeezed = self._squeeze_aligned(features, size)
         x = self.hamburger(squeezed)
         embedding = self.align(x)
-        if film is not None:
-            scale, shift = film
-            embedding = embedding * (1 + scale[:, :, None, None].to(embedding.dtype)) + shift[:, :, None, None].to(embedding.dtype)
         return self.conv_seg(self.dropout(embedding)), embedding
 
     def _squeeze_aligned(self, features: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:

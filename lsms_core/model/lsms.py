@@ -15,7 +15,7 @@ from torch import nn
 
 from ..config import ModelConfig
 from .decoder import FullScaleDecoder, NMF2D
-from ..selection import feature_dim as selection_feature_dim
+from ..selection import GEOMETRY_FEATURES, feature_dim as selection_feature_dim
 from .encoder import Encoder, PositionEncoding
 from .selector import LesionSelector
 
@@ -52,19 +52,14 @@ class LSMS(nn.Module):
             config.decoder_channels, config.fsd, nmf, config.decoder_dropout)
         # L_avg projection of the contrastive loss (eq. 14); used in training only.
         self.sentence_proj = nn.Linear(config.text_dim, config.decoder_channels) if config.use_text else None
-        # Not in the paper (docs/model.md, "Grounding"): the sentence scales and shifts the decoder's
-        # last features (FiLM, Perez et al. 2018), a direct path from the words to the mask.
-        self.sentence_film = (nn.Linear(config.text_dim, 2 * config.decoder_channels)
-                              if config.use_text and config.sentence_film else None)
         self.selector = (LesionSelector(selection_feature_dim(config.decoder_channels), config.text_dim,
-                                        config.selector_hidden) if config.select_lesions else None)
+                                        config.selector_hidden,
+                                        GEOMETRY_FEATURES if config.selector_features == "geometry" else None)
+                         if config.select_lesions else None)
         self.apply(_init_weights)
-        if self.sentence_film is not None:
-            nn.init.zeros_(self.sentence_film.weight)
-            nn.init.zeros_(self.sentence_film.bias)
         for module in self.modules():
             if isinstance(module, PositionEncoding):
-                module.reset()
+                module.reset()  # zero: starts as the paper's model
 
     @property
     def uses_text(self) -> bool:
@@ -88,14 +83,11 @@ class LSMS(nn.Module):
         stride = self.config.fsd_stride
         decoder_size = (size[0] // stride, size[1] // stride)
         chosen = [features[s - 1] for s in self.config.fsd_stages]
-        mean_word = None
-        if self.uses_text:
-            mean_word = (words * word_mask.unsqueeze(-1)).sum(1) / word_mask.sum(1, keepdim=True).clamp(min=1)
-        film = self.sentence_film(mean_word).chunk(2, dim=1) if self.sentence_film is not None else None
-        logits, embedding = self.decode_head(chosen, decoder_size, film)
+        logits, embedding = self.decode_head(chosen, decoder_size)
         logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
         sentence = None
         if self.sentence_proj is not None:
+            mean_word = (words * word_mask.unsqueeze(-1)).sum(1) / word_mask.sum(1, keepdim=True).clamp(min=1)
             sentence = self.sentence_proj(mean_word)
         return LSMSOutput(logits, embedding, sentence)
 

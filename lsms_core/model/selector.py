@@ -23,15 +23,21 @@ class LesionSelector(nn.Module):
     before the score.
     """
 
-    def __init__(self, feature_dim: int, text_dim: int, hidden: int = 128) -> None:
+    def __init__(self, feature_dim: int, text_dim: int, hidden: int = 128, geometry_only: int | None = None) -> None:
+        """``geometry_only`` N: read only the last N descriptor columns (the geometry; the decoder
+        features on and around each candidate are then ignored)."""
         super().__init__()
-        self.candidate = nn.Sequential(nn.LayerNorm(feature_dim), nn.Linear(feature_dim, hidden), nn.GELU(),
+        self.geometry_only = geometry_only
+        width = geometry_only or feature_dim
+        self.candidate = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, hidden), nn.GELU(),
                                        nn.Linear(hidden, hidden))
         self.context = nn.Linear(hidden, hidden)
         self.sentence = nn.Sequential(nn.Linear(text_dim, hidden), nn.GELU(), nn.Linear(hidden, 2 * hidden))
         self.score = nn.Sequential(nn.GELU(), nn.Linear(hidden, hidden), nn.GELU(), nn.Linear(hidden, 1))
 
     def forward(self, features: torch.Tensor, valid: torch.Tensor, sentence: torch.Tensor) -> torch.Tensor:
+        if self.geometry_only:
+            features = features[..., -self.geometry_only:]
         embedded = self.candidate(features)  # (B,K,H)
         weights = valid.to(embedded.dtype).unsqueeze(-1)
         mean = (embedded * weights).sum(1, keepdim=True) / weights.sum(1, keepdim=True).clamp(min=1)

@@ -96,7 +96,7 @@ def candidate_features(labels: np.ndarray, grey: np.ndarray, embedding: torch.Te
     regions = regionprops(labels)
     union = labels > 0
     masks = np.stack([labels == r.label for r in regions])  # (K,H,W)
-    rings = np.stack([ndimage.binary_dilation(m, _EIGHT, iterations=RING_PX) & ~union for m in masks])
+    rings = np.stack([_ring(labels, r, union) for r in regions])
     background = float(grey[~union].mean()) if (~union).any() else float(grey.mean())
     area = np.array([r.area for r in regions], dtype=np.float32)
     centroid = np.array([r.centroid for r in regions], dtype=np.float32)  # (K,2) px
@@ -118,6 +118,18 @@ def candidate_features(labels: np.ndarray, grey: np.ndarray, embedding: torch.Te
     pooled = _pool(embedding.float(), torch.from_numpy(np.concatenate([masks, rings])).float())
     on_lesion, on_ring = pooled[:count], pooled[count:]
     return torch.cat([on_lesion, on_ring, torch.from_numpy(geometry)], dim=1)
+
+
+def _ring(labels: np.ndarray, region, union: np.ndarray) -> np.ndarray:
+    """(H,W) bool: the pixels within RING_PX (8-connected steps) of the candidate that belong to no
+    candidate. Dilated inside the candidate's bounding box grown by the ring: a few ms at 512x512."""
+    top, left, bottom, right = region.bbox
+    top, left = max(top - RING_PX, 0), max(left - RING_PX, 0)
+    bottom, right = min(bottom + RING_PX, labels.shape[0]), min(right + RING_PX, labels.shape[1])
+    ring = np.zeros(labels.shape, dtype=bool)
+    local = labels[top:bottom, left:right] == region.label
+    ring[top:bottom, left:right] = ndimage.binary_dilation(local, _EIGHT, iterations=RING_PX)
+    return ring & ~union
 
 
 def _pool(embedding: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:

@@ -218,7 +218,6 @@ class Segmenter:
                                          torch.ones(1, found.count, dtype=torch.bool, device=self._device),
                                          sentence_feature(words, mask).float())[0].float().cpu()
         chosen = (logits > 0).numpy()
-        notes.append(f"{int(chosen.sum())} of {found.count} lesion candidates chosen")
         selected = found.union(chosen)
         return selected, np.where(selected, found.probability, 0.0).astype(np.float32)
 

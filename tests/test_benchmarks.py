@@ -73,3 +73,15 @@ def test_end_to_end_without_gui(tmp_path):
     assert sum("API 480x480" in r["what"] for r in rows) == 2
     assert any(r["what"].startswith("model forward alone, 480x480") for r in rows)
     assert all(r["ms"] > 0 for r in rows)
+
+
+def test_referring_benchmark_reports_both_text_modes(tmp_path, tiny_checkpoint, mini_dataset):
+    from benchmarks import referring
+
+    out = tmp_path / "referring.json"
+    assert referring.main([str(mini_dataset), "--checkpoint", str(tiny_checkpoint), "--split", "val",
+                           "--json", str(out)]) == 0
+    rows = _rows(out)
+    assert [r["text"] for r in rows] == ["as-is", "neutral"]
+    assert all(0 <= r["dice"] <= 1 and r["n"] == 6 for r in rows)
+    assert all(r["n_referring"] == 0 or 0 <= r["hit_rate"] <= 1 for r in rows)

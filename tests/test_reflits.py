@@ -10,11 +10,10 @@ from collections import defaultdict
 
 import numpy as np
 import pytest
-from scipy import ndimage
-from skimage.measure import regionprops
+from fact_check import fits, measure_lesions
 
 from lsms_core.dataset import AnnotationDataset
-from lsms_core.lits import LIVER, TUMOUR
+from lsms_core.lits import TUMOUR
 from training.reflits import resample_plane
 
 
@@ -67,41 +66,6 @@ def test_splits_are_blocks_with_gaps_of_at_least_five_slices(reflits):
             assert not inside and gap > 5, f"training plane {plane} comes within {gap} slices of held-out data"
 
 
-def _measure(hu, labels):
-    """Every tumour component (>= 6 px) with independently computed measurements."""
-    liver = labels >= LIVER
-    depth = ndimage.distance_transform_edt(liver)
-    components, _ = ndimage.label(labels == TUMOUR, structure=np.ones((3, 3)))
-    rows, cols = np.nonzero(liver)
-    lesions = []
-    for region in regionprops(components):
-        if region.area < 6:
-            continue
-        mask = components == region.label
-        ring = ndimage.binary_dilation(mask, iterations=6) & (labels == LIVER)
-        lesions.append({"mask": mask, "area": region.area, "r": region.centroid[0], "c": region.centroid[1],
-                        "contrast": hu[mask].mean() - hu[ring].mean(), "depth": depth[mask].min(),
-                        "solidity": region.solidity, "ecc": region.eccentricity})
-    return lesions, rows.mean(), cols.mean(), depth.max()
-
-
-def _fits(word, lesion, lesions, centre_r, centre_c, max_depth) -> bool:
-    """Loose (margin-free) meaning of each word: what a reader checking the image would apply."""
-    areas = sorted((x["area"] for x in lesions), reverse=True)
-    return {
-        "largest": lesion["area"] == areas[0],
-        "second_largest": len(areas) > 1 and lesion["area"] == areas[1],
-        "smallest": lesion["area"] == areas[-1],
-        "darkest": lesion["contrast"] == min(x["contrast"] for x in lesions),
-        "upper": lesion["r"] < centre_r, "lower": lesion["r"] > centre_r,
-        "left": lesion["c"] < centre_c, "right": lesion["c"] > centre_c,
-        "peripheral": lesion["depth"] < 3.5, "central": lesion["depth"] > 0.275 * max_depth,
-        "hypodense": lesion["contrast"] < -12.5, "hyperdense": lesion["contrast"] > 12.5,
-        "isodense": abs(lesion["contrast"]) < 14,
-        "round": lesion["solidity"] >= 0.875 and lesion["ecc"] <= 0.85, "irregular": lesion["solidity"] < 0.84,
-    }[word]
-
-
 def _words(text: str) -> list[str]:
     text = text.lower()
     words = []
@@ -128,7 +92,7 @@ def test_every_expression_fits_its_lesion_and_no_other(reflits, lits):
             hu, labels = lits.hu[z], lits.labels[z]
         truth = dataset.read_mask(record)
         np.testing.assert_array_equal(dataset.read_image(record), hu)
-        lesions, centre_r, centre_c, max_depth = _measure(hu, labels)
+        lesions, centre_r, centre_c, max_depth = measure_lesions(hu, labels)
         text = record["text"].lower()
         if re.search(r"\b(all|every)\b", text):
             np.testing.assert_array_equal(truth, labels == TUMOUR)
@@ -142,10 +106,10 @@ def test_every_expression_fits_its_lesion_and_no_other(reflits, lits):
         words = _words(record["text"])
         assert words, f"no attribute words in {record['text']!r}"
         args = (lesions, centre_r, centre_c, max_depth)
-        assert all(_fits(w, target, *args) for w in words), f"{record['text']!r} does not fit its lesion (slice {z})"
+        assert all(fits(w, target, *args) for w in words), f"{record['text']!r} does not fit its lesion (slice {z})"
         for other in lesions:
             if other is not target:
-                assert not all(_fits(w, other, *args) for w in words), \
+                assert not all(fits(w, other, *args) for w in words), \
                     f"{record['text']!r} also fits another lesion on slice {z}"
         checked += 1
     assert checked > 100

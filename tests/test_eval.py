@@ -50,3 +50,23 @@ def test_cli_json_and_errors(tiny_checkpoint, mini_dataset):
     assert {"dice", "miou", "n", "per_kind", "text_mode"} <= set(report) and report["n"] == 6
     empty = run(str(mini_dataset), "--checkpoint", str(tiny_checkpoint), "--split", "test")
     assert empty.returncode == 2 and "no annotations in split 'test'" in empty.stderr
+
+
+def test_a_damaged_image_is_skipped_and_listed_not_fatal(tiny_checkpoint, mini_dataset, tmp_path):
+    import shutil
+
+    copy = tmp_path / "d"
+    shutil.copytree(mini_dataset, copy)
+    dataset = AnnotationDataset.open(copy)
+    victim = dataset.select("val")[0]
+    (copy / victim["image"]).write_bytes(b"not an npy file")
+    report = evaluate(str(tiny_checkpoint), str(copy), split="val", device="cpu")
+    shared = [r for r in dataset.select("val") if r["image"] == victim["image"]]
+    assert {s["id"] for s in report["skipped"]} == {r["id"] for r in shared}
+    assert report["n"] == 6 - len(shared)
+    for record in shared:
+        (copy / record["mask"]).write_bytes(b"")
+    for record in dataset.select("val"):
+        (copy / record["image"]).write_bytes(b"x")
+    with pytest.raises(ValueError, match="no annotation of split 'val' could be scored"):
+        evaluate(str(tiny_checkpoint), str(copy), split="val", device="cpu")

@@ -49,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         print(f"{report['model']['name']} on {args.dataset} [{args.split}, text {args.text_mode}]")
         print(format_table(report))
+        for problem in report["skipped"]:
+            print(f"  skipped {problem['id']}: {problem['error']}")
         return 0
 
     return run_cli("lsms-eval", run)

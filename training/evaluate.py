@@ -7,8 +7,9 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 
-from lsms_core.dataset import AnnotationDataset
-from lsms_core.inference import Segmenter
+from lsms_core.dataset import AnnotationDataset, DatasetError
+from lsms_core.inference import ExpressionError, Segmenter
+from lsms_core.preprocessing import ImageError
 from lsms_core.metrics import Scores
 from lsms_core.referring import ReferringScores, referring_instances, score_referring
 
@@ -29,7 +30,15 @@ def evaluate(checkpoint: str, dataset_dir: str, split: str = "test", text_mode: 
     segmenter = segmenter or Segmenter(checkpoint, device=device)
     overall = Scores()
     per_kind: dict[str, Scores] = defaultdict(Scores)
-    cases = referring_instances(records, dataset.read_mask)
+    skipped: list[dict] = []  # records that could not be read or segmented: listed, not fatal
+    masks: dict[str, object] = {}
+    for record in records:
+        try:
+            masks[record["id"]] = dataset.read_mask(record)
+        except (DatasetError, ImageError, OSError) as error:
+            skipped.append({"id": record["id"], "error": " ".join(str(error).split())})
+    records = [r for r in records if r["id"] in masks]
+    cases = referring_instances(records, lambda r: masks[r["id"]])
     referring = ReferringScores()
     start = time.perf_counter()
     iterator = records
@@ -38,17 +47,23 @@ def evaluate(checkpoint: str, dataset_dir: str, split: str = "test", text_mode: 
 
         iterator = tqdm(records, desc=f"eval {split}", unit="img", leave=False, disable=None)
     for record in iterator:
-        image = dataset.read_image(record)
         text = record["text"] if text_mode == "as-is" else NEUTRAL_TEXT
-        result = segmenter.segment(image, text, hounsfield=record["units"] == "HU")
-        dice, iou = overall.add(result.mask, dataset.read_mask(record))
+        try:
+            image = dataset.read_image(record)
+            result = segmenter.segment(image, text, hounsfield=record["units"] == "HU")
+        except (DatasetError, ImageError, ExpressionError, OSError) as error:
+            skipped.append({"id": record["id"], "error": " ".join(str(error).split())})
+            continue
+        dice, iou = overall.add(result.mask, masks[record["id"]])
         kinds = record.get("expression_kinds") or ["unlabelled"]
         for kind in kinds:
             per_kind[kind].dice_per_image.append(dice)
             per_kind[kind].iou_per_image.append(iou)
         if record["id"] in cases:
             referring.add(score_referring(result.mask, *cases[record["id"]]), kinds)
-    return {**overall.summary(), **referring.summary(), "split": split, "text_mode": text_mode, "dataset": str(dataset_dir),
+    if not overall.n:
+        raise ValueError(f"no annotation of split {split!r} could be scored; first problem: {skipped[0]['error']}")
+    return {**overall.summary(), **referring.summary(), "skipped": skipped, "split": split, "text_mode": text_mode, "dataset": str(dataset_dir),
             "model": segmenter.identity, "device": str(segmenter.device),
             "seconds": round(time.perf_counter() - start, 2),
             "per_kind": {kind: {**scores.summary(), **referring.kind_summary(kind)}

@@ -121,3 +121,20 @@ def test_a_bad_file_is_named_and_leaves_no_partial_dataset(tmp_path, rng):
     again = run("import-lvit", str(source), str(tmp_path / "d"))
     assert again.returncode == 0, again.stderr
     assert len(AnnotationDataset.open(tmp_path / "d")) == 6
+
+
+def test_training_on_an_lvit_folder_leaves_no_temporary_copy(tmp_path, rng):
+    """Issue 15: lsms-train on an LViT layout imported it into a temporary dataset and left it behind."""
+    import os
+
+    source = tmp_path / "qata"
+    _make_layout(source, "qata", rng)
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    done = subprocess.run([sys.executable, "-m", "training.train_cli", str(source), "-o", str(tmp_path / "run"),
+                           "--preset", "lsms-tiny", "--image-size", "64", "--epochs", "1", "--batch-size", "2",
+                           "--lr", "1e-3", "--no-progress"], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "TMPDIR": str(temporary)})
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "run" / "best.safetensors").exists()
+    assert not list(temporary.glob("lsms-lvit-*"))  # (torch may leave its own cache folders there)

@@ -6,10 +6,12 @@ share a slice); normalisation to the model's 3-channel input happens per batch.
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import os
 import random
 import re
+import shutil
 import tempfile
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -35,7 +37,9 @@ def open_training_dataset(path: str | os.PathLike) -> AnnotationDataset:
     if any((path / f"{split}_Folder").is_dir() for split in ("Train", "Val", "Test")):
         from lsms_core.dataset.lvit import import_lvit
 
-        return import_lvit(path, Path(tempfile.mkdtemp(prefix="lsms-lvit-")) / "dataset")
+        copy = Path(tempfile.mkdtemp(prefix="lsms-lvit-"))
+        atexit.register(shutil.rmtree, copy, ignore_errors=True)  # the imported copy goes with the process
+        return import_lvit(path, copy / "dataset")
     raise DatasetError(f"{path} is neither a dataset (dataset.json) nor an LViT layout (Train_Folder ...)")
 
 

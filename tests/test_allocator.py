@@ -43,7 +43,9 @@ def test_warm_forward_passes_reuse_memory_instead_of_faulting_it_in():
     tuned, system = _faults(system_malloc=False), _faults(system_malloc=True)
     assert tuned["applied"] is True and system["applied"] is False
     # The default allocator maps and unmaps the big maps every pass (how many depends on glibc's
-    # dynamic threshold: 1,600-30,000 faults in the main thread here, ~4,800 in a worker).
-    assert system["worker"] > 1000 and system["main"] > 1000
+    # dynamic threshold: 1,600-30,000 faults in the main thread here; in a worker thread anything from 0,
+    # once the main thread's frees have raised the threshold, to ~4,800, so only the main thread's count
+    # shows that the measurement sees faults at all).
+    assert system["main"] > 1000
     assert tuned["main"] < 100
     assert tuned["worker"] < 100  # one arena: the worker thread reuses the heap too

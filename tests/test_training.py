@@ -262,3 +262,17 @@ def test_resume_from_a_damaged_state_says_so_in_one_line(tmp_path, capsys, cut):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith(f"lsms-train: error: {run / STATE_FILE}: ")
     assert re.search(message, err), err
+
+
+def test_fine_tuning_starts_from_the_shipped_model(mini_dataset, tmp_path):
+    """--init-checkpoint default: the shipped LSMS weights (its selector left out) start the run."""
+    from lsms_core.checkpoint import read_checkpoint as read
+
+    config = TrainConfig(dataset=str(mini_dataset), output=str(tmp_path / "run"), preset="lsms-grounded",
+                         image_size=64, epochs=1, batch_size=4, lr=1e-9, init_checkpoint="default", same_slice=2)
+    trainer = Trainer(config, show_progress=False)
+    shipped = read("default").model_state
+    start = trainer.model.state_dict()
+    assert torch.equal(start["decode_head.conv_seg.weight"], shipped["decode_head.conv_seg.weight"])
+    assert not start["backbone.pos_embed1.proj.weight"].any()  # the added position encoding starts at zero
+    assert trainer.model.selector is None

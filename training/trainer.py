@@ -38,6 +38,7 @@ from .state import Progress, read_state, restore_state, save_state
 LOG_FILE = "log.jsonl"
 RUN_FILES = ("best.safetensors", "last.safetensors", "train_state.safetensors", LOG_FILE)  # what a run writes
 GROUNDING_FLAGS = ("position_encoding",)  # ModelConfig additions that start at zero
+SELECTOR_FIELDS = ("select_lesions", "selector_hidden", "selector_features")  # lsms-train-selector's part
 _NORMS = (nn.BatchNorm2d, nn.LayerNorm, nn.GroupNorm, nn.SyncBatchNorm)
 
 
@@ -179,11 +180,12 @@ class Trainer:
 
     def _load_initial_weights(self, path: str) -> None:
         """Start from a checkpoint of the same architecture; only the zero-initialised layers a preset
-        may add to it (position encoding) may be missing."""
+        may add to it (position encoding) may be missing. A lesion selector in it is left out (this run
+        trains the LSMS; add a selector again with lsms-train-selector)."""
         from lsms_core.checkpoint import CheckpointError, read_checkpoint
 
         checkpoint = read_checkpoint(path)
-        additions = dict.fromkeys(GROUNDING_FLAGS)
+        additions = dict.fromkeys(GROUNDING_FLAGS + SELECTOR_FIELDS)
         mine = {**vars(self.lsms_config.model), **additions}
         theirs = {**vars(checkpoint.config.model), **additions}
         if mine != theirs:
@@ -193,13 +195,15 @@ class Trainer:
         if checkpoint.config.text.name != self.lsms_config.text.name:
             raise CheckpointError(f"--init-checkpoint {checkpoint.path} was trained with text encoder "
                                   f"{checkpoint.config.text.name!r}, this run uses {self.lsms_config.text.name!r}")
-        result = self.model.load_state_dict(checkpoint.model_state, strict=False)
+        state = {k: v for k, v in checkpoint.model_state.items() if not k.startswith("selector.")}
+        result = self.model.load_state_dict(state, strict=False)
         missing = [k for k in result.missing_keys if ".pos_embed" not in f".{k}"]
         if missing or result.unexpected_keys:
             raise CheckpointError(f"--init-checkpoint {checkpoint.path}: weights do not fit (missing {missing[:5]}, "
                                   f"unexpected {result.unexpected_keys[:5]})")
         if self.is_main:
-            print(f"lsms-train: starting from {checkpoint.path.name} ({checkpoint.identity['name']})")
+            dropped = " without its lesion selector" if len(state) < len(checkpoint.model_state) else ""
+            print(f"lsms-train: starting from {checkpoint.path.name} ({checkpoint.identity['name']}){dropped}")
 
     def _words(self, texts: list[str]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         if self.text_encoder is None:

@@ -275,3 +275,22 @@ def test_stored_configs_share_one_rule_for_unknown_keys(tmp_path):
     assert TrainConfig.from_json(json.dumps(stored)).mix == ("s",)
     with pytest.raises(ConfigError, match=r"unknown TrainConfig fields \['warp_speed'\]"):
         TrainConfig.from_json(json.dumps({**stored, "warp_speed": 9}))
+
+
+def test_a_failed_atomic_write_names_the_file(tmp_path, monkeypatch):
+    """Issue 15: "[Errno 28] No space left on device" without the file name (image/mask writes of add())."""
+    import errno
+    import os as _os
+
+    from lsms_core.atomic import atomic_write_bytes
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, _os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(_os, "fsync", full)
+    target = tmp_path / "images" / "x.npy"
+    target.parent.mkdir()
+    with pytest.raises(OSError) as caught:
+        atomic_write_bytes(target, b"data")
+    assert caught.value.errno == errno.ENOSPC and str(target) in str(caught.value)
+    assert not list(target.parent.iterdir())  # no temporary left behind

@@ -86,7 +86,8 @@ def candidate_features(labels: np.ndarray, grey: np.ndarray, embedding: torch.Te
     solidity, eccentricity; relative to the slice's candidates: log area minus the largest's, area
     rank from the largest and from the smallest (/4), contrast minus the darkest's, contrast rank from
     the darkest (/4), centroid minus the candidates' mean centroid (row, column), log of the count,
-    distance rank from the candidates' mean centroid (/4).
+    distance rank from the candidates' mean centroid (/4); last, 1 for candidates of >= 30 px (where
+    shape words are defined), else 0.
     """
     count = int(labels.max())
     dim = embedding.shape[0]
@@ -112,9 +113,8 @@ def candidate_features(labels: np.ndarray, grey: np.ndarray, embedding: torch.Te
         log_area, area / (height * width), centroid[:, 0], centroid[:, 1], contrast, solidity, eccentricity,
         log_area - log_area.max(), _ranks(-area) / 4, _ranks(area) / 4, contrast - contrast.min(),
         _ranks(contrast) / 4, offset[:, 0], offset[:, 1], np.full(count, np.log(count), np.float32),
-        _ranks(np.hypot(offset[:, 0], offset[:, 1])) / 4, np.zeros(count, np.float32),
+        _ranks(np.hypot(offset[:, 0], offset[:, 1])) / 4, (area >= 30).astype(np.float32),
     ], axis=1)
-    geometry[:, -1] = (area >= 30).astype(np.float32)  # shape words only mean something for >= 30 px
     pooled = _pool(embedding.float(), torch.from_numpy(np.concatenate([masks, rings])).float())
     on_lesion, on_ring = pooled[:count], pooled[count:]
     return torch.cat([on_lesion, on_ring, torch.from_numpy(geometry)], dim=1)

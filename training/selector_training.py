@@ -169,7 +169,7 @@ def selector_loss(logits: torch.Tensor, valid: torch.Tensor, target: torch.Tenso
 def evaluate_selection(selector, slices: list[SliceSamples], sentences: SentenceCache) -> dict:
     """Dice/IoU of the chosen union against each annotation's mask, and the referring figures."""
     selector.eval()
-    scores, referring, oracle = Scores(), ReferringScores(), ReferringScores()
+    scores, referring, oracle = Scores(), ReferringScores(), []
     for slice_ in slices:
         count = slice_.candidates.count
         for expression in slice_.expressions:
@@ -182,14 +182,11 @@ def evaluate_selection(selector, slices: list[SliceSamples], sentences: Sentence
             scores.add(chosen, expression.mask)
             if expression.named is not None:
                 referring.add(score_referring(chosen, slice_.instances, expression.named))
-                best = [score_referring(slice_.candidates.labels == k + 1, slice_.instances, expression.named).hit
-                        for k in range(count)]
-                oracle.add(score_referring(np.zeros_like(expression.mask), slice_.instances, expression.named)
-                           if not any(best) else score_referring(slice_.candidates.labels == best.index(True) + 1,
-                                                                 slice_.instances, expression.named))
+                oracle.append(any(score_referring(slice_.candidates.labels == k + 1, slice_.instances,
+                                                  expression.named).hit for k in range(count)))
     selector.train()
     return {"dice": scores.dice, "miou": scores.miou, "n": scores.n, **referring.summary(),
-            "oracle_hit_rate": oracle.summary()["hit_rate"]}
+            "oracle_hit_rate": float(np.mean(oracle)) if oracle else None}  # the best single candidate
 
 
 def train_selector(checkpoint: str, datasets: list[str], output: str, epochs: int = 30, batch_size: int = 64,
@@ -207,9 +204,10 @@ def train_selector(checkpoint: str, datasets: list[str], output: str, epochs: in
     torch_device = torch.device(device)
     base = read_checkpoint(checkpoint)
     model_config = dataclasses.replace(base.config.model, select_lesions=True, selector_features=features).validate()
-    config = base.config.replace(model=model_config, preset=f"{base.config.preset}+select")
+    config = base.config.replace(model=model_config, preset=base.config.preset.removesuffix("+select") + "+select")
     model = build_model(model_config)
-    result = model.load_state_dict(base.model_state, strict=False)
+    lsms_state = {k: v for k, v in base.model_state.items() if not k.startswith("selector.")}  # a new selector
+    result = model.load_state_dict(lsms_state, strict=False)
     if result.unexpected_keys or any(not k.startswith("selector.") for k in result.missing_keys):
         raise ValueError(f"{checkpoint}: weights do not fit ({result.unexpected_keys[:3]}, {result.missing_keys[:3]})")
     model.to(torch_device).eval()

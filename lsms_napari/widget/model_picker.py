@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from qtpy.QtWidgets import QComboBox, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, QLineEdit, QPushButton
+from qtpy.QtWidgets import QComboBox, QFileDialog, QFormLayout, QGroupBox
+
+from .path_field import path_field
 
 DEFAULT_MODEL = "default model (lsms-reflits)"
 CHECKPOINT_FILE = "checkpoint file..."
@@ -15,13 +17,7 @@ class ModelPicker(QGroupBox):
         self.model_combo = QComboBox()
         self.model_combo.addItems([DEFAULT_MODEL, CHECKPOINT_FILE])
         form.addRow("Model", self.model_combo)
-        path_row = QHBoxLayout()
-        self.checkpoint_path = QLineEdit()
-        self.checkpoint_path.setPlaceholderText(".safetensors written by lsms-train")
-        browse = QPushButton("...")
-        browse.clicked.connect(self._browse_checkpoint)
-        path_row.addWidget(self.checkpoint_path)
-        path_row.addWidget(browse)
+        path_row, self.checkpoint_path = path_field(".safetensors written by lsms-train", self._browse_checkpoint)
         form.addRow("Checkpoint", path_row)
         self.device_combo = QComboBox()
         self.device_combo.addItems(["auto", "cpu", "cuda"])

@@ -27,6 +27,7 @@ from .fields_box import StructuredFields
 from .image_picker import FILE_WINDOW, ImagePicker  # noqa: F401 - FILE_WINDOW re-exported
 from .measurements import MeasurementsLabel, labels_slice
 from .model_picker import CHECKPOINT_FILE, DEFAULT_MODEL, ModelPicker  # noqa: F401 - re-exported
+from .path_field import path_field
 from .saving import save_annotation
 from .session import Proposal, SegmentRequest, WidgetSession, pixels_sha
 from .training import TrainingProcess
@@ -92,13 +93,7 @@ class ReferringLesionSegmentWidget(QWidget):
 
         data_box = QGroupBox("Annotations")
         data_layout = QVBoxLayout(data_box)
-        dataset_row = QHBoxLayout()
-        self.dataset_path = QLineEdit()
-        self.dataset_path.setPlaceholderText("dataset folder (created on first save)")
-        dataset_browse = QPushButton("...")
-        dataset_browse.clicked.connect(self._browse_dataset)
-        dataset_row.addWidget(self.dataset_path)
-        dataset_row.addWidget(dataset_browse)
+        dataset_row, self.dataset_path = path_field("dataset folder (created on first save)", self._browse_dataset)
         data_layout.addLayout(dataset_row)
         self.include_identifiers = QCheckBox("Store patient identifiers")
         self.include_identifiers.setToolTip(

@@ -374,13 +374,19 @@ def _window_of(item) -> tuple[float, float] | None:
     return window if np.isfinite(window).all() and window[1] > 0 else None
 
 
+def _first_in_groups(dataset, sequence: str, frame: int, read):
+    """The first value ``read`` finds in ``frame``'s functional group ``sequence``, the shared one,
+    then the top level; None when none has it."""
+    for item in _group_items(dataset, sequence, frame):
+        value = read(item)
+        if value is not None:
+            return value
+    return None
+
+
 def dicom_window(dataset, frame: int = 0) -> tuple[float, float] | None:
     """(centre, width) of ``frame``: its FrameVOILUTSequence, the shared one, then the top level."""
-    for item in _group_items(dataset, "FrameVOILUTSequence", frame):
-        window = _window_of(item)
-        if window is not None:
-            return window
-    return None
+    return _first_in_groups(dataset, "FrameVOILUTSequence", frame, _window_of)
 
 
 def _spacing_of(item) -> tuple[float, float] | None:
@@ -399,11 +405,7 @@ def _spacing_of(item) -> tuple[float, float] | None:
 
 def dicom_spacing(dataset, frame: int = 0) -> tuple[float, float] | None:
     """(row, column) pixel spacing in mm: PixelMeasuresSequence of the frame, the shared one, the top level."""
-    for item in _group_items(dataset, "PixelMeasuresSequence", frame):
-        spacing = _spacing_of(item)
-        if spacing is not None:
-            return spacing
-    return None
+    return _first_in_groups(dataset, "PixelMeasuresSequence", frame, _spacing_of)
 
 
 def _modality_lut(dataset, raw: np.ndarray, first_frame: int = 0, path: Path | None = None) -> np.ndarray:

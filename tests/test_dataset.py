@@ -482,3 +482,74 @@ def test_an_image_beyond_float32_is_refused_by_the_writer(tmp_path):
     image[0, 0] = 1e300
     with pytest.raises(DatasetError, match="values up to 1e\\+300 in magnitude, beyond what 32-bit floats hold"):
         dataset.add(image, mask, "x", split_group="p", modality="CT", units="HU")
+
+
+def test_replacing_an_annotation_swaps_its_line_atomically_and_keeps_every_other_byte(tmp_path, monkeypatch):
+    """Issue 11: saving the same layer again may update the earlier annotation. The new line takes the old
+    one's place in one atomic rename; every other line is kept byte for byte; the old files go."""
+    root = tmp_path / "d"
+    dataset = AnnotationDataset.create(root)
+    first = _add(dataset, "first", group="p-1")
+    old = _add(dataset, "second", group="p-2", value=2.0, proposal=_slice()[1])
+    third = _add(dataset, "third", group="p-3", value=3.0)
+    before = (root / "annotations.jsonl").read_bytes().split(b"\n")
+    other_reader = AnnotationDataset.open(root)  # another process with the dataset open
+
+    from lsms_core.dataset import store
+
+    writes = []
+    real_write = store.atomic_write_bytes
+
+    def failing_manifest_write(path, data):
+        writes.append(Path(path).name)
+        if Path(path).name == "annotations.jsonl":
+            raise OSError(28, "No space left on device", str(path))
+        real_write(path, data)
+
+    monkeypatch.setattr(store, "atomic_write_bytes", failing_manifest_write)
+    image, mask = _slice(2.0)
+    with pytest.raises(OSError):
+        dataset.add(image, ~mask, "second, corrected", split_group="p-2", modality="CT", units="HU", replaces=old["id"])
+    assert (root / "annotations.jsonl").read_bytes().split(b"\n") == before  # the failed update changed nothing
+    assert "annotations.jsonl" in writes
+    monkeypatch.undo()
+
+    new = AnnotationDataset.open(root).add(image, ~mask, "second, corrected", split_group="p-2", modality="CT",
+                                           units="HU", replaces=old["id"])
+    after = (root / "annotations.jsonl").read_bytes().split(b"\n")
+    assert len(after) == len(before) and after[0] == before[0] and after[2] == before[2]
+    assert json.loads(after[1])["id"] == new["id"] != old["id"]
+    assert new["provenance"]["replaces"] == old["id"] and new["split"] == old["split"]
+    reopened = AnnotationDataset.open(root)
+    assert [r["text"] for r in reopened.records] == ["first", "second, corrected", "third"]
+    np.testing.assert_array_equal(reopened.read_mask(reopened.records[1]), ~mask)
+    assert not (root / old["mask"]).exists() and not (root / old["provenance"]["proposal"]).exists()
+    assert (root / first["mask"]).exists() and (root / third["mask"]).exists()
+    assert validate_dataset(root) == []  # no orphan files, no duplicate, nothing torn
+    # A reader opened before the update sees it (the manifest was renamed over: it reads it again) and appends.
+    _add(other_reader, "fourth", group="p-4", value=4.0)
+    assert [r["text"] for r in other_reader.records] == ["first", "second, corrected", "third", "fourth"]
+    assert [r["text"] for r in AnnotationDataset.open(root).records] == ["first", "second, corrected", "third",
+                                                                         "fourth"]
+    with pytest.raises(DatasetError, match=rf"annotation {old['id']} is not in .*save this one as a new annotation"):
+        _add(reopened, "again", group="p-2", value=2.0, replaces=old["id"])
+    assert len(AnnotationDataset.open(root)) == 4 and validate_dataset(root) == []
+
+
+def test_a_split_group_moves_to_another_split_in_one_rewrite(tmp_path):
+    root = tmp_path / "d"
+    dataset = AnnotationDataset.create(root)
+    _add(dataset, "a", group="p-1", split="test")
+    _add(dataset, "b", group="p-2", split="test", value=2.0)
+    _add(dataset, "c", group="p-1", split="test", value=3.0)
+    assert dataset.set_group_split("p-1", "val") == 2
+    assert [r["split"] for r in AnnotationDataset.open(root).records] == ["val", "test", "val"]
+    assert dataset.set_group_split("p-1", "val") == 0
+    with pytest.raises(DatasetError, match="no split group 'p-9'"):
+        dataset.set_group_split("p-9", "train")
+    with pytest.raises(DatasetError, match="must be one of"):
+        dataset.set_group_split("p-1", "holdout")
+    _add(dataset, "d", group="p-3", split="train", value=3.0)  # the slice of "c", in another group and split
+    with pytest.raises(DatasetError, match="would put the same slice in two splits"):
+        dataset.set_group_split("p-1", "test")
+    assert [r["split"] for r in AnnotationDataset.open(root).records] == ["val", "test", "val", "train"]  # unchanged

@@ -254,8 +254,13 @@ def test_the_train_button_passes_the_widgets_settings(qtbot, setup, tmp_path, mo
     started = []
 
     class FakeProcess:
+        resumed = False
+
         def __init__(self, dataset, run, args):
             started.append(args)
+
+        def running(self):
+            return False
 
     monkeypatch.setattr(training_panel, "TrainingProcess", FakeProcess)
     monkeypatch.setattr(widget.training_panel.timer, "start", lambda ms: None)

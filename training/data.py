@@ -43,6 +43,28 @@ def open_training_dataset(path: str | os.PathLike) -> AnnotationDataset:
     raise DatasetError(f"{path} is neither a dataset (dataset.json) nor an LViT layout (Train_Folder ...)")
 
 
+def empty_split_message(datasets: list[AnnotationDataset], split: str | None, kinds: tuple[str, ...] = ()) -> str:
+    """Why there is nothing to use in ``split``, what the datasets do hold, and what to do."""
+    which = f" of kinds {', '.join(kinds)}" if kinds else ""
+    records = [r for d in datasets for r in d.select(None)]
+    held = ", ".join(f"{name} {sum(r.get('split') == name for r in records)}" for name in ("train", "val", "test"))
+    patients = ", ".join(f"{name} {len({r.get('patient_key') for r in records if r.get('split') == name})}"
+                         for name in ("train", "val", "test"))
+    root = datasets[0].root
+    if not records:
+        advice = "the dataset holds no annotations yet: save some first (the widget's Save annotation)"
+    elif kinds:
+        advice = "annotate expressions of those kinds, or train without --expression-kinds"
+    else:
+        groups = sorted({r.get("split_group") for r in records if isinstance(r.get("split_group"), str)})
+        example = groups[0] if groups else "GROUP"
+        advice = (f"move a patient's group there with 'lsms-data set-split {root} {example} {split}' (groups: "
+                  f"{', '.join(groups[:5])}{' ...' if len(groups) > 5 else ''}), or annotate more patients (a new "
+                  "patient's split is drawn by split_fractions in dataset.json)")
+    return (f"{root} has no annotations{which} in split {split!r} (annotations per split: {held}; patients: "
+            f"{patients}): {advice}")
+
+
 def grey_from_model_input(model_input: torch.Tensor, prep: PreprocessConfig) -> torch.Tensor:
     """Invert the normalisation of ``to_model_input`` on channel 0: (3,S,S) -> grey (1,S,S) in [0,1].
     Not used to build samples (they cache ``resize_grey(to_unit_grey(...))`` directly)."""
@@ -108,8 +130,7 @@ class ReferringSamples(torch.utils.data.Dataset):
             self.records += chosen
             self.record_source += [number] * len(chosen)
         if not self.records:
-            which = f" of kinds {', '.join(kinds)}" if kinds else ""
-            raise DatasetError(f"{self.dataset.root} has no annotations{which} in split {split!r}")
+            raise DatasetError(empty_split_message(self.datasets, split, kinds))
         self.prep = prep
         self.augment = augment
         self.seed = seed

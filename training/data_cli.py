@@ -18,6 +18,10 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("dataset")
     validate.add_argument("--deep", action="store_true", help="also decode every mask to check it is binary")
     validate.add_argument("--json", action="store_true")
+    move = sub.add_parser("set-split", help="move every annotation of one split group (patient) to another split")
+    move.add_argument("dataset")
+    move.add_argument("group", help="the split_group (by default the patient's pseudonymous key)")
+    move.add_argument("split", choices=("train", "val", "test"))
     imp = sub.add_parser("import-lvit", help="LViT layout (QaTa-COV19 / MosMedData+) -> new dataset")
     imp.add_argument("source")
     imp.add_argument("dataset")
@@ -60,25 +64,44 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from lsms_core.dataset.validate import validate_dataset
+    """Problems (errors fail), then per split its annotations and patients; an empty split is a warning."""
+    from lsms_core.dataset import AnnotationDataset
+    from lsms_core.dataset.validate import empty_split_problems, split_counts, validate_dataset
 
     problems = validate_dataset(args.dataset, deep=args.deep)
+    try:
+        counts = split_counts(AnnotationDataset.open(args.dataset))
+    except DatasetError:  # not a dataset at all: validate_dataset said so
+        counts = {}
+    problems += empty_split_problems(counts)
     errors = [p for p in problems if p.severity == "error"]
     if args.json:
         print(json.dumps({"ok": not errors, "errors": [str(p) for p in errors],
-                          "warnings": [str(p) for p in problems if p.severity != "error"]}))
+                          "warnings": [str(p) for p in problems if p.severity != "error"],
+                          "splits": {split: vars(count) for split, count in counts.items()}}))
     else:
         for problem in problems:
             print(problem)
+        if counts:
+            print("split   annotations  patients  groups")
+            for split, count in counts.items():
+                print(f"{split:<6} {count.annotations:>12} {count.patients:>9} {count.groups:>7}")
         if not errors:
-            from lsms_core.dataset import AnnotationDataset
-
-            dataset = AnnotationDataset.open(args.dataset)
-            per_split = {s: len(dataset.select(s)) for s in ("train", "val", "test")}
-            print(f"{args.dataset}: valid, {len(dataset)} annotations ({per_split})")
+            total = sum(count.annotations for count in counts.values())
+            print(f"{args.dataset}: valid, {total} annotations"
+                  + (f" ({len([p for p in problems if p.severity == 'warning'])} warning(s))" if problems else ""))
         else:
             print(f"{args.dataset}: {len(errors)} problem(s)", file=sys.stderr)
     return 1 if errors else 0
+
+
+def _set_split(args: argparse.Namespace) -> int:
+    from lsms_core.dataset import AnnotationDataset
+
+    changed = AnnotationDataset.open(args.dataset).set_group_split(args.group, args.split)
+    print(f"{args.dataset}: {changed} annotation(s) of group {args.group!r} moved to {args.split}"
+          if changed else f"{args.dataset}: group {args.group!r} is already in {args.split}")
+    return 0
 
 
 def _progress_bar(description: str):
@@ -170,7 +193,7 @@ def _build_synth(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"validate": _validate, "import-lvit": _import, "export-lvit": _export, "build-lits": _build_lits,
+COMMANDS = {"validate": _validate, "set-split": _set_split, "import-lvit": _import, "export-lvit": _export, "build-lits": _build_lits,
             "build-synth": _build_synth}
 
 if __name__ == "__main__":

@@ -61,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-name", default=defaults.model_name, help="name stored in the checkpoints")
     p.add_argument("--half-checkpoints", action="store_true", help="store best/last weights in fp16")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (the JSON log still grows)")
+    p.add_argument("--exit-with-parent", action="store_true",
+                   help="stop when the process that started this one ends (the napari widget passes it, so a "
+                        "closed or crashed napari never leaves an orphan run; resume it with --resume)")
     return p
 
 
@@ -89,8 +92,31 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         mix=tuple(args.mix), same_slice=args.same_slice, init_checkpoint=args.init_checkpoint, expression_kinds=tuple(args.expression_kinds))
 
 
+def exit_with_parent(interval_s: float = 1.0) -> None:
+    """Watch, in a daemon thread, for the parent process to end (this process is then re-parented)
+    and exit at once: the state saved last (every --save-every-steps iterations and at each
+    epoch's end, written atomically) is what --resume continues from."""
+    import os
+    import threading
+    import time
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(interval_s)
+            if os.getppid() != parent:
+                print("lsms-train: the process that started this run ended; stopping (continue with --resume)",
+                      file=sys.stderr, flush=True)
+                os._exit(143)
+
+    threading.Thread(target=watch, name="lsms-train-exit-with-parent", daemon=True).start()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.exit_with_parent:
+        exit_with_parent()
 
     def train() -> int:
         from .trainer import Trainer

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -102,6 +103,9 @@ class Trainer:
                                                for r in d.select(config.val_split))]
         self.val_samples = ReferringSamples(with_val, config.val_split, self.prep, kinds=kinds) if with_val else None
         self.val_cases = self._referring_cases(self.val_samples) if self.val_samples is not None else {}
+        self.notes: list[str] = []  # said on stderr now and logged ("note" events) when the run starts
+        if self.val_samples is None:
+            self._note(no_validation_note(config))
         self.slices = self.train_samples.slice_groups() if config.same_slice > 1 else None
 
         self.text_encoder, self.text_cache = self._build_text(config)
@@ -205,6 +209,12 @@ class Trainer:
             dropped = " without its lesion selector" if len(state) < len(checkpoint.model_state) else ""
             print(f"lsms-train: starting from {checkpoint.path.name} ({checkpoint.identity['name']}){dropped}")
 
+    def _note(self, message: str) -> None:
+        """Say ``message`` on stderr now (main process) and log it as a "note" event when the run starts."""
+        self.notes.append(message)
+        if self.is_main:
+            print(f"lsms-train: note: {message}", file=sys.stderr, flush=True)
+
     def _words(self, texts: list[str]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         if self.text_encoder is None:
             return None, None
@@ -229,11 +239,17 @@ class Trainer:
         else:
             self._log({"event": "resume", "epoch": self.progress.epoch, "iteration": self.progress.iteration,
                        "time": time.time()})
+        for note in self.notes:
+            self._log({"event": "note", "message": note, "time": time.time()})
         while self.progress.epoch < cfg.epochs:
             self._train_epoch(self.progress.epoch)
-        summary = {"event": "end", "best_dice": self.progress.best_dice, "best_epoch": self.progress.best_epoch,
+        validated = self.val_samples is not None
+        summary = {"event": "end", "best_dice": self.progress.best_dice if validated else None,
+                   "best_epoch": self.progress.best_epoch, "best_by": "validation" if validated else "training loss",
                    "iterations": self.progress.iteration, "seconds": round(self.progress.seconds, 1),
                    "time": time.time()}
+        if not validated:
+            summary["best_train_loss"] = -self.progress.best_dice
         if self.world > 1:
             summary["rank_checksums"] = self._rank_checksums()
         self._log(summary)
@@ -293,8 +309,10 @@ class Trainer:
         self.progress.step_in_epoch = 0
         self.progress.history.append({k: record[k] for k in ("epoch", "iteration") if k in record})
         if self.is_main:
+            # Without a validation split the lowest mean training loss picks best.safetensors (score = -loss,
+            # below the initial -1 whenever the loss is above 1: the first epoch always counts).
             score = selection_score(scores, referring) if scores is not None else -float(record.get("train_total", 0.0))
-            if score > self.progress.best_dice:
+            if self.progress.best_epoch < 0 or score > self.progress.best_dice:
                 self.progress.best_dice, self.progress.best_epoch = score, epoch + 1
                 self._save_checkpoint("best.safetensors", epoch + 1, scores)
             self._save_checkpoint("last.safetensors", epoch + 1, scores)
@@ -378,7 +396,8 @@ class Trainer:
                                    f"{name} was not written. Lower --lr (now {self.config.lr:g})")
         extra = {"name": self.config.model_name, "epoch": epoch, "iteration": self.progress.iteration,
                  "train_config": json.loads(self.config.to_json()),
-                 "val": scores.summary() if scores is not None else None}
+                 "val": scores.summary() if scores is not None else None,
+                 "best_by": "validation" if scores is not None else "training loss"}
         save_checkpoint(self.output / name, self.model, self.lsms_config, self.text_encoder, extra,
                         half=self.config.half_checkpoints)
 
@@ -390,6 +409,16 @@ class Trainer:
                 weights.update({f"text.{n}": p for n, p in self.text_encoder.named_parameters() if p.requires_grad})
             save_state(self.output, self.optimizer, self.progress, self.config.to_json(), self.scaler, weights)
         _barrier(self.world)
+
+
+def no_validation_note(config: TrainConfig) -> str:
+    """What lsms-train says when the validation split is empty: it trains anyway and how it picks."""
+    kinds = f" of kinds {', '.join(config.expression_kinds)}" if config.expression_kinds else ""
+    return (f"no validation possible: split {config.val_split!r} has no annotations{kinds}; training on split "
+            f"{config.train_split!r} anyway, and best.safetensors is the epoch with the lowest training loss (not a "
+            "measure of how well it generalises). To validate, annotate more patients (each new patient's split "
+            "is drawn by dataset.json's split_fractions) or move one patient's group to val with "
+            "'lsms-data set-split DATASET GROUP val'")
 
 
 class TrainingDiverged(RuntimeError):

@@ -1,10 +1,13 @@
 """The one reader and writer of annotation datasets (docs/dataset-format.md).
 
 Saving never loses or corrupts earlier work: every file is written to a temporary name,
-fsynced and renamed; ``annotations.jsonl`` is only ever appended to, one line per
-annotation in one ``write`` call, under an exclusive file lock so several processes can
-append at once. A crash between steps leaves at most unreferenced files, never a bad line;
-the temporary files a killed save leaves are swept by the next save (under the same lock).
+fsynced and renamed; a new annotation is appended to ``annotations.jsonl``, one line in one
+``write`` call, under an exclusive file lock so several processes can append at once. Replacing
+an annotation (``add(..., replaces=ID)``) or moving a split group (``set_group_split``) writes the
+whole manifest to a temporary file and renames it over the old one, under the same lock: readers
+see the old manifest or the new one, never a mix. A crash between steps leaves at most
+unreferenced files, never a bad line; the temporary files a killed save leaves are swept by the
+next save (under the same lock).
 """
 
 from __future__ import annotations
@@ -188,6 +191,13 @@ class AnnotationDataset:
         self._swept = False
         self._checked = 0  # records checked with check_record so far (select)
         self._invalid: list[tuple[int, list[str]]] = []  # (line, problems) of records that are not valid
+        self._manifest_file: tuple[int, int] | None = None  # (device, inode) of the manifest read
+
+    def _forget_lines(self) -> None:
+        """Forget what was read: the manifest was replaced (an annotation updated, a group moved)."""
+        self.records, self.record_lines, self.bad_lines = [], [], []
+        self.torn_tail, self._offset, self._unterminated, self._lines = False, 0, False, 0
+        self._ids, self._group_split, self._checked, self._invalid = set(), {}, 0, []
 
     # --- opening ------------------------------------------------------------------------
     @classmethod
@@ -253,7 +263,14 @@ class AnnotationDataset:
         """
         if not self.manifest.exists():
             return
-        data = _read_regular(self.manifest, self._offset)
+        with os.fdopen(open_regular(self.manifest), "rb") as handle:
+            status = os.fstat(handle.fileno())
+            identity = (status.st_dev, status.st_ino)
+            if self._manifest_file is not None and identity != self._manifest_file:
+                self._forget_lines()  # renamed over since the last read: our offsets mean nothing in it
+            self._manifest_file = identity
+            handle.seek(self._offset)
+            data = handle.read()
         if self._unterminated and data:
             self._unterminated = False
             if data.startswith(b"\n"):  # the newline that ends the line read last time
@@ -407,7 +424,8 @@ class AnnotationDataset:
             source: dict[str, Any] | None = None, model: dict[str, str] | None = None,
             proposal: np.ndarray | None = None, user: str | None = None,
             annotation_id: str | None = None, identifiers: dict[str, str] | None = None,
-            include_identifiers: bool = False, instance: int | None = None) -> dict[str, Any]:
+            include_identifiers: bool = False, instance: int | None = None, origin: str | None = None,
+            replaces: str | None = None) -> dict[str, Any]:
         """Save one annotation (image file shared by content, mask, proposal, manifest line).
 
         image (H,W) in physical units; mask and proposal (H,W) binary. ``split`` None keeps
@@ -418,6 +436,12 @@ class AnnotationDataset:
         ``instance`` numbers the lesion the mask outlines among the lesions of its slice (the same
         number on every annotation of that lesion; None when unknown or when the mask covers
         several or none): the referring metrics use it (lsms_core.referring).
+        ``origin`` says how the mask was made (``provenance.origin``, e.g. "hand-drawn" for a mask
+        drawn without a model's proposal); None leaves it out.
+        ``replaces``: the id of an annotation this one updates: the new line takes the old line's
+        place in one atomic rename of the manifest (``provenance.replaces`` names the old id) and the
+        old mask files (and its image, when no other line uses it) are removed afterwards. DatasetError
+        when that id is not in the dataset.
         Returns the record written. Raises DatasetError, writing nothing, if it is invalid.
         """
         pixels = compact_pixels(image)
@@ -446,6 +470,10 @@ class AnnotationDataset:
         provenance = {"model": model, "proposal": f"masks/{record_id}.proposal.png" if proposal is not None else None,
                       "edit_dice": edit_dice, "user": user or _user_name(), "saved_at": now_iso(),
                       "tool": "lsms-napari"}
+        if origin is not None:
+            provenance["origin"] = origin
+        if replaces is not None:
+            provenance["replaces"] = replaces
         record = {"id": record_id, "image": image_rel, "mask": f"masks/{record_id}.png",
                   "height": int(pixels.shape[0]), "width": int(pixels.shape[1]), "text": " ".join(text.split()),
                   "attributes": {k: v for k, v in (attributes or {}).items() if v not in (None, "")},
@@ -462,6 +490,9 @@ class AnnotationDataset:
             self._read_new_lines()
             if record_id in self._ids:
                 raise DatasetError(f"annotation id {record_id} already exists in {self.root}")
+            if replaces is not None and replaces not in self._ids:
+                raise DatasetError(f"annotation {replaces} is not in {self.root} (removed or replaced meanwhile?): "
+                                   "nothing to update; save this one as a new annotation")
             known = self._group_split.get(split_group)
             if split is None:
                 record["split"] = known or _split_for_new_group(split_group, self.split_fractions())
@@ -476,13 +507,92 @@ class AnnotationDataset:
             except (TypeError, ValueError) as exc:  # NaN/inf or a non-JSON value in a nested field
                 raise DatasetError(f"invalid annotation: {exc}") from exc
             image_path = self.path(image_rel)
-            if not image_path.exists():
+            new_image = not image_path.exists()
+            if new_image:
                 atomic_write_bytes(image_path, image_bytes)
             atomic_write_bytes(self.path(record["mask"]), encode_mask_png(mask))
             if proposal is not None:
                 atomic_write_bytes(self.path(provenance["proposal"]), encode_mask_png(proposal))
-            self._append_line(line)
+            if replaces is None:
+                self._append_line(line)
+            else:
+                try:
+                    old = self._rewrite_manifest({replaces: line.encode()})[replaces]
+                except BaseException:  # the old line stands: the new files would only be orphans
+                    written = [record["mask"], provenance["proposal"]] + ([image_rel] if new_image else [])
+                    for relative in filter(None, written):
+                        with contextlib.suppress(OSError):
+                            self.path(relative).unlink()
+                    raise
+                self._remove_unused_files(old)
         return record
+
+    def set_group_split(self, group: str, split: str) -> int:
+        """Move every annotation of split group ``group`` to ``split`` (one atomic manifest rewrite);
+        the number of lines changed. DatasetError for an unknown group or split, or when an image of the
+        group is also used by another group in another split (the same slice would be in two splits)."""
+        if split not in SPLITS:
+            raise DatasetError(f"split {split!r} must be one of {', '.join(SPLITS)}")
+        with _exclusive_lock(self.root / LOCK):
+            self._sweep_temporary_files()
+            self._read_new_lines()
+            self.check_lines()
+            mine = [r for r in self.records if r["split_group"] == group]
+            if not mine:
+                known = sorted(self._group_split)
+                raise DatasetError(f"{self.root} has no split group {group!r} (groups: {', '.join(known[:10])}"
+                                   f"{' ...' if len(known) > 10 else ''})")
+            images = {r["image"] for r in mine}
+            clash = next((r for r in self.records if r["split_group"] != group and r["image"] in images
+                          and r["split"] != split), None)
+            if clash is not None:
+                raise DatasetError(f"image {clash['image']} of group {group!r} is also annotated in group "
+                                   f"{clash['split_group']!r} ({clash['split']}): moving one group would put the "
+                                   "same slice in two splits; move both groups")
+            changed = {r["id"]: json.dumps({**r, "split": split}, ensure_ascii=False, sort_keys=True,
+                                           allow_nan=False).encode() for r in mine if r["split"] != split}
+            if changed:
+                self._rewrite_manifest(changed)
+        return len(changed)
+
+    def _rewrite_manifest(self, new_lines: dict[str, bytes]) -> dict[str, dict[str, Any]]:
+        """Replace the lines of the ids in ``new_lines`` (id -> new line, no newline) by one atomic
+        rename of a complete new manifest; every other line is kept byte for byte (a torn tail, a
+        crashed save's, is dropped). Returns the old records by id. Call under the lock, after
+        ``_read_new_lines``."""
+        data = _read_regular(self.manifest)
+        lines = data.split(b"\n")
+        tail = lines.pop()  # b"" after the final newline, an unterminated line, or a torn tail
+        if _is_json(tail):
+            lines.append(tail)
+        old: dict[str, dict[str, Any]] = {}
+        for number, raw in enumerate(lines):
+            try:
+                record = orjson.loads(raw) if raw.strip() else None
+            except ValueError:
+                continue  # a bad line stays as it is (the validator names it)
+            if isinstance(record, dict) and record.get("id") in new_lines:
+                if record["id"] in old:
+                    raise DatasetError(f"annotation id {record['id']} is on two lines of {self.manifest}: fix the "
+                                       "duplicate first (lsms-data validate names both)")
+                old[record["id"]] = record
+                lines[number] = new_lines[record["id"]]
+        missing = sorted(set(new_lines) - set(old))
+        if missing:
+            raise DatasetError(f"annotation(s) {', '.join(missing)} are not in {self.manifest}")
+        atomic_write_bytes(self.manifest, b"\n".join(lines) + b"\n")
+        self._read_new_lines()  # the new file: everything is read again
+        return old
+
+    def _remove_unused_files(self, old: dict[str, Any]) -> None:
+        """After a replace: delete the old record's mask, proposal and image when no line uses them.
+        A failure leaves unreferenced files (the validator warns), never a broken line."""
+        used = {r.get(key) for r in self.records for key in ("image", "mask")}
+        used |= {r.get("provenance", {}).get("proposal") for r in self.records}
+        for relative in (old.get("mask"), old.get("image"), old.get("provenance", {}).get("proposal")):
+            if isinstance(relative, str) and relative not in used:
+                with contextlib.suppress(OSError, DatasetError):
+                    self.path(relative).unlink()
 
     def _sweep_temporary_files(self) -> None:
         """Remove the temporary files (``.<name>.<random>.tmp``) of saves that were killed mid-write.
@@ -493,10 +603,11 @@ class AnnotationDataset:
         if self._swept:
             return
         self._swept = True
-        for folder in ("images", "masks"):
+        for folder in ("images", "masks", "."):
             with contextlib.suppress(FileNotFoundError), os.scandir(self.root / folder) as entries:
                 for entry in entries:
-                    if entry.name.startswith(".") and entry.name.endswith(".tmp"):
+                    if entry.name.startswith(".") and entry.name.endswith(".tmp") and (
+                            folder != "." or entry.name.startswith(f".{MANIFEST}.")):
                         with contextlib.suppress(FileNotFoundError):
                             os.unlink(entry.path)
 

@@ -12,6 +12,7 @@ import numpy as np
 
 from ..image_io import map_npy
 from .schema import check_record
+from .schema import SPLITS
 from .store import (DEFAULT_SPLIT_FRACTIONS, INFO, AnnotationDataset, DatasetError, not_regular_reason,
                     split_fractions_problem)
 
@@ -174,6 +175,43 @@ def validate_dataset(root: str | os.PathLike, deep: bool = False) -> list[Proble
                 problems.append(Problem(f"{len(orphans)} file(s) in {folder}/ belong to no annotation (an "
                                         f"interrupted save?), e.g. {orphans[0]}", None, "warning"))
     return problems
+
+
+@dataclass(frozen=True)
+class SplitCount:
+    """How much one split holds: annotation lines, distinct ``patient_key`` values, split groups."""
+
+    annotations: int = 0
+    patients: int = 0
+    groups: int = 0
+
+
+def split_counts(dataset: AnnotationDataset) -> dict[str, SplitCount]:
+    """Per split (train, val, test, in that order): annotations, patients and groups. Lines that are
+    not valid records (the validator's errors) are not counted."""
+    records = [r for r in dataset.records if not check_record(r)]
+    return {split: SplitCount(sum(r["split"] == split for r in records),
+                              len({r["patient_key"] for r in records if r["split"] == split}),
+                              len({r["split_group"] for r in records if r["split"] == split}))
+            for split in SPLITS}
+
+
+_EMPTY_SPLIT_EFFECT = {
+    "train": "lsms-train cannot train on this dataset",
+    "val": "lsms-train cannot validate: it trains anyway and picks best.safetensors by training loss",
+    "test": "lsms-eval --split test has nothing to measure",
+}
+
+
+def empty_split_problems(counts: dict[str, SplitCount]) -> list[Problem]:
+    """A warning (never an error: a young dataset grows into its splits) per empty split, saying what it
+    breaks and what to do; none for a dataset without annotations."""
+    if not any(count.annotations for count in counts.values()):
+        return [Problem("the dataset holds no annotations yet", None, "warning")] if counts else []
+    return [Problem(f"split {split!r} is empty: {_EMPTY_SPLIT_EFFECT[split]}; annotate more patients (a new "
+                    "patient's split is drawn by split_fractions in dataset.json) or move a group there with "
+                    f"'lsms-data set-split DATASET GROUP {split}'", None, "warning")
+            for split, count in counts.items() if count.annotations == 0]
 
 
 def _where(splits: dict[str, int]) -> str:

@@ -1,10 +1,18 @@
 """RefHL-Seg-style expressions from optional structured fields (paper section IV-A).
 
 "A vascular tumor in segment VI of the liver, with a diameter of 7.5mm, irregular shape, clear
-boundary, and non-ring enhancement." The free text, when given, comes first and wins.
+boundary, and non-ring enhancement." The free text, when given, comes first and wins; the fields
+are kept with it only when it is the sentence they compose (``text_and_attributes``).
 """
 
 from __future__ import annotations
+
+from lsms_core.expressions import ExpressionError, clean_expression
+
+# docs/plugin.md quotes this message: keep them the same.
+EMPTY_EXPRESSION = ("the expression is empty: type what to segment, e.g. 'the largest hypodense lesion in the right "
+                    "lobe', or fill the structured fields")
+STATUS_TEXT_CHARS = 80  # an expression longer than this is cut with "…" in the status line
 
 LESION_TYPES = ("", "lesion", "tumour", "cyst", "hemangioma", "hepatocellular carcinoma", "metastasis",
                 "focal nodular hyperplasia", "abscess", "nodule")
@@ -47,3 +55,28 @@ def compose_expression(free_text: str, fields: dict[str, str | float | None]) ->
 
 def expression_kinds(fields: dict[str, str | float | None]) -> list[str]:
     return sorted({FIELD_KINDS[k] for k, v in fields.items() if v not in (None, "") and k in FIELD_KINDS})
+
+
+def text_and_attributes(typed: str, fields: dict[str, str | float | None]) -> tuple[str, dict, bool]:
+    """(expression, attributes to save with it, fields dropped) for the text box and the fields.
+
+    Blank text (only spaces) with no field filled is refused (ExpressionError, EMPTY_EXPRESSION): it
+    used to segment "A lesion." silently. Blank text with fields: the sentence they compose. Typed
+    text keeps the fields only when it is that sentence (the composer wrote it); otherwise the
+    fields would describe another lesion than the words ("the smallest lesion" saved with
+    size=largest), so they are dropped and the third value is True.
+    """
+    filled = {k: v for k, v in fields.items() if v not in (None, "")}
+    if not (typed or "").strip():
+        if not filled:
+            raise ExpressionError(EMPTY_EXPRESSION)
+        return clean_expression(compose_expression("", filled)), filled, False
+    text = clean_expression(typed)
+    if filled and text == clean_expression(compose_expression("", filled)):
+        return text, filled, False
+    return text, {}, bool(filled)
+
+
+def elide(text: str, limit: int = STATUS_TEXT_CHARS) -> str:
+    """``text`` cut to its first ``limit`` characters and "…" when longer (the status line)."""
+    return text if len(text) <= limit else text[:limit].rstrip() + "…"

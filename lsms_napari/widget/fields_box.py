@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from qtpy.QtCore import Signal
 from qtpy.QtWidgets import QComboBox, QDoubleSpinBox, QFormLayout, QGroupBox
 
 from . import expression as ex
 
 
 class StructuredFields(QGroupBox):
+    """Combo boxes and a diameter; ``changed`` is emitted whenever one of them changes."""
+
+    changed = Signal()
+
     def __init__(self) -> None:
         super().__init__("Structured description (optional, composes the expression)")
         form = QFormLayout(self)
@@ -19,15 +24,23 @@ class StructuredFields(QGroupBox):
             combo = QComboBox()
             combo.addItems(list(choices))
             form.addRow(label, combo)
+            combo.currentTextChanged.connect(lambda _: self.changed.emit())
             self.field_combos[key] = combo
         self.diameter = QDoubleSpinBox()
         self.diameter.setRange(0, 500)
         self.diameter.setSuffix(" mm")
         self.diameter.setSpecialValueText("-")
         form.addRow("Diameter", self.diameter)
+        self.diameter.valueChanged.connect(lambda _: self.changed.emit())
 
     def values(self) -> dict:
         """The fields that are filled in, by attribute name."""
         values = {key: combo.currentText() for key, combo in self.field_combos.items()}
         values["diameter_mm"] = self.diameter.value() or None
         return {k: v for k, v in values.items() if v not in ("", None)}
+
+    def clear(self) -> None:
+        """Every field back to empty (after a save: the next lesion starts from nothing)."""
+        for combo in self.field_combos.values():
+            combo.setCurrentIndex(0)
+        self.diameter.setValue(0)

@@ -1,4 +1,5 @@
-"""The measurements line under the buttons: area, RECIST diameters and HU of the selected proposal."""
+"""The measurements line under the buttons: per connected part (area, RECIST long and short axis) and
+the total (pixels, area, mean ± SD in HU or raw units) of the selected Labels layer's mask."""
 
 from __future__ import annotations
 
@@ -9,13 +10,6 @@ from qtpy.QtWidgets import QLabel
 from lsms_core.measure import measure_mask
 
 from ..layers import SourceInfo
-from .session import Proposal
-
-
-def labels_slice(labels: Labels, proposal: Proposal) -> np.ndarray:
-    """The (corrected) mask of ``proposal`` in its Labels layer, as (H,W) bool."""
-    index = proposal.request.slice_index
-    return np.asarray(labels.data if index is None else labels.data[index]) > 0
 
 
 class MeasurementsLabel(QLabel):
@@ -23,14 +17,15 @@ class MeasurementsLabel(QLabel):
         super().__init__("")
         self.setWordWrap(True)
 
-    def show_for(self, labels: Labels | None, proposal: Proposal | None, source) -> str:
-        """Measure ``labels`` (painted over ``proposal`` made on image layer ``source``, or None when
-        it was closed); with no labels, clear the line. Returns the summary shown."""
-        if labels is None or proposal is None:
+    def show_for(self, labels: Labels | None, mask: np.ndarray | None = None, pixels: np.ndarray | None = None,
+                 info: SourceInfo | None = None) -> str:
+        """Measure ``mask`` (H,W bool, the layer's slice) over ``pixels`` (H,W, the image slice it lies
+        on; ``info`` gives spacing and units); with no labels, clear the line. Returns the text
+        shown after the layer's name (one line per part when there are several)."""
+        if labels is None or mask is None:
             self.setText("")
             return ""
-        info = SourceInfo.of(source) if source is not None else SourceInfo()
-        text = measure_mask(labels_slice(labels, proposal), info.spacing_mm, proposal.request.pixels,
-                            info.hounsfield).summary()
+        info = info or SourceInfo()
+        text = measure_mask(mask, info.spacing_mm, pixels, info.hounsfield).summary_by_part()
         self.setText(f"{labels.name}: {text}")
         return text

@@ -1,8 +1,10 @@
-"""Save a corrected mask as an annotation through lsms_core's one writer (no Qt here)."""
+"""Save a mask as an annotation through lsms_core's one writer (no Qt here): a model's corrected
+proposal, or a mask drawn by hand; as a new annotation or in place of the layer's earlier save."""
 
 from __future__ import annotations
 
 import errno
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +17,34 @@ from lsms_core.windows import Window
 
 from ..layers import SourceInfo
 from .session import Proposal, pixels_sha
+
+HAND_DRAWN = "hand-drawn"  # provenance.origin of a mask drawn without a proposal
+MODEL_PROPOSAL = "model proposal"  # provenance.origin of a (corrected) proposal
+
+
+@dataclass
+class Annotation:
+    """What is saved with a mask: the expression and its fields, the slice it was drawn on (its index,
+    None for a 2-D image, and the SHA of its pixels) and, for a model's proposal, the model and the
+    proposed (H,W) bool mask; both None for a mask drawn by hand."""
+
+    text: str
+    attributes: dict = field(default_factory=dict)
+    kinds: list[str] = field(default_factory=list)
+    slice_index: int | None = None
+    image_sha: str = ""
+    model: dict | None = None
+    proposal: np.ndarray | None = None
+
+    @classmethod
+    def from_proposal(cls, proposal: Proposal) -> "Annotation":
+        request = proposal.request
+        return cls(request.text, dict(request.attributes), list(request.kinds), request.slice_index,
+                   proposal.image_sha, proposal.model, proposal.mask)
+
+    @property
+    def hand_drawn(self) -> bool:
+        return self.proposal is None
 
 
 class WrongImageError(DatasetError):
@@ -34,26 +64,31 @@ def explain_write_error(error: OSError, dataset_dir: str | Path) -> str:
             f"{action}.")
 
 
-def save_annotation(dataset_dir: str | Path, proposal: Proposal, mask: np.ndarray, pixels: np.ndarray,
-                    info: SourceInfo, window: Window, include_identifiers: bool = False) -> dict:
-    """Append one annotation; returns the record written. ``pixels`` are the source slice now.
+def save_annotation(dataset_dir: str | Path, annotation: Annotation | Proposal, mask: np.ndarray,
+                    pixels: np.ndarray, info: SourceInfo, window: Window, include_identifiers: bool = False,
+                    replaces: str | None = None) -> dict:
+    """Save one annotation; returns the record written. ``mask`` (H,W), ``pixels`` the source slice
+    (H,W) now (in the image's units: HU for CT).
 
     include_identifiers: also store the source DICOM's patient and study identifiers (the
     user opted in); off, the line holds only pseudonymous keys.
+    replaces: the id of this layer's earlier annotation, which this one updates in place (the
+    dataset's line is replaced atomically); None appends a new annotation.
     """
+    if isinstance(annotation, Proposal):
+        annotation = Annotation.from_proposal(annotation)
     mask = np.asarray(mask) > 0
-    if pixels_sha(pixels) != proposal.image_sha:
+    if pixels_sha(pixels) != annotation.image_sha:
         raise WrongImageError("the image under this mask changed since it was segmented (another layer, slice or "
                               "edited pixels): segment it again before saving")
     if mask.shape != pixels.shape:
         raise WrongImageError(f"the mask is {mask.shape} but its image slice is {pixels.shape}")
-    request = proposal.request
-    attributes = dict(request.attributes)
+    attributes = dict(annotation.attributes)
     measured = measure_mask(mask, info.spacing_mm, pixels, info.hounsfield)
     if measured.pixels and info.spacing_mm and not attributes.get("diameter_mm"):
         attributes["diameter_mm"] = round(measured.longest, 1)
-    index = request.slice_index or 0
-    source: dict = {"frame": request.slice_index}
+    index = annotation.slice_index or 0
+    source: dict = {"frame": annotation.slice_index}
     identifiers = None
     if info.files:
         path = Path(info.files[index] if index < len(info.files) else info.files[0])
@@ -64,14 +99,15 @@ def save_annotation(dataset_dir: str | Path, proposal: Proposal, mask: np.ndarra
     uid = info.sop_instance_uids[index] if index < len(info.sop_instance_uids) else None
     if uid:
         source["sop_uid_hash"] = pseudonymous_key(uid, "u")
-    group = info.patient_key or f"img-{proposal.image_sha[:16]}"
+    group = info.patient_key or f"img-{annotation.image_sha[:16]}"
     try:
         dataset = AnnotationDataset.create(dataset_dir, exist_ok=True, modality=info.modality,
                                            window=window.to_record())
-        return dataset.add(pixels, mask, request.text, split_group=group, patient_key=group, modality=info.modality,
-                           units="HU" if info.hounsfield else "raw", spacing_mm=info.spacing_mm,
-                           window=window.to_record(), attributes=attributes, expression_kinds=request.kinds,
-                           source=source, model=proposal.model, proposal=proposal.mask, identifiers=identifiers,
-                           include_identifiers=include_identifiers)
+        return dataset.add(pixels, mask, annotation.text, split_group=group, patient_key=group,
+                           modality=info.modality, units="HU" if info.hounsfield else "raw", spacing_mm=info.spacing_mm,
+                           window=window.to_record(), attributes=attributes, expression_kinds=annotation.kinds,
+                           source=source, model=annotation.model, proposal=annotation.proposal,
+                           identifiers=identifiers, include_identifiers=include_identifiers,
+                           origin=HAND_DRAWN if annotation.hand_drawn else MODEL_PROPOSAL, replaces=replaces)
     except OSError as error:
         raise DatasetError(explain_write_error(error, dataset_dir)) from error

@@ -1,4 +1,5 @@
-"""The training row of the "Annotations" box: start lsms-train on the dataset, follow it, use its model."""
+"""The training rows of the "Annotations" box: start lsms-train on the dataset, follow it in napari's
+progress, cancel it (its folder stays resumable, and the next Train resumes it), use its model."""
 
 from __future__ import annotations
 
@@ -7,20 +8,26 @@ from pathlib import Path
 from typing import Callable
 
 from qtpy.QtCore import QTimer
-from qtpy.QtWidgets import QHBoxLayout, QPushButton, QSpinBox
+from qtpy.QtWidgets import QHBoxLayout, QPushButton, QSpinBox, QVBoxLayout
 
 from .training import TrainingProcess
 
+POLL_MS = 1000  # how often the run's log is read
 
-class TrainingPanel(QHBoxLayout):
-    """Epochs, "Train on this dataset", "Use new model". ``say``/``fail`` write the data status line;
-    ``use_model(path)`` switches the model picker to a checkpoint."""
+
+class TrainingPanel(QVBoxLayout):
+    """Epochs, "Train on this dataset" (or "Resume training" after a cancel), "Cancel training",
+    "Start over" (forget the cancelled run), "Use new model". ``say``/``fail`` write the data status
+    line; ``use_model(path)`` switches the model picker to a checkpoint."""
 
     def __init__(self, parent, say: Callable[[str], None], fail: Callable[[str], None],
                  use_model: Callable[[str], None]) -> None:
         super().__init__()
         self._say, self._fail, self._use_model = say, fail, use_model
         self.training: TrainingProcess | None = None
+        self.cancelled_run: tuple[str, Path] | None = None  # (dataset, run folder) the next Train resumes
+        self.live: list[TrainingProcess] = []  # a plain list: stopped even after the Qt objects are gone
+        self._progress = None
         self.timer = QTimer(parent)
         self.timer.timeout.connect(self.poll)
         self.epochs = QSpinBox()
@@ -28,50 +35,149 @@ class TrainingPanel(QHBoxLayout):
         self.epochs.setValue(15)
         self.epochs.setPrefix("epochs ")
         self.train_button = QPushButton("Train on this dataset")
+        self.cancel_button = QPushButton("Cancel training")
+        self.cancel_button.setEnabled(False)
+        self.cancel_button.clicked.connect(self.cancel)
+        self.start_over_button = QPushButton("Start over")
+        self.start_over_button.setToolTip("Forget the cancelled run (its folder is kept): the next Train starts "
+                                          "a new run")
+        self.start_over_button.setEnabled(False)
+        self.start_over_button.clicked.connect(self.start_over)
         self.use_model_button = QPushButton("Use new model")
         self.use_model_button.setEnabled(False)
         self.use_model_button.clicked.connect(self.use_trained_model)
-        self.addWidget(self.epochs)
-        self.addWidget(self.train_button)
-        self.addWidget(self.use_model_button)
+        first, second = QHBoxLayout(), QHBoxLayout()
+        for widget in (self.epochs, self.train_button, self.cancel_button):
+            first.addWidget(widget)
+        for widget in (self.start_over_button, self.use_model_button):
+            second.addWidget(widget)
+        self.addLayout(first)
+        self.addLayout(second)
+
+    def settings_args(self, dataset: str) -> list[str]:
+        """lsms-train's settings from the panel (the seam tests replace to train a tiny model)."""
+        return ["--preset", "lsms", "--image-size", "256", "--lr", "1e-3", "--weight-decay", "0.05", "--augment",
+                "--batch-size", "8", "--epochs", str(self.epochs.value()), "--model-name", f"lsms-{Path(dataset).name}"]
 
     def train(self, dataset: str, extra_args: list[str] | None = None) -> TrainingProcess | None:
-        """Start lsms-train on ``dataset`` as a separate process; progress comes from its log."""
+        """Start lsms-train on ``dataset`` as a separate process (or resume the run cancelled last on
+        it); progress comes from its log."""
         if not dataset or not (Path(dataset) / "dataset.json").exists():
             self._fail("save some annotations into a dataset folder first")
             return None
-        if self.training is not None and self.training.process.poll() is None:
-            self._fail("a training run is already going")
+        if self.training is not None and self.training.running():
+            self._fail("a training run is already going: wait for it, or press Cancel training")
             return None
-        run = Path(dataset).parent / f"{Path(dataset).name}-runs" / time.strftime("%Y%m%d-%H%M%S")
-        args = extra_args if extra_args is not None else [
-            "--preset", "lsms", "--image-size", "256", "--lr", "1e-3", "--weight-decay", "0.05", "--augment",
-            "--batch-size", "8", "--epochs", str(self.epochs.value()), "--model-name", f"lsms-{Path(dataset).name}"]
+        resume = self.cancelled_run is not None and self.cancelled_run[0] == dataset
+        if resume:
+            run = self.cancelled_run[1]
+        else:
+            run = new_run_folder(dataset)
+        args = extra_args if extra_args is not None else self.settings_args(dataset)
         from napari.utils import progress
 
-        self.training = TrainingProcess(dataset, run, args)
+        try:
+            self.training = TrainingProcess(dataset, run, args)
+        except OSError as error:
+            self._fail(f"could not start lsms-train in {run}: {error}")
+            return None
+        self.live.append(self.training)
+        self.cancelled_run = None
+        self._set_idle_buttons(running=True)
         self._progress = progress(total=0, desc="lsms-train")
-        self.timer.start(1000)
+        self.timer.start(POLL_MS)
         self.use_model_button.setEnabled(False)
-        self._say(f"Training in the background into {run} ...")
+        if self.training.resumed:
+            self._say(f"Resuming the cancelled run in {run} (its own settings) ...")
+        else:
+            self._say(f"Training in the background into {run} ...")
         return self.training
+
+    def cancel(self) -> None:
+        """Stop the run (SIGTERM, SIGKILL after a timeout); its folder stays resumable."""
+        if self.training is None or not self.training.running():
+            return
+        self.training.cancel()
+        self.cancel_button.setEnabled(False)
+        self._say("Stopping lsms-train ...")
+        self.poll()
+
+    def start_over(self) -> None:
+        """Forget the cancelled run: the next Train starts a new one."""
+        if self.cancelled_run is not None:
+            self._say(f"The next Train starts a new run; the cancelled one stays in {self.cancelled_run[1]}.")
+        self.cancelled_run = None
+        self._set_idle_buttons(running=False)
+
+    def _set_idle_buttons(self, running: bool) -> None:
+        self.train_button.setEnabled(not running)
+        self.cancel_button.setEnabled(running)
+        resumable = self.cancelled_run is not None
+        self.train_button.setText("Resume training" if resumable else "Train on this dataset")
+        self.start_over_button.setEnabled(resumable and not running)
 
     def poll(self) -> None:
         if self.training is None:
             return
         status = self.training.poll()
-        if status.epochs and self._progress.total != status.epochs:
-            self._progress.total = status.epochs
-        self._progress.n = status.epoch
-        self._progress.set_description(status.text)
-        self._progress.refresh()
-        self._say(status.text)
-        if status.finished or status.failed:
-            self.timer.stop()
+        if self._progress is not None:
+            if status.epochs and self._progress.total != status.epochs:
+                self._progress.total = status.epochs
+            self._progress.n = status.epoch
+            self._progress.set_description(status.text)
+            self._progress.refresh()
+        if not (status.finished or status.failed or status.cancelled):
+            self._say(status.text + "".join(f". {note}" for note in status.notes))
+            return
+        self.timer.stop()
+        if self._progress is not None:
             self._progress.close()
-            self.use_model_button.setEnabled(status.finished and self.training.best_checkpoint.exists())
+            self._progress = None
+        self.live[:] = [t for t in self.live if t.running()]  # in place: the widget's close hook holds it
+        run = self.training.run_dir
+        if status.cancelled and self.training.resumable:
+            self.cancelled_run = (str(self.training.dataset), run)
+            self._say(f"{status.text}. The run is kept in {run}: Resume training continues it, Start over begins "
+                      "a new one.")
+        elif status.cancelled:
+            self._say(f"{status.text}; it had saved nothing to resume from, so the next Train starts afresh.")
+        else:
+            (self._say if status.finished else self._fail)(
+                status.text + "".join(f". {note}" for note in status.notes))
+        self._set_idle_buttons(running=False)
+        self.use_model_button.setEnabled(status.finished and self.training.best_checkpoint.exists())
+
+    def shutdown(self) -> str | None:
+        """Stop a run still going (the widget is closing); what happened, for a message, or None."""
+        self.timer.stop()
+        return stop_runs(self.live)
 
     def use_trained_model(self) -> None:
         if self.training is None or not self.training.best_checkpoint.exists():
             return
         self._use_model(str(self.training.best_checkpoint))
+
+
+def new_run_folder(dataset: str) -> Path:
+    """``<dataset>-runs/<date-time>`` beside the dataset, with a suffix when that name is taken."""
+    runs = Path(dataset).parent / f"{Path(dataset).name}-runs"
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    run, number = runs / stamp, 1
+    while run.exists():
+        number += 1
+        run = runs / f"{stamp}-{number}"
+    return run
+
+
+def stop_runs(runs: list[TrainingProcess]) -> str | None:
+    """Stop every run of ``runs`` still going (blocking, at most a few seconds each); a message naming
+    the folders they can be resumed from, or None when none was running. No Qt: safe to call while
+    the widget's Qt objects are being destroyed."""
+    stopped = [run for run in runs if run.running()]
+    for run in stopped:
+        run.stop()
+    runs.clear()
+    if not stopped:
+        return None
+    resume = "; ".join(f"lsms-train {run.dataset} -o {run.run_dir} --resume" for run in stopped)
+    return f"lsms-train was stopped with the widget (no run is left behind); to continue: {resume}"

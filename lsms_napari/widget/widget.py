@@ -3,7 +3,8 @@
 Layout and the Segment / Save handlers; each other job has its module: image_picker.py (image,
 slice, window), fields_box.py (structured description), model_picker.py (model, device),
 measurements.py, training_panel.py (lsms-train), workers.py (napari workers), session.py (warm
-model, proposals), saving.py (writer calls). The model runs in a napari worker thread
+model, proposals), save_target.py (what a Labels layer is saved as), save_choice.py (update or
+new?), saving.py (writer calls). The model runs in a napari worker thread
 (WidgetSession), saving goes through lsms_core's writer in a worker, training is a separate
 process. The viewer never waits on any of them.
 """
@@ -11,6 +12,7 @@ process. The viewer never waits on any of them.
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 
 import numpy as np
 from napari.layers import Image, Labels
@@ -18,20 +20,22 @@ from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtWidgets import (QCheckBox, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QLineEdit, QPushButton,
                             QVBoxLayout, QWidget)
 
-from lsms_core.inference import ExpressionError, clean_expression
+from lsms_core.inference import ExpressionError
 from lsms_core.windows import Window
 
 from ..layers import SourceInfo
 from . import expression as ex
+from . import save_choice
 from .fields_box import StructuredFields
 from .image_picker import FILE_WINDOW, ImagePicker  # noqa: F401 - FILE_WINDOW re-exported
-from .measurements import MeasurementsLabel, labels_slice
+from .measurements import MeasurementsLabel
 from .model_picker import CHECKPOINT_FILE, DEFAULT_MODEL, ModelPicker  # noqa: F401 - re-exported
 from .path_field import path_field
+from .save_target import hand_drawn_image, mask_of, save_target
 from .saving import save_annotation
 from .session import Proposal, SegmentRequest, WidgetSession, pixels_sha
 from .training import TrainingProcess
-from .training_panel import TrainingPanel
+from .training_panel import TrainingPanel, stop_runs
 from .workers import GO_TIMEOUT_S, Outcome, guarded, start_worker  # noqa: F401 - re-exported
 
 
@@ -45,8 +49,11 @@ class ReferringLesionSegmentWidget(QWidget):
         self._worker = None  # the Segment run in progress (None when idle or cancelled)
         self._saving = False  # a save is in progress
         self._request_id = 0
+        self._composed = ""  # the expression the structured fields wrote into the box last
+        self._fields_note = ""  # said with the result when Segment left the structured fields out
         self._build()
         self.viewer.layers.events.inserted.connect(self._refresh_layers)
+        self.viewer.layers.events.inserted.connect(self._watch_labels)
         self.viewer.layers.events.removed.connect(self._refresh_layers)
         self.viewer.layers.events.removed.connect(self._forget_closed_proposals)
         self.viewer.layers.selection.events.active.connect(self._on_active_layer)
@@ -58,6 +65,7 @@ class ReferringLesionSegmentWidget(QWidget):
         form = QFormLayout()
         self.images = ImagePicker(self.viewer)
         self.image_combo, self.window_combo = self.images.image_combo, self.images.window_combo
+        self.image_combo.currentTextChanged.connect(self._on_image_changed)
         form.addRow("Image", self.image_combo)
         form.addRow("Window", self.window_combo)
         self.expression = QLineEdit()
@@ -68,6 +76,7 @@ class ReferringLesionSegmentWidget(QWidget):
 
         self.structured = StructuredFields()
         self.field_combos, self.diameter = self.structured.field_combos, self.structured.diameter
+        self.structured.changed.connect(self._compose_into_box)
         layout.addWidget(self.structured)
 
         self.model_picker = ModelPicker()
@@ -115,7 +124,11 @@ class ReferringLesionSegmentWidget(QWidget):
         self.training_panel.train_button.clicked.connect(lambda: self.train())
         self.epochs, self.train_button = self.training_panel.epochs, self.training_panel.train_button
         self.use_model_button = self.training_panel.use_model_button
+        self.cancel_training_button = self.training_panel.cancel_button
         data_layout.addLayout(self.training_panel)
+        # The viewer's window deletes its dock widgets without closing them: a run still going is stopped
+        # then too (the hook holds the panel's plain list of runs, not the Qt objects being destroyed).
+        self.destroyed.connect(lambda *_, runs=self.training_panel.live: stop_runs(runs))
         self.data_status = QLabel("")
         self.data_status.setWordWrap(True)
         data_layout.addWidget(self.data_status)
@@ -128,6 +141,17 @@ class ReferringLesionSegmentWidget(QWidget):
 
     def _refresh_layers(self, event=None) -> None:
         self.images.refresh(event)
+
+    def _watch_labels(self, event=None) -> None:
+        """Measure a Labels layer again whenever it is painted or its data replaced (Segment's or drawn)."""
+        layer = getattr(event, "value", None)
+        if isinstance(layer, Labels):
+            layer.events.paint.connect(lambda event: self.update_measurements())
+            layer.events.data.connect(lambda event: self.update_measurements())
+
+    def _on_image_changed(self, name: str) -> None:
+        """Another image picked: the status spoke of the previous one."""
+        self._say("")
 
     def _forget_closed_proposals(self, event=None) -> None:
         """A closed Labels layer's proposal (and the slice it holds) is never needed again."""
@@ -164,6 +188,16 @@ class ReferringLesionSegmentWidget(QWidget):
     def fields(self) -> dict:
         return self.structured.values()
 
+    def _compose_into_box(self) -> None:
+        """The structured fields write their sentence into the Expression box, unless the box holds
+        words the user typed (those stay; the fields are then not saved with them)."""
+        current = self.expression.text()
+        if current.strip() and current != self._composed:
+            return
+        fields = self.fields()
+        self._composed = ex.compose_expression("", fields) if fields else ""
+        self.expression.setText(self._composed)
+
     def segment(self) -> None:
         if self._worker is not None:  # e.g. Return pressed in the expression while a run goes on
             self._say("Still segmenting: wait for this run to finish, or press Cancel before starting another.")
@@ -172,23 +206,23 @@ class ReferringLesionSegmentWidget(QWidget):
         if layer is None:
             self._fail("open an image first (File > Open, or File > Open Sample > lsms-napari)")
             return
-        fields = self.fields()
         try:
-            text = clean_expression(ex.compose_expression(self.expression.text(),
-                                                          fields if not self.expression.text().strip() else {}))
+            text, attributes, dropped = ex.text_and_attributes(self.expression.text(), self.fields())
             pixels, index = self.current_slice(layer)
             checkpoint = self.checkpoint()
         except (ExpressionError, ValueError) as error:
             self._fail(str(error))
             return
         info = SourceInfo.of(layer)
-        kinds = ex.expression_kinds(fields)
-        request = SegmentRequest(pixels, text, info.hounsfield, layer.name, index, fields, kinds, checkpoint,
+        kinds = ex.expression_kinds(attributes)
+        request = SegmentRequest(pixels, text, info.hounsfield, layer.name, index, attributes, kinds, checkpoint,
                                  self.device_combo.currentText())
+        self._fields_note = (" The structured fields are left out: the typed expression is not the sentence they "
+                             "compose." if dropped else "")
         self._request_id += 1
         request_id = self._request_id
         loading = not self.session.is_loaded(checkpoint, request.device)
-        self._say(("Loading the model, then segmenting" if loading else "Segmenting") + f' "{text}"...')
+        self._say(("Loading the model, then segmenting" if loading else "Segmenting") + f' "{ex.elide(text)}"...')
         self.segment_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
         self._worker = start_worker(self.session.run, request, description=f"Segment: {text[:40]}",
@@ -243,14 +277,13 @@ class ReferringLesionSegmentWidget(QWidget):
                                         metadata={"lsms_proposal": key, "lsms_source": source.name,
                                                   "lsms_slice": request.slice_index})
         self.session.proposals.add(key, proposal)
-        labels.events.paint.connect(lambda event: self.update_measurements())
-        labels.events.data.connect(lambda event: self.update_measurements())
         self.viewer.layers.selection.active = labels
         found = "no finding" if not proposal.mask.any() else f"{int(proposal.mask.sum())} px"
         moved = self.image_combo.currentText() != source.name  # another image was picked meanwhile
         where = f' on "{source.name}", the image Segment ran on' if moved else ""
-        self._say(f'"{request.text}": {found}{where} in {proposal.seconds:.2f} s ({proposal.model.get("name")}). '
-                  "Correct it with the brush, then Save annotation." + "".join(f" Note: {n}." for n in proposal.notes))
+        self._say(f'"{ex.elide(request.text)}": {found}{where} in {proposal.seconds:.2f} s '
+                  f'({proposal.model.get("name")}). Correct it with the brush, then Save annotation.'
+                  + self._fields_note + "".join(f" Note: {n}." for n in proposal.notes))
         for note in proposal.notes:
             show_warning(note)
         self.update_measurements()
@@ -268,11 +301,23 @@ class ReferringLesionSegmentWidget(QWidget):
         return (layer, proposal) if proposal is not None else None
 
     def update_measurements(self) -> str:
+        """Measure the selected Labels layer: a proposal on the slice it was made on, a hand-drawn layer on
+        its image's displayed slice. Returns the text shown ("" when there is nothing to measure)."""
+        layer = self.viewer.layers.selection.active
         found = self.active_proposal()
-        if found is None:
-            return self.measurements.show_for(None, None, None)
-        labels, proposal = found
-        return self.measurements.show_for(labels, proposal, self.images.source_layer(proposal.request.source_layer))
+        if found is not None:
+            labels, proposal = found
+            source = self.images.source_layer(proposal.request.source_layer)
+            info = SourceInfo.of(source) if source is not None else SourceInfo()
+            return self.measurements.show_for(labels, mask_of(labels, proposal.request.slice_index),
+                                              proposal.request.pixels, info)
+        if isinstance(layer, Labels) and "lsms_proposal" not in layer.metadata:  # drawn by hand
+            try:
+                source, pixels, index = hand_drawn_image(layer, self.images)
+            except ValueError:
+                return self.measurements.show_for(None)
+            return self.measurements.show_for(layer, mask_of(layer, index), pixels, SourceInfo.of(source))
+        return self.measurements.show_for(None)
 
     # --- save / export ------------------------------------------------------------------------
     def _browse_dataset(self) -> None:
@@ -281,41 +326,62 @@ class ReferringLesionSegmentWidget(QWidget):
             self.dataset_path.setText(path)
 
     def save(self):
-        """Save the selected Labels layer (a corrected proposal) in a worker; returns the worker."""
-        found = self.active_proposal()
+        """Save the selected Labels layer in a worker (a corrected proposal, or a mask drawn by hand);
+        a layer saved before asks whether to update that annotation or add a new one. Returns the
+        worker, or None when nothing is saved."""
+        labels = self.viewer.layers.selection.active
         dataset = self.dataset_path.text().strip()
         if self._saving:
             self._say_data("Still saving the previous annotation: wait a moment, then save again.")
             return None
-        if found is None:
-            self._fail_data("select a Labels layer made by Segment (the mask to save)")
+        if not isinstance(labels, Labels):
+            self._fail_data("select the Labels layer to save: one made by Segment, or one you drew (new Labels layer "
+                            "in the layer list, then paint the lesion)")
             return None
         if not dataset:
             self._fail_data("choose a dataset folder first")
             return None
-        labels, proposal = found
-        source = self.images.source_layer(proposal.request.source_layer)
-        if source is None:
-            self._fail_data(f'the image "{proposal.request.source_layer}" is closed: nothing to attach the mask to')
+        try:
+            target = save_target(labels, self.session.proposals, self.images, self.expression.text(), self.fields())
+        except (ExpressionError, ValueError) as error:
+            self._fail_data(str(error))
             return None
-        index = proposal.request.slice_index
-        pixels = np.asarray(source.data if index is None else source.data[index])
-        mask = labels_slice(labels, proposal).copy()
+        replaces = None
+        earlier = labels.metadata.get("lsms_saved")
+        where = str(Path(dataset).resolve())
+        if earlier and earlier.get("dataset") == where:
+            choice = save_choice.ask_update_or_new(self, labels.name, earlier["id"])
+            if choice is None:
+                self._say_data("Not saved (cancelled).")
+                return None
+            replaces = earlier["id"] if choice == save_choice.UPDATE else None
+        mask = mask_of(labels, target.annotation.slice_index).copy()
         self._saving = True
         return start_worker(
-            save_annotation, dataset, proposal, mask, pixels, SourceInfo.of(source), self.current_window(source),
-            self.include_identifiers.isChecked(), description="Saving annotation",
-            on_value=lambda record: self._on_saved(dataset, record),
+            save_annotation, dataset, target.annotation, mask, target.pixels, SourceInfo.of(target.source),
+            self.current_window(target.source), self.include_identifiers.isChecked(), replaces,
+            description="Saving annotation",
+            on_value=lambda record: self._on_saved(dataset, record, labels=labels, dropped=target.fields_dropped),
             on_error=lambda error: self._on_saved(dataset, error=error),
             on_finished=lambda worker: setattr(self, "_saving", False))
 
-    def _on_saved(self, dataset: str, record: dict | None = None, error: str | None = None) -> None:
+    def _on_saved(self, dataset: str, record: dict | None = None, error: str | None = None, labels=None,
+                  dropped: bool = False) -> None:
         self._saving = False  # free before the message shows: a Save right after it is taken
         if error is not None:
             self._fail_data(f"not saved: {error}")
             return
-        self._say_data(f"Saved {record['id']} ({record['split']}), edit Dice {record['provenance']['edit_dice']}, "
-                       f"to {dataset}" + (" with patient identifiers." if "identifiers" in record else "."))
+        if labels is not None:  # a second Save of this layer asks: update this annotation, or add another?
+            labels.metadata["lsms_saved"] = {"dataset": str(Path(dataset).resolve()), "id": record["id"]}
+        self.structured.clear()  # the next annotation starts from empty fields
+        provenance = record["provenance"]
+        how = ("hand-drawn" if provenance.get("origin") == "hand-drawn"
+               else f"edit Dice {provenance['edit_dice']}")
+        verb = f"Updated (replaces {provenance['replaces']}):" if provenance.get("replaces") else "Saved"
+        self._say_data(f"{verb} {record['id']} ({record['split']}), {how}, to {dataset}"
+                       + (" with patient identifiers." if "identifiers" in record else ".")
+                       + (" The structured fields were left out: the typed expression is not the sentence they "
+                          "compose." if dropped else ""))
 
     def _choose_export(self) -> None:
         path = QFileDialog.getExistingDirectory(self, "Export to an LViT layout (empty folder)")
@@ -357,7 +423,8 @@ class ReferringLesionSegmentWidget(QWidget):
         show_error(text)
 
     def closeEvent(self, event) -> None:  # noqa: N802 (Qt's name)
-        if self.training_panel.training is not None:
-            show_info("lsms-train keeps running in the background; resume it later with --resume")
+        stopped = self.training_panel.shutdown()  # never an orphan lsms-train: it stops with the widget
+        if stopped:
+            show_info(stopped)
         self.session.close()
         super().closeEvent(event)

@@ -50,6 +50,8 @@ class Volume:
     files: list[Path] = field(default_factory=list)
     patient_key: str | None = None
     notes: list[str] = field(default_factory=list)
+    body_part: str = ""  # BodyPartExamined ("" when the header does not say): the model's domain check reads it
+    drawn: list = field(default_factory=list)  # [(slice index, overlays.DrawnOverlay)]: outlines drawn in the file
 
     def slice(self, index: int) -> Slice:
         """Slice ``index`` as a Slice (lsms_core.pixels)."""
@@ -504,10 +506,26 @@ def read_dicom_file(path: str | Path, frame: int | None = None) -> Volume:
         if not np.isfinite(values).all():
             raise ImageError(f"{path}: the pixel data holds NaN or infinite values")
         modality = str(getattr(dataset, "Modality", "OT"))
+        drawn = _drawn(dataset, values.shape[-2:], 0) if frames == 1 and samples == 1 else []
         return Volume(values.astype(np.float32, copy=False), modality == "CT" and samples == 1, modality,
                       dicom_spacing(dataset, first), _slice_spacing(dataset), window,
                       [str(getattr(dataset, "SOPInstanceUID", "")) or None] * len(values), [path],
-                      _patient_key(dataset))
+                      _patient_key(dataset), body_part=_body_part(dataset), drawn=drawn)
+
+
+def _drawn(dataset, shape, index: int) -> list:
+    """[(index, DrawnOverlay)] for the closed outlines in a single-frame file's overlay planes."""
+    from .overlays import drawn_overlays
+
+    return [(index, overlay) for overlay in drawn_overlays(dataset, tuple(shape))]
+
+
+def _body_part(dataset) -> str:
+    """BodyPartExamined, stripped ("" when absent or unreadable)."""
+    try:
+        return str(getattr(dataset, "BodyPartExamined", "") or "").strip()
+    except Exception:  # noqa: BLE001 - a damaged value: the domain check then reads the pixels instead
+        return ""
 
 
 def _slice_spacing(dataset) -> float | None:
@@ -597,7 +615,7 @@ def _stack_series(folder: Path, headers: list, skipped: list[str]) -> Volume:
     if len(chosen) * rows * columns > MAX_PIXELS:
         raise ImageError(f"{folder}: {len(chosen)} slices of {rows}x{columns} are more than the {MAX_PIXELS:,} "
                          "pixels this reader holds in memory; open a part of the series")
-    slices, uids, files, window = [], [], [], None
+    slices, uids, files, window, drawn = [], [], [], None, []
     for i in order:
         path = chosen[i][0]
         dataset = _read(path)
@@ -607,6 +625,7 @@ def _stack_series(folder: Path, headers: list, skipped: list[str]) -> Volume:
                              f"shape {values.shape}")
         if not np.isfinite(values).all():
             raise ImageError(f"{path}: the pixel data holds NaN or infinite values")
+        drawn += _drawn(dataset, (rows, columns), len(slices))
         slices.append(values)
         uids.append(str(getattr(dataset, "SOPInstanceUID", "")) or None)
         files.append(path)
@@ -616,8 +635,9 @@ def _stack_series(folder: Path, headers: list, skipped: list[str]) -> Volume:
     gaps = np.diff(sorted_positions) if all(p is not None for p in sorted_positions) and len(order) > 1 else []
     slice_spacing = float(np.median(gaps)) if len(gaps) and np.median(gaps) > 0 else None
     modality = str(getattr(first, "Modality", "OT"))
-    return Volume(np.stack(slices).astype(np.float32), modality == "CT" and int(getattr(first, "SamplesPerPixel", 1)) == 1,
-                  modality, dicom_spacing(first), slice_spacing, window, uids, files, _patient_key(first), notes)
+    hounsfield = modality == "CT" and int(getattr(first, "SamplesPerPixel", 1)) == 1
+    return Volume(np.stack(slices).astype(np.float32), hounsfield, modality, dicom_spacing(first), slice_spacing,
+                  window, uids, files, _patient_key(first), notes, _body_part(first), drawn)
 
 
 def _check_file(path: Path) -> None:

@@ -21,17 +21,21 @@ class Sample:
 SAMPLES = {
     "reflits": Sample("reflits", "RefLiTS CT slice with several liver tumours (LiTS case 117, test split)",
                       "the largest lesion"),
-    "ct": Sample("ct", "Abdominal CT slice, 512x512 DICOM (pydicom-data 693_UNCI.dcm)", "the largest lesion"),
+    # A head CT (skull, brain): outside the default model's abdominal domain, and the widget says so.
+    "ct": Sample("ct", "Head CT slice, 512x512 DICOM (pydicom-data 693_UNCI.dcm)", "the largest lesion"),
     "xray": Sample("xray", "Chest radiograph, MONOCHROME1 DICOM (pydicom-data RG1_UNCI.dcm)", "a lesion"),
+    # An abdominal MR slice whose liver lesion a reader outlined in the file (overlay 6000).
+    "mr": Sample("mr", "Abdominal MR slice, liver lesion outlined in the file, DICOM "
+                 "(pydicom-data MR-SIEMENS-DICOM-WithOverlays.dcm)", "the lesion in the right lobe"),
 }
 
 
 # The DICOM samples' files in pydicom-data: napari's File > Open Sample reads the same ones.
-DICOM_SAMPLE_FILES = {"ct": "693_UNCI.dcm", "xray": "RG1_UNCI.dcm"}
+DICOM_SAMPLE_FILES = {"ct": "693_UNCI.dcm", "xray": "RG1_UNCI.dcm", "mr": "MR-SIEMENS-DICOM-WithOverlays.dcm"}
 
 
 def dicom_sample_path(key: str) -> str:
-    """The installed pydicom-data file of DICOM sample ``key`` ("ct" or "xray")."""
+    """The installed pydicom-data file of DICOM sample ``key`` ("ct", "xray" or "mr")."""
     from pydicom.data import get_testdata_file
 
     name = DICOM_SAMPLE_FILES[key]

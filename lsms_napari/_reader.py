@@ -9,7 +9,7 @@ from pathlib import Path
 
 from lsms_core.dicom import read_dicom
 
-from .layers import volume_layer_data
+from .layers import drawn_layer_data, volume_layer_data
 
 DICOM_SUFFIXES = {".dcm", ".dicom", ".ima"}
 
@@ -44,7 +44,8 @@ def napari_get_reader(path):
 
 
 def read_dicom_layers(path) -> list[tuple]:
-    """[(data, kwargs, "image")]: values in HU for CT, spacing as scale, the file's window as contrast.
+    """[(data, kwargs, "image")]: values in HU for CT, spacing as scale, the file's window as contrast;
+    then one Labels layer per overlay plane holding outlines drawn in the file ("drawn in the file").
 
     Raises lsms_core.preprocessing.ImageError (and nothing else for a bad file) with a message
     naming the file and the problem; napari shows it as a notification.
@@ -53,4 +54,5 @@ def read_dicom_layers(path) -> list[tuple]:
         path = path[0]
     path = Path(path)
     volume = read_dicom(path)
-    return [volume_layer_data(volume, path.stem if path.is_file() else path.name)]
+    name = path.stem if path.is_file() else path.name
+    return [volume_layer_data(volume, name), *drawn_layer_data(volume, name)]

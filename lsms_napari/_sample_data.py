@@ -1,4 +1,5 @@
-"""File > Open Sample > lsms-napari: a RefLiTS CT slice, a DICOM CT slice, a MONOCHROME1 radiograph."""
+"""File > Open Sample > lsms-napari: a RefLiTS CT slice, a DICOM head CT slice, a MONOCHROME1
+radiograph, an abdominal MR slice with a lesion outlined in the file (opened as a Labels layer too)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from lsms_core.dicom import Volume, read_dicom
 from lsms_core.samples import REFLITS_SLICE, SAMPLES, dicom_sample_path, load_sample
 from lsms_core.windows import DEFAULT_WINDOW
 
-from .layers import volume_layer_data
+from .layers import drawn_layer_data, volume_layer_data
 
 
 def reflits_slice() -> list[tuple]:
@@ -20,16 +21,25 @@ def reflits_slice() -> list[tuple]:
 
 
 def _dicom_sample(key: str) -> list[tuple]:
-    data, kwargs, kind = volume_layer_data(read_dicom(dicom_sample_path(key)), SAMPLES[key].title.split(",")[0])
+    """The sample's image layer, then its outlines drawn in the file (Labels), as the reader gives them."""
+    volume = read_dicom(dicom_sample_path(key))
+    name = SAMPLES[key].title.split(",")[0]
+    data, kwargs, kind = volume_layer_data(volume, name)
     kwargs["metadata"]["lsms"]["description"] = SAMPLES[key].title
-    return [(data, kwargs, kind)]
+    return [(data, kwargs, kind), *drawn_layer_data(volume, name)]
 
 
 def dicom_ct() -> list[tuple]:
-    """A 512x512 abdominal CT slice from pydicom-data (693_UNCI.dcm)."""
+    """A 512x512 head CT slice from pydicom-data (693_UNCI.dcm): outside the default model's domain."""
     return _dicom_sample("ct")
 
 
 def chest_radiograph() -> list[tuple]:
     """A MONOCHROME1 chest radiograph from pydicom-data (RG1_UNCI.dcm)."""
     return _dicom_sample("xray")
+
+
+def abdominal_mr() -> list[tuple]:
+    """An abdominal MR slice from pydicom-data (MR-SIEMENS-DICOM-WithOverlays.dcm) and, as a Labels
+    layer "drawn in the file", the liver lesion a reader outlined in its overlay plane."""
+    return _dicom_sample("mr")

@@ -89,4 +89,4 @@ def test_one_file_hash_and_one_sample_file_map():
     assert image_io.file_sha256 is files.file_sha256
     assert "hashlib" not in inspect.getsource(text_encoder)
     assert "693_UNCI" not in inspect.getsource(sample_data).split('"""', 2)[2].replace("(693_UNCI.dcm)", "")
-    assert set(samples.DICOM_SAMPLE_FILES) == {"ct", "xray"}
+    assert set(samples.DICOM_SAMPLE_FILES) == {"ct", "xray", "mr"}

@@ -17,7 +17,7 @@ from .common import run_cli
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lsms-segment", description=__doc__)
     parser.add_argument("image", nargs="?", help="a DICOM file, a PNG/JPEG/TIFF, or a .npy array (HU for CT)")
-    parser.add_argument("--sample", choices=("reflits", "ct", "xray"),
+    parser.add_argument("--sample", choices=("reflits", "ct", "xray", "mr"),
                         help="segment a bundled sample slice instead of IMAGE (reflits: LiTS CT slice with four tumours)")
     parser.add_argument("--text", required=True, help='the referring expression, e.g. "the largest lesion"')
     parser.add_argument("--checkpoint", default="default", help="a .safetensors checkpoint, or 'default'")

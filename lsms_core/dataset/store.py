@@ -141,6 +141,16 @@ def compact_pixels(image: np.ndarray) -> np.ndarray:
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
+def _image_name(image_bytes: bytes) -> str:
+    return f"images/{hashlib.sha256(image_bytes).hexdigest()[:20]}.npy"
+
+
+def image_file_name(image: np.ndarray) -> str:
+    """The file (relative to the dataset) a slice is stored in: named by its content, so one slice saved
+    twice is one file, and records with the same ``image`` hold the same pixels."""
+    return _image_name(encode_npy(compact_pixels(image)))
+
+
 def split_fractions_problem(fractions: Any) -> str | None:
     """What is wrong with split fractions (an object of train/val/test -> numbers summing to 1), or None."""
     if not isinstance(fractions, dict):
@@ -461,7 +471,7 @@ class AnnotationDataset:
                                "damaged or wrongly scaled")
         record_id = annotation_id or uuid.uuid4().hex[:16]
         image_bytes = encode_npy(pixels)
-        image_rel = f"images/{hashlib.sha256(image_bytes).hexdigest()[:20]}.npy"
+        image_rel = _image_name(image_bytes)
         edit_dice = None
         if proposal is not None:
             from ..metrics import dice_iou

@@ -12,9 +12,11 @@ class StructuredFields(QGroupBox):
     """Combo boxes and a diameter; ``changed`` is emitted whenever one of them changes."""
 
     changed = Signal()
+    TITLE = "Describe the lesion (optional)"  # short: a long title was cut in a narrow dock
 
     def __init__(self) -> None:
-        super().__init__("Structured description (optional, composes the expression)")
+        super().__init__(self.TITLE)
+        self.setToolTip("Structured description: the fields you fill compose the sentence in the Expression box")
         form = QFormLayout(self)
         self.field_combos: dict[str, QComboBox] = {}
         for key, label, choices in (("lesion_type", "Lesion type", ex.LESION_TYPES),

@@ -1,4 +1,9 @@
-"""Which image Segment reads, which slice of it, and the display window (the "Image" and "Window" rows)."""
+"""Which image Segment reads, which slice of it, and the display window (the "Image" and "Window" rows).
+
+The window choices follow the picked image: CT in HU gets the file's own window and the HU presets
+(soft tissue, liver, lung, bone, brain); any other image (MR, radiographs, PNG: values without physical
+units, where an HU window would show a white or black image) gets its file's own window, when it has
+one, and "auto", the 0.5-99.5th percentiles of the displayed slice."""
 
 from __future__ import annotations
 
@@ -6,11 +11,12 @@ import numpy as np
 from napari.layers import Image
 from qtpy.QtWidgets import QComboBox
 
-from lsms_core.windows import WINDOW_PRESETS, Window, window_from_limits, window_limits
+from lsms_core.windows import WINDOW_PRESETS, Window, percentile_limits, window_from_limits, window_limits
 
 from ..layers import SourceInfo
 
 FILE_WINDOW = "file's own window"
+AUTO_WINDOW = "auto (percentiles)"
 
 
 class ImagePicker:
@@ -22,6 +28,7 @@ class ImagePicker:
         self.window_combo = QComboBox()
         self.window_combo.addItems([FILE_WINDOW, *WINDOW_PRESETS])
         self.window_combo.currentTextChanged.connect(self.apply_window)
+        self.image_combo.currentTextChanged.connect(lambda _: self.offer_windows())
 
     def image_layers(self) -> list[Image]:
         return [layer for layer in self.viewer.layers if isinstance(layer, Image) and not layer.rgb]
@@ -39,6 +46,27 @@ class ImagePicker:
         if current in names:
             self.image_combo.setCurrentText(current)
         self.image_combo.blockSignals(False)
+        if self.image_combo.currentText() != current:
+            self.offer_windows()
+
+    def window_choices(self, layer: Image | None) -> list[str]:
+        """The windows offered for ``layer``: HU presets for CT in HU only; "auto" for other images."""
+        if layer is None:
+            return [FILE_WINDOW, *WINDOW_PRESETS]
+        info = SourceInfo.of(layer)
+        if info.hounsfield:
+            return [FILE_WINDOW, *WINDOW_PRESETS]
+        return [FILE_WINDOW, AUTO_WINDOW] if info.window else [AUTO_WINDOW]
+
+    def offer_windows(self) -> None:
+        """Fill the Window row for the picked image (the layer's contrast is left as it is)."""
+        choices = self.window_choices(self.image_layer())
+        if [self.window_combo.itemText(i) for i in range(self.window_combo.count())] == choices:
+            return
+        self.window_combo.blockSignals(True)
+        self.window_combo.clear()
+        self.window_combo.addItems(choices)
+        self.window_combo.blockSignals(False)
 
     def image_layer(self) -> Image | None:
         return self.source_layer(self.image_combo.currentText())
@@ -62,7 +90,12 @@ class ImagePicker:
             if info.window:
                 layer.contrast_limits = window_limits(*info.window)
             return
-        layer.contrast_limits = WINDOW_PRESETS[name].limits
+        if name == AUTO_WINDOW:
+            low, high = percentile_limits(self.current_slice(layer)[0])
+            layer.contrast_limits = (low, max(high, low + 1e-6))
+            return
+        if name in WINDOW_PRESETS and SourceInfo.of(layer).hounsfield:  # never an HU window on other values
+            layer.contrast_limits = WINDOW_PRESETS[name].limits
 
     def current_window(self, layer: Image) -> Window:
         """The window the user is looking at (a preset's name when it matches one)."""
@@ -70,4 +103,5 @@ class ImagePicker:
         for preset in WINDOW_PRESETS.values():
             if np.allclose(preset.limits, (low, high)):
                 return preset
-        return window_from_limits(low, high, "file" if self.window_combo.currentText() == FILE_WINDOW else "custom")
+        names = {FILE_WINDOW: "file", AUTO_WINDOW: "auto"}
+        return window_from_limits(low, high, names.get(self.window_combo.currentText(), "custom"))

@@ -1,5 +1,6 @@
-"""The training rows of the "Annotations" box: start lsms-train on the dataset, follow it in napari's
-progress, cancel it (its folder stays resumable, and the next Train resumes it), use its model."""
+"""The training rows of the "Annotations" box: the run's settings (epochs, image size, learning rate,
+batch size), start lsms-train on the dataset, follow it in napari's progress, cancel it (its folder
+stays resumable, and the next Train resumes it), use its model."""
 
 from __future__ import annotations
 
@@ -8,15 +9,33 @@ from pathlib import Path
 from typing import Callable
 
 from qtpy.QtCore import QTimer
-from qtpy.QtWidgets import QHBoxLayout, QPushButton, QSpinBox, QVBoxLayout
+from qtpy.QtWidgets import QGridLayout, QHBoxLayout, QLabel, QLineEdit, QPushButton, QSpinBox, QVBoxLayout
 
 from .training import TrainingProcess
 
 POLL_MS = 1000  # how often the run's log is read
 
+# Defaults for fine-tuning on a few corrected annotations on a CPU: the default model's input size, a
+# learning rate a third of the from-scratch 1e-3, 5 epochs (a handful of annotations: minutes, not hours).
+DEFAULT_EPOCHS, DEFAULT_IMAGE_SIZE, DEFAULT_LR, DEFAULT_BATCH_SIZE = 5, 256, "3e-4", 8
+SIZE_STEP = 32  # lsms-train's image size must be a multiple of 32 (the encoder's stride)
+
+
+def parse_learning_rate(text: str) -> float:
+    """The learning rate typed (e.g. "3e-4" or "0.0003"); ValueError saying what is wanted."""
+    try:
+        value = float(text.strip())
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < 1:  # NaN fails too
+        raise ValueError(f"learning rate {text.strip()!r} is not a number between 0 and 1: type e.g. 3e-4 "
+                         "(fine-tuning) or 1e-3 (a new model)")
+    return value
+
 
 class TrainingPanel(QVBoxLayout):
-    """Epochs, "Train on this dataset" (or "Resume training" after a cancel), "Cancel training",
+    """Epochs, image size, learning rate, batch size; "Train on this dataset" (or "Resume training" after
+    a cancel; the resumed run keeps its own settings), "Cancel training",
     "Start over" (forget the cancelled run), "Use new model". ``say``/``fail`` write the data status
     line; ``use_model(path)`` switches the model picker to a checkpoint."""
 
@@ -30,10 +49,21 @@ class TrainingPanel(QVBoxLayout):
         self._progress = None
         self.timer = QTimer(parent)
         self.timer.timeout.connect(self.poll)
-        self.epochs = QSpinBox()
-        self.epochs.setRange(1, 1000)
-        self.epochs.setValue(15)
-        self.epochs.setPrefix("epochs ")
+        self.epochs = _spin_box(1, 1000, DEFAULT_EPOCHS, "passes over the training split")
+        self.image_size = _spin_box(64, 1024, DEFAULT_IMAGE_SIZE, "side of the model's square input, a multiple "
+                                    f"of {SIZE_STEP} (the default model's is {DEFAULT_IMAGE_SIZE}); larger is "
+                                    "slower", step=SIZE_STEP, suffix=" px")
+        self.learning_rate = QLineEdit(DEFAULT_LR)
+        self.learning_rate.setToolTip("peak learning rate (AdamW, one-cycle): 3e-4 suits fine-tuning on a few "
+                                      "corrections, 1e-3 a model trained from scratch")
+        self.batch_size = _spin_box(1, 256, DEFAULT_BATCH_SIZE, "annotations per step; lower it when memory runs "
+                                    "out")
+        settings = QGridLayout()
+        for row, column, label, widget in ((0, 0, "Epochs", self.epochs), (0, 2, "Image size", self.image_size),
+                                           (1, 0, "Learning rate", self.learning_rate),
+                                           (1, 2, "Batch size", self.batch_size)):
+            settings.addWidget(QLabel(label), row, column)
+            settings.addWidget(widget, row, column + 1)
         self.train_button = QPushButton("Train on this dataset")
         self.cancel_button = QPushButton("Cancel training")
         self.cancel_button.setEnabled(False)
@@ -47,17 +77,26 @@ class TrainingPanel(QVBoxLayout):
         self.use_model_button.setEnabled(False)
         self.use_model_button.clicked.connect(self.use_trained_model)
         first, second = QHBoxLayout(), QHBoxLayout()
-        for widget in (self.epochs, self.train_button, self.cancel_button):
+        for widget in (self.train_button, self.cancel_button):
             first.addWidget(widget)
         for widget in (self.start_over_button, self.use_model_button):
             second.addWidget(widget)
+        self.addLayout(settings)
         self.addLayout(first)
         self.addLayout(second)
 
     def settings_args(self, dataset: str) -> list[str]:
-        """lsms-train's settings from the panel (the seam tests replace to train a tiny model)."""
-        return ["--preset", "lsms", "--image-size", "256", "--lr", "1e-3", "--weight-decay", "0.05", "--augment",
-                "--batch-size", "8", "--epochs", str(self.epochs.value()), "--model-name", f"lsms-{Path(dataset).name}"]
+        """lsms-train's settings from the panel: epochs, image size, learning rate and batch size as shown
+        (the seam tests replace to train a tiny model). ValueError, saying what to type, for a learning rate
+        that is not a number in (0, 1) or an image size that is not a multiple of 32."""
+        size = self.image_size.value()
+        if size % SIZE_STEP:
+            raise ValueError(f"image size {size} px is not a multiple of {SIZE_STEP}: use e.g. "
+                             f"{max(SIZE_STEP * 2, size // SIZE_STEP * SIZE_STEP)}")
+        lr = parse_learning_rate(self.learning_rate.text())
+        return ["--preset", "lsms", "--image-size", str(size), "--lr", f"{lr:g}", "--weight-decay", "0.05",
+                "--augment", "--batch-size", str(self.batch_size.value()), "--epochs", str(self.epochs.value()),
+                "--model-name", f"lsms-{Path(dataset).name}"]
 
     def train(self, dataset: str, extra_args: list[str] | None = None) -> TrainingProcess | None:
         """Start lsms-train on ``dataset`` as a separate process (or resume the run cancelled last on
@@ -73,7 +112,11 @@ class TrainingPanel(QVBoxLayout):
             run = self.cancelled_run[1]
         else:
             run = new_run_folder(dataset)
-        args = extra_args if extra_args is not None else self.settings_args(dataset)
+        try:
+            args = extra_args if extra_args is not None else self.settings_args(dataset)
+        except ValueError as error:
+            self._fail(f"not started: {error}")
+            return None
         from napari.utils import progress
 
         try:
@@ -156,6 +199,16 @@ class TrainingPanel(QVBoxLayout):
         if self.training is None or not self.training.best_checkpoint.exists():
             return
         self._use_model(str(self.training.best_checkpoint))
+
+
+def _spin_box(low: int, high: int, value: int, tip: str, step: int = 1, suffix: str = "") -> QSpinBox:
+    box = QSpinBox()
+    box.setRange(low, high)
+    box.setSingleStep(step)
+    box.setValue(value)
+    box.setSuffix(suffix)
+    box.setToolTip(tip)
+    return box
 
 
 def new_run_folder(dataset: str) -> Path:

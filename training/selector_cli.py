@@ -30,6 +30,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="what the selector reads of each candidate: its geometry and intensity (size, position, "
                         "contrast, shape, each also relative to the slice's others), or that and the decoder's "
                         "features on and around it")
+    p.add_argument("--thresholds", type=float, nargs="+", default=[0.5], metavar="P",
+                   help="cut the training slices' candidates from the finder's probability at each of these "
+                        "(e.g. 0.35 0.5 0.65: the selector also learns from split and merged candidates); "
+                        "validation and inference use 0.5")
     p.add_argument("--no-flip", action="store_true", help="no left-right mirroring of the candidates and words")
     p.add_argument("--device", default="cpu", help="cpu or cuda (the candidates pass runs there)")
     p.add_argument("--model-name", default="lsms", help="name stored in the checkpoints")
@@ -49,13 +53,16 @@ def main(argv: list[str] | None = None) -> int:
 
         if args.epochs < 1 or args.batch_size < 1 or not 0 < args.lr <= 1:
             raise ValueError("--epochs and --batch-size must be >= 1 and --lr in (0, 1]")
+        if not all(0 < t < 1 for t in args.thresholds):
+            raise ValueError(f"--thresholds must lie in (0, 1), got {args.thresholds}")
         earlier = [n for n in ("best.safetensors", "last.safetensors", "log.jsonl") if (Path(args.output) / n).exists()]
         if earlier and not args.overwrite:
             raise FileExistsError(f"{args.output} holds an earlier run ({', '.join(earlier)}): pass --overwrite "
                                   "to replace it, or another -o folder")
         end = train_selector(args.checkpoint, args.dataset, args.output, args.epochs, args.batch_size, args.lr,
                              args.weight_decay, args.seed, args.device, args.model_name, args.half_checkpoints,
-                             progress=not args.no_progress, flip=not args.no_flip, features=args.features)
+                             progress=not args.no_progress, flip=not args.no_flip, features=args.features,
+                             thresholds=tuple(args.thresholds))
         print(json.dumps(end))
         return 0
 

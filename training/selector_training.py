@@ -18,6 +18,7 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -30,7 +31,7 @@ from lsms_core.model import build_model
 from lsms_core.preprocessing import to_model_input, to_unit_grey
 from lsms_core.referring import ReferringScores, instance_map, named_instance, score_referring
 from lsms_core.selection import (ALL_LESIONS_TEXT, GEOMETRY_FEATURES, HORIZONTAL_GEOMETRY, Candidates,
-                                 lesion_candidates, sentence_feature)
+                                 describe_candidates, finder_pass, sentence_feature)
 
 from .data import _swap_words
 
@@ -66,33 +67,44 @@ def _candidate_instances(candidates: Candidates, instances: np.ndarray) -> np.nd
     return matched
 
 
-def slice_samples(model, prep, words_all, mask_all, dataset: AnnotationDataset, records: list[dict],
-                  device: torch.device) -> SliceSamples:
-    """Candidates of one slice and a target over them for each of its annotations ``records``."""
-    image = dataset.read_image(records[0])
-    hounsfield = records[0]["units"] == "HU"
-    model_input = to_model_input(image, prep, hounsfield)[None].to(device)
-    with torch.inference_mode():
-        candidates = lesion_candidates(model, model_input, words_all, mask_all, image.shape,
-                                       to_unit_grey(image, prep, hounsfield))
-    masks = [dataset.read_mask(r) > 0 for r in records]
-    instances = instance_map(masks, [r.get("instance") for r in records])
+def _expressions(candidates: Candidates, instances: np.ndarray, records: list[dict],
+                 masks: list[np.ndarray]) -> list[Expression]:
+    """A target over ``candidates`` for each annotation of the slice."""
     on_instance = _candidate_instances(candidates, instances)
-    samples = SliceSamples(candidates, instances)
+    sizes = np.bincount(instances.ravel(), minlength=int(instances.max()) + 1)
+    expressions = []
     for record, mask in zip(records, masks):
-        sizes = np.bincount(instances.ravel(), minlength=int(instances.max()) + 1)
         covered = np.bincount(instances[mask], minlength=len(sizes))
         named_set = {i for i in range(1, len(sizes)) if covered[i] >= COVER_SHARE * sizes[i]}
         target = torch.tensor([float(i in named_set) for i in on_instance])
         named = named_instance(mask, instances) if instances.max() >= 2 else None
-        samples.expressions.append(Expression(record["text"], target, mask, named,
-                                              found=not named_set or bool(target.any())))
+        expressions.append(Expression(record["text"], target, mask, named,
+                                      found=not named_set or bool(target.any())))
+    return expressions
+
+
+def slice_samples(model, prep, words_all, mask_all, dataset: AnnotationDataset, records: list[dict],
+                  device: torch.device, thresholds: tuple[float, ...] = (0.5,)) -> list[SliceSamples]:
+    """Candidates of one slice at each of ``thresholds`` (one finder pass) and a target over them for
+    each of its annotations ``records``."""
+    image = dataset.read_image(records[0])
+    hounsfield = records[0]["units"] == "HU"
+    model_input = to_model_input(image, prep, hounsfield)[None].to(device)
+    with torch.inference_mode():
+        probability, embedding = finder_pass(model, model_input, words_all, mask_all, image.shape)
+    grey = to_unit_grey(image, prep, hounsfield)
+    masks = [dataset.read_mask(r) > 0 for r in records]
+    instances = instance_map(masks, [r.get("instance") for r in records])
+    samples = []
+    for threshold in thresholds:
+        candidates = describe_candidates(probability, embedding, grey, threshold)
+        samples.append(SliceSamples(candidates, instances, _expressions(candidates, instances, records, masks)))
     return samples
 
 
 def collect(model, prep, text_encoder, datasets: list[AnnotationDataset], split: str, device: torch.device,
-            progress: bool = True) -> list[SliceSamples]:
-    """SliceSamples for every slice of ``split`` in ``datasets``."""
+            progress: bool = True, thresholds: tuple[float, ...] = (0.5,)) -> list[SliceSamples]:
+    """SliceSamples for every slice of ``split`` in ``datasets``, one per candidate threshold."""
     words_all, mask_all = text_encoder.encode([ALL_LESIONS_TEXT], device)
     groups: list[tuple[AnnotationDataset, list[dict]]] = []
     for dataset in datasets:
@@ -105,7 +117,8 @@ def collect(model, prep, text_encoder, datasets: list[AnnotationDataset], split:
         from tqdm import tqdm
 
         iterator = tqdm(groups, desc=f"candidates ({split})", unit="slice", leave=False, disable=None)
-    return [slice_samples(model, prep, words_all, mask_all, d, rs, device) for d, rs in iterator]
+    return [samples for d, rs in iterator
+            for samples in slice_samples(model, prep, words_all, mask_all, d, rs, device, thresholds)]
 
 
 class SentenceCache:
@@ -189,12 +202,47 @@ def evaluate_selection(selector, slices: list[SliceSamples], sentences: Sentence
             "oracle_hit_rate": float(np.mean(oracle)) if oracle else None}  # the best single candidate
 
 
+def fit_selector(selector, items: list[tuple[SliceSamples, Expression]], sentences: SentenceCache, epochs: int,
+                 batch_size: int, lr: float, weight_decay: float, flip: bool, rng: random.Random,
+                 after_epoch: Callable[[int, float], None] | None = None) -> None:
+    """AdamW with a one-cycle schedule on ``items`` (slice, expression) pairs, shuffled by ``rng``;
+    ``flip`` mirrors half of each batch left-right. ``after_epoch(epoch, mean training loss)``."""
+    for parameter in selector.parameters():
+        parameter.requires_grad_(True)
+    selector.train()
+    items = list(items)
+    optimiser = torch.optim.AdamW(selector.parameters(), lr=lr, weight_decay=weight_decay)
+    steps = epochs * math.ceil(len(items) / batch_size)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=lr, total_steps=steps, pct_start=0.1)
+    for epoch in range(1, epochs + 1):
+        rng.shuffle(items)
+        total = 0.0
+        for begin in range(0, len(items), batch_size):
+            chunk = items[begin:begin + batch_size]
+            flips = [flip and rng.random() < 0.5 for _ in chunk]
+            features, valid, sentence, target = _batch(chunk, sentences, flips)
+            loss = selector_loss(selector(features, valid, sentence), valid, target)
+            if not torch.isfinite(loss):
+                raise RuntimeError(f"the selector's loss became {float(loss)} in epoch {epoch}: lower --lr")
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            schedule.step()
+            total += float(loss.detach()) * len(target)
+        if after_epoch is not None:
+            after_epoch(epoch, total / len(items))
+
+
 def train_selector(checkpoint: str, datasets: list[str], output: str, epochs: int = 30, batch_size: int = 64,
                    lr: float = 1e-3, weight_decay: float = 0.01, seed: int = 0, device: str = "cpu",
                    model_name: str = "lsms", half: bool = False, progress: bool = True, flip: bool = True,
-                   features: str = "geometry") -> dict:
+                   features: str = "geometry", thresholds: tuple[float, ...] = (0.5,)) -> dict:
     """Train a selector on the frozen LSMS of ``checkpoint``; write ``best``/``last`` checkpoints (LSMS +
-    selector) and ``log.jsonl`` into ``output``. Returns the end record."""
+    selector) and ``log.jsonl`` into ``output``. Returns the end record.
+
+    ``thresholds``: the training slices' candidates are cut from the finder's probability at each of
+    these (one more training slice per threshold), so the selector also sees the split and merged
+    candidates a finder makes on slices it was not trained on; validation uses 0.5, as inference does."""
     from lsms_core.text_encoder import TextEncoder
 
     torch.manual_seed(seed)
@@ -216,7 +264,7 @@ def train_selector(checkpoint: str, datasets: list[str], output: str, epochs: in
     text_encoder = TextEncoder(base.config.text).to(torch_device).eval()
     opened = [AnnotationDataset.open(path) for path in datasets]
     start = time.perf_counter()
-    train = collect(model, base.config.preprocess, text_encoder, opened, "train", torch_device, progress)
+    train = collect(model, base.config.preprocess, text_encoder, opened, "train", torch_device, progress, thresholds)
     val = collect(model, base.config.preprocess, text_encoder, opened, "val", torch_device, progress)
     sentences = SentenceCache(text_encoder, torch_device)
     texts = [e.text for s in train + val for e in s.expressions]
@@ -225,14 +273,9 @@ def train_selector(checkpoint: str, datasets: list[str], output: str, epochs: in
     if not items:
         raise ValueError("no training expression whose lesion LSMS finds: is the checkpoint trained?")
     selector = model.selector
-    for parameter in selector.parameters():
-        parameter.requires_grad_(True)
-    selector.train()
-    optimiser = torch.optim.AdamW(selector.parameters(), lr=lr, weight_decay=weight_decay)
-    steps = epochs * math.ceil(len(items) / batch_size)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=lr, total_steps=steps, pct_start=0.1)
     log = run / "log.jsonl"
-    prepared = {"event": "start", "checkpoint": str(checkpoint), "datasets": datasets, "epochs": epochs, "flip": flip, "features": features,
+    prepared = {"event": "start", "checkpoint": str(checkpoint), "datasets": datasets, "epochs": epochs, "flip": flip,
+                "features": features, "thresholds": list(thresholds),
                 "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay, "seed": seed,
                 "train_slices": len(train), "train_expressions": len(items),
                 "train_missed": sum(not e.found for s in train for e in s.expressions),
@@ -240,25 +283,13 @@ def train_selector(checkpoint: str, datasets: list[str], output: str, epochs: in
     with open(log, "w") as handle:
         handle.write(json.dumps(prepared) + "\n")
     best, best_epoch = -math.inf, 0
-    for epoch in range(1, epochs + 1):
-        rng.shuffle(items)
-        total = 0.0
-        for begin in range(0, len(items), batch_size):
-            chunk = items[begin:begin + batch_size]
-            flips = [flip and rng.random() < 0.5 for _ in chunk]
-            features, valid, sentence, target = _batch(chunk, sentences, flips)
-            loss = selector_loss(selector(features, valid, sentence), valid, target)
-            if not torch.isfinite(loss):
-                raise RuntimeError(f"the selector's loss became {float(loss)} in epoch {epoch}: lower --lr")
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            optimiser.step()
-            schedule.step()
-            total += float(loss.detach()) * len(target)
+
+    def after_epoch(epoch: int, train_loss: float) -> None:
+        nonlocal best, best_epoch
         figures = evaluate_selection(selector, val, sentences) if val else {}
-        record = {"event": "epoch", "epoch": epoch, "train_loss": round(total / len(items), 5),
+        record = {"event": "epoch", "epoch": epoch, "train_loss": round(train_loss, 5),
                   **{f"val_{k}": (round(v, 5) if isinstance(v, float) else v) for k, v in figures.items()}}
-        score = (figures["dice"] + (figures["hit_rate"] if figures.get("n_referring") else 0.0)) if val else -total
+        score = (figures["dice"] + (figures["hit_rate"] if figures.get("n_referring") else 0.0)) if val else -train_loss
         extra = {"name": model_name, "epoch": epoch, "selector": {k: v for k, v in prepared.items() if k != "event"},
                  "base": base.identity, "val": figures}
         model.to("cpu")
@@ -271,6 +302,8 @@ def train_selector(checkpoint: str, datasets: list[str], output: str, epochs: in
             handle.write(json.dumps(record) + "\n")
         if progress:
             print(json.dumps(record), flush=True)
+
+    fit_selector(selector, items, sentences, epochs, batch_size, lr, weight_decay, flip, rng, after_epoch)
     end = {"event": "end", "best_epoch": best_epoch, "seconds": round(time.perf_counter() - start, 1)}
     with open(log, "a") as handle:
         handle.write(json.dumps(end) + "\n")

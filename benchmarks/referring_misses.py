@@ -1,0 +1,111 @@
+"""Where do a find-then-select model's referring misses come from? Each referring case
+(lsms_core.referring) of a split falls in one class:
+
+- ``hit``: the selector's answer is a hit;
+- ``selector``: some single candidate would be a hit, the selector chose otherwise;
+- ``cut``: candidates cover >= 10 % of the named lesion but none is a hit (split, merged or too small);
+- ``missed``: the finder marks < 10 % of the named lesion.
+
+Overall and per expression kind, with the same candidates as inference (one finder pass per slice).
+
+    .venv/bin/python -m benchmarks.referring_misses data/RefLiTS --checkpoint default --split test
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import Counter, defaultdict
+
+import numpy as np
+import torch
+
+CLASSES = ("hit", "selector", "cut", "missed")
+FOUND_SHARE = 0.1  # below this share of the named lesion under candidates, the finder missed it
+
+
+def classify(samples, selector, sentence: torch.Tensor, named: int) -> str:
+    """The class of one referring case: ``samples`` is the slice's SliceSamples, ``sentence`` (C_l,)."""
+    from lsms_core.referring import score_referring
+
+    candidates, instances = samples.candidates, samples.instances
+    count = candidates.count
+    if count:
+        logits = selector(candidates.features[None], torch.ones(1, count, dtype=torch.bool), sentence[None])[0]
+        chosen = candidates.union((logits > 0).numpy())
+    else:
+        chosen = np.zeros(instances.shape, dtype=bool)
+    if score_referring(chosen, instances, named).hit:
+        return "hit"
+    if any(score_referring(candidates.labels == k + 1, instances, named).hit for k in range(count)):
+        return "selector"
+    covered = float((candidates.labels[instances == named] > 0).mean())
+    return "cut" if covered >= FOUND_SHARE else "missed"
+
+
+@torch.no_grad()
+def breakdown(checkpoint: str, dataset_path: str, split: str) -> dict:
+    """{"n": cases, "overall": {class: share}, "per_kind": {kind: {"n", class: share}}}."""
+    from lsms_core.checkpoint import read_checkpoint
+    from lsms_core.dataset import AnnotationDataset
+    from lsms_core.model import build_model
+    from lsms_core.selection import ALL_LESIONS_TEXT
+    from lsms_core.text_encoder import TextEncoder
+    from training.selector_training import SentenceCache, slice_samples
+
+    stored = read_checkpoint(checkpoint)
+    if not stored.config.model.select_lesions:
+        raise SystemExit(f"{checkpoint} has no lesion selector: nothing to break down")
+    model = build_model(stored.config.model)
+    model.load_state_dict(stored.model_state)
+    model.eval()
+    device = torch.device("cpu")
+    encoder = TextEncoder(stored.config.text).eval()
+    words_all, mask_all = encoder.encode([ALL_LESIONS_TEXT], device)
+    sentences = SentenceCache(encoder, device)
+    dataset = AnnotationDataset.open(dataset_path)
+    by_image: dict[str, list[dict]] = defaultdict(list)
+    for record in dataset.select(split):
+        by_image[record["image"]].append(record)
+    overall, per_kind = Counter(), defaultdict(Counter)
+    for records in by_image.values():
+        [samples] = slice_samples(model, stored.config.preprocess, words_all, mask_all, dataset, records, device)
+        sentences.fill([e.text for e in samples.expressions])
+        for record, expression in zip(records, samples.expressions):
+            if expression.named is None:
+                continue
+            kind = classify(samples, model.selector, sentences[expression.text], expression.named)
+            overall[kind] += 1
+            for name in record.get("expression_kinds") or ["unlabelled"]:
+                per_kind[name][kind] += 1
+
+    def shares(counter: Counter) -> dict:
+        total = sum(counter.values())
+        return {"n": total, **{c: round(counter[c] / total, 3) if total else None for c in CLASSES}}
+
+    return {"n": sum(overall.values()), "overall": shares(overall),
+            "per_kind": {k: shares(v) for k, v in sorted(per_kind.items())}}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("dataset")
+    parser.add_argument("--checkpoint", default="default")
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    args = parser.parse_args(argv)
+    torch.set_grad_enabled(False)
+    from lsms_core.checkpoint import resolve_checkpoint
+
+    result = breakdown(str(resolve_checkpoint(args.checkpoint)), args.dataset, args.split)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    print(f"| kind | n | {' | '.join(CLASSES)} |\n|---|---|{'---|' * len(CLASSES)}")
+    for name, row in [("all", result["overall"]), *result["per_kind"].items()]:
+        print(f"| {name} | {row['n']} | " + " | ".join(f"{row[c]:.3f}" for c in CLASSES) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -32,6 +32,30 @@ def dice_iou(prediction: np.ndarray, target: np.ndarray, empty_score: float = 1.
     return 2.0 * inter / total, inter / (total - inter)
 
 
+def boundary_f1(prediction: np.ndarray, target: np.ndarray, tolerance: float = 1.0, empty_score: float = 1.0) -> float:
+    """Boundary F1 of one image (the BF score of Csurka et al., 2013): how well the outlines agree.
+
+    The outline of a mask is its pixels with a 4-neighbour outside it (the image edge counts as
+    outside). Precision: the share of the predicted outline within ``tolerance`` pixels (Euclidean)
+    of the target's outline; recall: the reverse; F1 their harmonic mean. Two empty masks score
+    ``empty_score``, one empty mask 0. Dice rewards overlap; this rewards following the edge."""
+    from scipy import ndimage
+
+    pred = np.asarray(prediction).astype(bool)
+    true = np.asarray(target).astype(bool)
+    if pred.shape != true.shape:
+        raise ValueError(f"prediction {pred.shape} and target {true.shape} differ in shape")
+    if not pred.any() and not true.any():
+        return empty_score
+    if not pred.any() or not true.any():
+        return 0.0
+    edges = [mask & ~ndimage.binary_erosion(mask, border_value=0) for mask in (pred, true)]
+    near = [ndimage.distance_transform_edt(~edge) <= tolerance for edge in edges]
+    precision = np.count_nonzero(edges[0] & near[1]) / np.count_nonzero(edges[0])
+    recall = np.count_nonzero(edges[1] & near[0]) / np.count_nonzero(edges[1])
+    return 0.0 if precision + recall == 0 else float(2 * precision * recall / (precision + recall))
+
+
 @dataclass
 class Scores:
     """Per-image Dice and IoU, in the order added, and their means."""

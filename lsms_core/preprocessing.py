@@ -58,6 +58,26 @@ def to_model_input(image: np.ndarray, config: PreprocessConfig, hounsfield: bool
     return normalise(resize_grey(to_unit_grey(image, config, hounsfield), config.image_size), config)
 
 
+def to_prompt_input(grey: np.ndarray | torch.Tensor, size: int = 256) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Windowed grey (H,W) in [0,1] (``to_unit_grey``) -> the prompt model's input (3,S,S) and the
+    (h,w) the image fills in it, S = ``size``.
+
+    LiteMedSAM's convention (lsms_core/prompt): the longest side resized to S keeping the aspect
+    ratio (bilinear, antialiased when shrinking), the grey min-max scaled to [0,1] on this image,
+    zeros padded at the bottom and right, the channel repeated three times (no mean/std)."""
+    grid = (torch.from_numpy(np.asarray(grey, dtype=np.float32)) if not isinstance(grey, torch.Tensor)
+            else grey.float())[None, None]
+    height, width = grid.shape[-2:]
+    scale = size / max(height, width)
+    filled = (max(1, int(height * scale + 0.5)), max(1, int(width * scale + 0.5)))
+    if (height, width) != filled:
+        grid = F.interpolate(grid, size=filled, mode="bilinear", align_corners=False, antialias=True)
+    low, high = grid.amin(), grid.amax()
+    grid = (grid - low) / torch.clamp(high - low, min=1e-8)
+    grid = F.pad(grid, (0, size - filled[1], 0, size - filled[0]))
+    return grid[0].expand(3, -1, -1), filled
+
+
 def to_model_target(mask: np.ndarray, size: int) -> torch.Tensor:
     """Binary mask (H,W) -> training target (1,S,S) float32 in {0,1}, nearest-neighbour resized."""
     target = torch.from_numpy(np.asarray(mask).astype(np.float32))[None, None]

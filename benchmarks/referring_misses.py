@@ -24,14 +24,15 @@ CLASSES = ("hit", "selector", "cut", "missed")
 FOUND_SHARE = 0.1  # below this share of the named lesion under candidates, the finder missed it
 
 
-def classify(samples, selector, sentence: torch.Tensor, named: int) -> str:
-    """The class of one referring case: ``samples`` is the slice's SliceSamples, ``sentence`` (C_l,)."""
+def classify(samples, selector, words: tuple[torch.Tensor, torch.Tensor], named: int) -> str:
+    """The class of one referring case: ``samples`` is the slice's SliceSamples, ``words`` the
+    expression's (1,T,C_l) word features and (1,T) mask."""
     from lsms_core.referring import score_referring
 
     candidates, instances = samples.candidates, samples.instances
     count = candidates.count
     if count:
-        logits = selector(candidates.features[None], torch.ones(1, count, dtype=torch.bool), sentence[None])[0]
+        logits = selector(candidates.features[None], torch.ones(1, count, dtype=torch.bool), *words)[0]
         chosen = candidates.union((logits > 0).numpy())
     else:
         chosen = np.zeros(instances.shape, dtype=bool)
@@ -51,7 +52,7 @@ def breakdown(checkpoint: str, dataset_path: str, split: str) -> dict:
     from lsms_core.model import build_model
     from lsms_core.selection import ALL_LESIONS_TEXT
     from lsms_core.text_encoder import TextEncoder
-    from training.selector_training import SentenceCache, slice_samples
+    from training.selector_training import WordCache, slice_samples
 
     stored = read_checkpoint(checkpoint)
     if not stored.config.model.select_lesions:
@@ -62,7 +63,7 @@ def breakdown(checkpoint: str, dataset_path: str, split: str) -> dict:
     device = torch.device("cpu")
     encoder = TextEncoder(stored.config.text).eval()
     words_all, mask_all = encoder.encode([ALL_LESIONS_TEXT], device)
-    sentences = SentenceCache(encoder, device)
+    words = WordCache(encoder, device)
     dataset = AnnotationDataset.open(dataset_path)
     by_image: dict[str, list[dict]] = defaultdict(list)
     for record in dataset.select(split):
@@ -70,11 +71,11 @@ def breakdown(checkpoint: str, dataset_path: str, split: str) -> dict:
     overall, per_kind = Counter(), defaultdict(Counter)
     for records in by_image.values():
         [samples] = slice_samples(model, stored.config.preprocess, words_all, mask_all, dataset, records, device)
-        sentences.fill([e.text for e in samples.expressions])
+        words.fill([e.text for e in samples.expressions])
         for record, expression in zip(records, samples.expressions):
             if expression.named is None:
                 continue
-            kind = classify(samples, model.selector, sentences[expression.text], expression.named)
+            kind = classify(samples, model.selector, words.batch([expression.text]), expression.named)
             overall[kind] += 1
             for name in record.get("expression_kinds") or ["unlabelled"]:
                 per_kind[name][kind] += 1

@@ -44,6 +44,10 @@ class ModelConfig:
     select_lesions: bool = False
     selector_hidden: int = 128
     selector_features: str = "geometry"  # "geometry", or "all": also the decoder features on/around each candidate
+    selector_kind: str = "film"  # "film" (mean sentence, FiLM) or "attention" (candidates attend to each word)
+    selector_layers: int = 2  # attention blocks of the "attention" selector
+    selector_members: int = 1  # > 1: an ensemble of that many selectors, their logits averaged
+    selector_clusters: bool = False  # describe candidates with their cluster of nearby fragments too
     text_dim: int = 384  # C_l
     # Full-Scale Decoder (LightHamHead)
     fsd: bool = True  # False: no Hamburger (Table III c, "w/o FSD")
@@ -74,6 +78,10 @@ class ModelConfig:
         _check_range("drop_path", self.drop_path, 0.0, 0.99)
         _check_range("decoder_dropout", self.decoder_dropout, 0.0, 0.99)
         _check_range("selector_hidden", self.selector_hidden, 8, 1024)
+        _check_range("selector_layers", self.selector_layers, 1, 12)
+        _check_range("selector_members", self.selector_members, 1, 16)
+        if self.selector_kind not in ("film", "attention"):
+            raise ConfigError(f"selector_kind must be 'film' or 'attention', got {self.selector_kind!r}")
         if self.selector_features not in ("geometry", "all"):
             raise ConfigError(f"selector_features must be 'geometry' or 'all', got {self.selector_features!r}")
         if self.select_lesions and not self.use_text:

@@ -114,6 +114,20 @@ def domain_of_checkpoint(config, extra: dict[str, Any] | None) -> ModelDomain:
     return derive_domain(config.preprocess)
 
 
+def domain_of_training(records: list[dict[str, Any]], preprocess, inherited: ModelDomain | None = None) -> ModelDomain:
+    """The domain lsms-train states in its checkpoints (``extra["domain"]``): the modalities and units of
+    its training annotations ``records``, the run's window (HU only) and input size (``preprocess``).
+    Annotations carry no body region: a fine-tuned model keeps the region of the model it started from
+    (``inherited``); a model trained from scratch states none, so no image is refused for its region."""
+    modalities = tuple(sorted({str(r.get("modality") or "OT").upper() for r in records})) or ("OT",)
+    hounsfield = bool(records) and all(r.get("units") == "HU" for r in records)
+    regions, terms = (inherited.body_regions, inherited.body_part_terms) if inherited is not None else ((), ())
+    window = (float(preprocess.window_center), float(preprocess.window_width)) if hounsfield else None
+    return ModelDomain(modalities=modalities, units="HU" if hounsfield else "raw", body_regions=regions,
+                       body_part_terms=terms, window=window, input_size=int(preprocess.image_size),
+                       source="checkpoint")
+
+
 _CACHE: dict[tuple[str, int, int], ModelDomain] = {}
 
 

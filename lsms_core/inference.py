@@ -25,7 +25,7 @@ from .device import autocast, resolve_device
 from .expressions import MAX_EXPRESSION_CHARS, ExpressionError, clean_expression  # noqa: F401 - re-exported
 from .image_io import Slice
 from .preprocessing import to_model_input, to_output_mask, to_unit_grey
-from .selection import ALL_LESIONS_TEXT, Candidates, lesion_candidates, sentence_feature
+from .selection import ALL_LESIONS_TEXT, Candidates, lesion_candidates
 
 
 @dataclass
@@ -216,7 +216,7 @@ class Segmenter:
         with torch.inference_mode():
             logits = self.model.selector(found.features[None].to(self._device),
                                          torch.ones(1, found.count, dtype=torch.bool, device=self._device),
-                                         sentence_feature(words, mask).float())[0].float().cpu()
+                                         words.float(), mask)[0].float().cpu()
         chosen = (logits > 0).numpy()
         selected = found.union(chosen)
         return selected, np.where(selected, found.probability, 0.0).astype(np.float32)

@@ -26,13 +26,20 @@ ALL_LESIONS_TEXT = "all lesions"
 MIN_CANDIDATE_PX = 3
 RING_PX = 3
 GEOMETRY_FEATURES = 17
+CLUSTER_FEATURES = 4  # with ``clusters``: what the candidate's cluster of nearby fragments looks like
+CLUSTER_PX = 3  # candidates joined by dilating each by this many px (8-connected steps) form a cluster
 HORIZONTAL_GEOMETRY = (3, 13)  # geometry columns that change sign under a left-right flip (column, offset)
 _EIGHT = np.ones((3, 3), dtype=bool)
 
 
-def feature_dim(decoder_channels: int) -> int:
-    """Length of one candidate's descriptor: features on it, features on its ring, geometry."""
-    return 2 * decoder_channels + GEOMETRY_FEATURES
+def feature_dim(decoder_channels: int, clusters: bool = False) -> int:
+    """Length of one candidate's descriptor: features on it, features on its ring, (cluster,) geometry."""
+    return 2 * decoder_channels + GEOMETRY_FEATURES + (CLUSTER_FEATURES if clusters else 0)
+
+
+def geometry_width(clusters: bool = False) -> int:
+    """How many trailing descriptor columns a geometry-only selector reads."""
+    return GEOMETRY_FEATURES + (CLUSTER_FEATURES if clusters else 0)
 
 
 @dataclass
@@ -76,8 +83,11 @@ def _ranks(values: np.ndarray) -> np.ndarray:
     return np.searchsorted(np.sort(values), values, side="left").astype(np.float32)
 
 
-def candidate_features(labels: np.ndarray, grey: np.ndarray, embedding: torch.Tensor) -> torch.Tensor:
-    """Descriptors (K, 2D + GEOMETRY_FEATURES) of the candidates of one slice.
+def candidate_features(labels: np.ndarray, grey: np.ndarray, embedding: torch.Tensor,
+                       clusters: bool = False) -> torch.Tensor:
+    """Descriptors (K, feature_dim(D, clusters)) of the candidates of one slice: decoder features on and
+    around each, then (with ``clusters``) ``cluster_features``, then the geometry (always last, so the
+    left-right mirroring of training finds its columns at the same place from the end).
 
     labels: (H,W) int candidates 1..K; grey: (H,W) the windowed image in [0,1] at the same size;
     embedding: (D,h,w) the decoder's ``align`` features of the "all lesions" pass.
@@ -92,7 +102,7 @@ def candidate_features(labels: np.ndarray, grey: np.ndarray, embedding: torch.Te
     count = int(labels.max())
     dim = embedding.shape[0]
     if count == 0:
-        return torch.zeros(0, 2 * dim + GEOMETRY_FEATURES)
+        return torch.zeros(0, feature_dim(dim, clusters))
     height, width = labels.shape
     regions = regionprops(labels)
     union = labels > 0
@@ -117,7 +127,30 @@ def candidate_features(labels: np.ndarray, grey: np.ndarray, embedding: torch.Te
     ], axis=1)
     pooled = _pool(embedding.float(), torch.from_numpy(np.concatenate([masks, rings])).float())
     on_lesion, on_ring = pooled[:count], pooled[count:]
-    return torch.cat([on_lesion, on_ring, torch.from_numpy(geometry)], dim=1)
+    parts = [on_lesion, on_ring] + ([cluster_features(labels, area)] if clusters else [])
+    return torch.cat(parts + [torch.from_numpy(geometry)], dim=1)
+
+
+def cluster_features(labels: np.ndarray, area: np.ndarray) -> torch.Tensor:
+    """(K, CLUSTER_FEATURES) for candidates 1..K of (H,W) ``labels`` with areas (K,) px: the log area of
+    the candidate's cluster (candidates within 2 x CLUSTER_PX px of each other) minus the largest
+    cluster's, that cluster's rank from the largest (/4), the candidate's share of its cluster, and the
+    log of the cluster's count of candidates. The finder cuts a large heterogeneous tumour into
+    fragments, and then a fragment outranks the lesion named "the second largest"; the selector sees both
+    views and learns when to trust which (docs/model.md, "Selector heads and seeds")."""
+    grown = ndimage.binary_dilation(labels > 0, _EIGHT, iterations=CLUSTER_PX)
+    clusters, _ = ndimage.label(grown, structure=_EIGHT)
+    inside = labels > 0
+    owner = np.zeros(len(area), dtype=np.int64)
+    owner[labels[inside] - 1] = clusters[inside]  # a candidate is connected: all its pixels share one cluster
+    _, inverse = np.unique(owner, return_inverse=True)
+    cluster_area = np.bincount(inverse, weights=area).astype(np.float32)
+    cluster_count = np.bincount(inverse).astype(np.float32)
+    log_area = np.log(cluster_area)
+    rank = _ranks(-cluster_area)[inverse] / 4
+    features = np.stack([(log_area - log_area.max())[inverse], rank, area / cluster_area[inverse],
+                         np.log(cluster_count)[inverse]], axis=1)
+    return torch.from_numpy(features.astype(np.float32))
 
 
 def _ring(labels: np.ndarray, region, union: np.ndarray) -> np.ndarray:
@@ -153,11 +186,12 @@ def finder_pass(model, model_input: torch.Tensor, words: torch.Tensor, word_mask
 
 
 def describe_candidates(probability: np.ndarray, embedding: torch.Tensor, grey: np.ndarray,
-                        threshold: float = 0.5) -> Candidates:
+                        threshold: float = 0.5, clusters: bool = False) -> Candidates:
     """The candidates of a finder pass at ``threshold``: components of ``probability > threshold``,
-    described on ``grey`` (H,W, in [0,1]) and the (D,h,w) ``embedding``."""
+    described on ``grey`` (H,W, in [0,1]) and the (D,h,w) ``embedding`` (``clusters``: with
+    ``cluster_features``, as the model's ``selector_clusters`` says)."""
     labels = components(probability > threshold)
-    return Candidates(labels, probability, candidate_features(labels, grey, embedding))
+    return Candidates(labels, probability, candidate_features(labels, grey, embedding, clusters))
 
 
 def lesion_candidates(model, model_input: torch.Tensor, words: torch.Tensor, word_mask: torch.Tensor,
@@ -166,7 +200,7 @@ def lesion_candidates(model, model_input: torch.Tensor, words: torch.Tensor, wor
     memory format) and describe the candidates at ``image_shape`` (H,W); ``grey`` is the windowed
     image (H,W) in [0,1]."""
     probability, embedding = finder_pass(model, model_input, words, word_mask, image_shape)
-    return describe_candidates(probability, embedding, grey, threshold)
+    return describe_candidates(probability, embedding, grey, threshold, model.config.selector_clusters)
 
 
 def sentence_feature(words: torch.Tensor, word_mask: torch.Tensor) -> torch.Tensor:

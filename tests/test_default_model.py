@@ -64,13 +64,29 @@ def test_default_model_reaches_its_model_card_figures(reflits):
     assert as_is["hit_rate"] > neutral["hit_rate"] + 0.1 and as_is["leak"] < neutral["leak"] - 0.2
 
 
-def test_lsms_segment_uses_the_default_model(tmp_path):
-    output = tmp_path / "largest.png"
-    done = subprocess.run([str(Path(sys.executable).parent / "lsms-segment"), "--sample", "reflits",
+def _segment_sample(sample: str, output: Path) -> subprocess.CompletedProcess:
+    """``lsms-segment --sample SAMPLE --text "the largest lesion" -o OUTPUT --json``, as a user runs it."""
+    return subprocess.run([str(Path(sys.executable).parent / "lsms-segment"), "--sample", sample,
                            "--text", "the largest lesion", "-o", str(output), "--json"],
                           capture_output=True, text=True, timeout=300)
+
+
+def test_lsms_segment_uses_the_default_model(tmp_path):
+    output = tmp_path / "largest.png"
+    done = _segment_sample("reflits", output)
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     assert report["model"]["name"] == "lsms-reflits"
     mask = np.asarray(Image.open(output)) > 0
     assert mask.shape == (128, 128) and report["pixels"] == mask.sum() > 0
+    assert report["outside_domain"] is None and "warning" not in done.stderr  # abdominal CT in HU
+
+
+def test_lsms_segment_warns_when_the_image_is_outside_the_models_domain_and_still_segments(tmp_path):
+    """Issue 11, item 7, on the command line: the head CT sample is not what the default model knows."""
+    output = tmp_path / "head.png"
+    done = _segment_sample("ct", output)
+    assert done.returncode == 0, done.stderr
+    [warning] = [line for line in done.stderr.splitlines() if line.startswith("lsms-segment: warning: ")]
+    assert "outside what the model was trained on" in warning and "Segmenting anyway" in warning
+    assert json.loads(done.stdout)["outside_domain"] in warning and output.exists()

@@ -113,3 +113,21 @@ def test_lungs_filling_the_body_say_chest(default_domain):
 def test_the_warning_says_what_the_model_knows_and_that_segmenting_goes_on(default_domain):
     text = domain_warning(["DICOM Modality is MR (the model knows CT)"], default_domain)
     assert "CT in HU of the abdomen" in text and "DICOM Modality is MR" in text and "Segmenting anyway" in text
+
+
+def test_a_trained_model_states_its_training_datas_domain():
+    """lsms-train's checkpoints state the modalities and units of their annotations and the run's window
+    and input size; the region only when fine-tuned from a model that states one."""
+    from lsms_core.domain import derive_domain, domain_of_training
+
+    prep = PreprocessConfig(image_size=128, window_center=40.0, window_width=350.0)
+    ct = [{"modality": "CT", "units": "HU"}] * 3
+    scratch = domain_of_training(ct, prep)
+    assert scratch.modalities == ("CT",) and scratch.units == "HU" and scratch.window == (40.0, 350.0)
+    assert scratch.input_size == 128 and scratch.body_regions == () and scratch.body_part_terms == ()
+    tuned = domain_of_training(ct, prep, inherited=derive_domain())
+    assert tuned.body_regions == ("abdomen", "liver") and "ABD" in tuned.body_part_terms
+    mixed = domain_of_training([{"modality": "MR", "units": "raw"}, {"modality": "CT", "units": "HU"}], prep)
+    assert mixed.modalities == ("CT", "MR") and mixed.units == "raw" and mixed.window is None
+    again = ModelDomain.from_record(tuned.to_record())  # what a checkpoint stores reads back the same
+    assert again.body_regions == tuned.body_regions and again.window == tuned.window

@@ -13,7 +13,8 @@ import torch
 from lsms_core.checkpoint import read_checkpoint
 from lsms_core.inference import Segmenter
 from lsms_core.preprocessing import to_model_input
-from lsms_core.selection import GEOMETRY_FEATURES, candidate_features, components, feature_dim
+from lsms_core.selection import (CLUSTER_FEATURES, GEOMETRY_FEATURES, candidate_features, cluster_features,
+                                 components, feature_dim)
 
 
 def _disc(shape, centre, radius):
@@ -27,6 +28,29 @@ def test_components_drop_specks_and_number_the_rest():
     labels = components(mask, min_area=3)
     assert labels.max() == 2 and labels[2, 38] == 0
     assert set(np.unique(labels[mask & (labels > 0)])) == {1, 2}
+
+
+def test_cluster_features_see_the_fragments_of_one_tumour_as_one():
+    """A tumour cut into two fragments (2 px apart) and a lone lesion larger than either fragment but
+    smaller than both together: by cluster, the fragments rank first."""
+    shape = (64, 64)
+    left, right = _disc(shape, (20, 14), 5), _disc(shape, (20, 26), 5)  # 2-px gap between them
+    lone = _disc(shape, (50, 48), 6)
+    labels = np.zeros(shape, np.int32)
+    labels[left], labels[right], labels[lone] = 1, 2, 3
+    area = np.array([left.sum(), right.sum(), lone.sum()], np.float32)
+    assert area[2] > area[0] and area[2] < area[0] + area[1]
+    features = cluster_features(labels, area).numpy()
+    log_area, rank, share, log_count = features.T
+    assert log_area[0] == log_area[1] == 0 and log_area[2] == pytest.approx(np.log(area[2] / area[:2].sum()))
+    assert list(rank) == [0.0, 0.0, 0.25] and list(log_count) == pytest.approx([np.log(2), np.log(2), 0.0])
+    assert share[:2].sum() == pytest.approx(1.0) and share[2] == 1.0
+    grey = np.full(shape, 0.5, np.float32)
+    described = candidate_features(labels, grey, torch.zeros(8, 16, 16), clusters=True)
+    assert described.shape == (3, feature_dim(8, clusters=True)) == (3, 16 + CLUSTER_FEATURES + GEOMETRY_FEATURES)
+    np.testing.assert_allclose(described[:, 16:16 + CLUSTER_FEATURES].numpy(), features)
+    plain = candidate_features(labels, grey, torch.zeros(8, 16, 16))
+    assert torch.equal(described[:, -GEOMETRY_FEATURES:], plain[:, -GEOMETRY_FEATURES:])  # geometry stays last
 
 
 def test_candidate_descriptors_rank_size_and_darkness_among_the_slice():

@@ -265,14 +265,57 @@ def test_resume_from_a_damaged_state_says_so_in_one_line(tmp_path, capsys, cut):
 
 
 def test_fine_tuning_starts_from_the_shipped_model(mini_dataset, tmp_path):
-    """--init-checkpoint default: the shipped LSMS weights (its selector left out) start the run."""
+    """--init-checkpoint default --drop-selector: the shipped LSMS weights (its selector left out) start
+    a run that trains the LSMS on the expressions themselves."""
     from lsms_core.checkpoint import read_checkpoint as read
 
     config = TrainConfig(dataset=str(mini_dataset), output=str(tmp_path / "run"), preset="lsms-grounded",
-                         image_size=64, epochs=1, batch_size=4, lr=1e-9, init_checkpoint="default", same_slice=2)
+                         image_size=64, epochs=1, batch_size=4, lr=1e-9, init_checkpoint="default", same_slice=2,
+                         keep_selector=False)
     trainer = Trainer(config, show_progress=False)
     shipped = read("default").model_state
     start = trainer.model.state_dict()
     assert torch.equal(start["decode_head.conv_seg.weight"], shipped["decode_head.conv_seg.weight"])
     assert not start["backbone.pos_embed1.proj.weight"].any()  # the added position encoding starts at zero
     assert trainer.model.selector is None
+
+
+def test_fine_tuning_the_shipped_model_keeps_its_selector_and_trains_its_lesion_finder(mini_dataset, tmp_path):
+    """--init-checkpoint default (what the widget's Train does): the preset comes from the checkpoint, the
+    geometry selector is kept frozen, and the LSMS learns "all lesions" = the union of each slice's masks;
+    the written model selects lesions with the unchanged selector."""
+    import numpy as np
+
+    from lsms_core.checkpoint import read_checkpoint as read
+    from lsms_core.dataset import AnnotationDataset
+    from lsms_core.selection import ALL_LESIONS_TEXT
+    from training.train_cli import build_parser, config_from_args
+
+    args = build_parser().parse_args([str(mini_dataset), "-o", str(tmp_path / "run"), "--init-checkpoint", "default",
+                                      "--image-size", "64", "--epochs", "1", "--batch-size", "4", "--lr", "1e-4",
+                                      "--no-progress"])
+    config = config_from_args(args)
+    assert config.preset == "lsms" and config.keep_selector  # the shipped model's architecture
+    trainer = Trainer(config, show_progress=False)
+    shipped = read("default").model_state
+    selector = {k: v.clone() for k, v in trainer.model.state_dict().items() if k.startswith("selector.")}
+    assert selector and all(torch.equal(v, shipped[k]) for k, v in selector.items())
+    assert not any(p.requires_grad for p in trainer.model.selector.parameters())
+    samples = trainer.train_samples
+    dataset = AnnotationDataset.open(mini_dataset)
+    slices = {r["image"] for r in dataset.select("train")}
+    assert len(samples) == len(slices) and {r["text"] for r in samples.records} == {ALL_LESIONS_TEXT}
+    for index, record in enumerate(samples.records):
+        union = np.logical_or.reduce([dataset.read_mask(r) > 0 for r in dataset.select("train")
+                                      if r["image"] == record["image"]])
+        assert np.array_equal(samples.read_mask(index) > 0, union)
+    assert any("keeping" in note and "selector" in note for note in trainer.notes)
+    trainer.run()
+    written = read(tmp_path / "run" / "last.safetensors")
+    assert written.config.model.select_lesions and written.config.preset == "lsms+select"
+    domain = written.extra["domain"]  # the card's domain: the data's modality, the shipped model's region
+    assert domain["modalities"] == ["CT"] and domain["units"] == "HU" and domain["input_size"] == 64
+    assert domain["body_regions"] == ["abdomen", "liver"]
+    assert all(torch.equal(written.model_state[k].float(), v.float()) for k, v in selector.items())
+    changed = written.model_state["decode_head.conv_seg.weight"].float()
+    assert not torch.equal(changed, shipped["decode_head.conv_seg.weight"].float())  # the finder trained

@@ -73,6 +73,23 @@ def test_the_panel_shows_fine_tuning_defaults(with_dataset):
     args = widget.training_panel.settings_args("annotations")
     settings = [_value(args, flag) for flag in ("--epochs", "--image-size", "--lr", "--batch-size")]
     assert settings == ["5", "256", "0.0003", "8"]
+    # fine-tuning the model in use is the default (issue 11, item 3); its architecture comes with it
+    assert widget.training_panel.fine_tune.isChecked() and widget.model_picker.checkpoint() == "default"
+    assert _value(args, "--init-checkpoint") == "default" and "--preset" not in args
+
+
+def test_unticking_fine_tune_trains_a_new_model_and_a_chosen_checkpoint_is_fine_tuned(qtbot, with_dataset,
+                                                                                       tmp_path):
+    widget, _ = with_dataset
+    panel = widget.training_panel
+    panel.fine_tune.click()  # what a mouse click on the box does
+    assert not panel.fine_tune.isChecked()
+    args = panel.settings_args("annotations")
+    assert "--init-checkpoint" not in args and _value(args, "--preset") == "lsms"
+    panel.fine_tune.click()
+    mine = tmp_path / "mine.safetensors"
+    widget.model_picker.use_checkpoint(str(mine))
+    assert _value(panel.settings_args("annotations"), "--init-checkpoint") == str(mine)
 
 
 def test_typed_settings_reach_the_childs_command_line_through_the_train_button(qtbot, with_dataset, recorded):
@@ -91,6 +108,7 @@ def test_typed_settings_reach_the_childs_command_line_through_the_train_button(q
     assert _value(command, "--epochs") == "3" and _value(command, "--image-size") == "128"
     assert _value(command, "--lr") == "0.0001" and _value(command, "--batch-size") == "2"
     assert command.count("--epochs") == 1 and "--exit-with-parent" in command
+    assert _value(command, "--init-checkpoint") == "default"
     assert "Training in the background" in widget.data_status.text()
     assert widget.cancel_training_button.isEnabled() and not widget.train_button.isEnabled()
 

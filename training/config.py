@@ -50,6 +50,9 @@ class TrainConfig:
     mix: tuple[str, ...] = ()  # more datasets whose train (and val) splits are mixed in
     same_slice: int = 1  # expressions of one slice (different targets) next to each other in a batch
     init_checkpoint: str | None = None  # start from these weights ("default": the shipped model)
+    # With init_checkpoint holding a lesion selector that reads geometry only: keep it (frozen) and train
+    # the LSMS as its lesion finder ("all lesions" = the union of each slice's masks). False: leave it out.
+    keep_selector: bool = True
     expression_kinds: tuple[str, ...] = ()  # train and validate only on expressions of these kinds
 
     def validate(self) -> "TrainConfig":

@@ -114,11 +114,15 @@ class ReferringSamples(torch.utils.data.Dataset):
     ``dataset`` may be a list: the first is the main dataset, the others are mixed in (e.g.
     synthetic referring data, ``lsms-train --mix``). Preprocessed slices (shared by their
     annotations) and targets are kept in a bounded cache: ``cache_bytes`` (default 2 GiB) for each.
+
+    ``finder``: one sample per slice instead of one per annotation, with the text "all lesions" and the
+    union of the slice's masks: what the LSMS of a model with a lesion selector (the lesion finder) is
+    asked at inference. Its record is the slice's first, with that text and a "union_of" list.
     """
 
     def __init__(self, dataset: AnnotationDataset | list[AnnotationDataset], split: str | None,
                  prep: PreprocessConfig, augment: bool = False, seed: int = 0, cache_bytes: int = 2 << 30,
-                 kinds: tuple[str, ...] = ()) -> None:
+                 kinds: tuple[str, ...] = (), finder: bool = False) -> None:
         self.datasets = list(dataset) if isinstance(dataset, (list, tuple)) else [dataset]
         self.dataset = self.datasets[0]
         self.records: list[dict] = []
@@ -127,6 +131,8 @@ class ReferringSamples(torch.utils.data.Dataset):
             chosen = source.select(split)
             if kinds:  # only expressions of these kinds (e.g. "count": all lesions, the only lesion)
                 chosen = [r for r in chosen if set(r.get("expression_kinds") or ()) & set(kinds)]
+            if finder:
+                chosen = _finder_records(chosen)
             self.records += chosen
             self.record_source += [number] * len(chosen)
         if not self.records:
@@ -145,8 +151,12 @@ class ReferringSamples(torch.utils.data.Dataset):
         return self.datasets[self.record_source[index]]
 
     def read_mask(self, index: int) -> np.ndarray:
-        """The annotation's mask at its image's own size (H,W)."""
-        return self.source_of(index).read_mask(self.records[index])
+        """The annotation's mask at its image's own size (H,W) (a finder sample's: the union)."""
+        source, record = self.source_of(index), self.records[index]
+        if "union_of" not in record:
+            return source.read_mask(record)
+        masks = [source.read_mask(r) > 0 for r in record["union_of"]]
+        return np.logical_or.reduce(masks).astype(np.uint8)
 
     def grey(self, record: dict, index: int | None = None) -> torch.Tensor:
         source = self.dataset if index is None else self.source_of(index)
@@ -180,6 +190,17 @@ class ReferringSamples(torch.utils.data.Dataset):
             generator = torch.Generator().manual_seed(hash((self.seed, self.epoch, index)) & 0x7FFFFFFF)
             grey, target, text = augment_sample(grey, target, text, generator)
         return Sample(grey, target, text, index)
+
+
+def _finder_records(records: list[dict]) -> list[dict]:
+    """One "all lesions" record per slice of ``records``, holding the slice's records in "union_of"."""
+    from lsms_core.selection import ALL_LESIONS_TEXT
+
+    by_image: dict[str, list[dict]] = {}
+    for record in records:
+        by_image.setdefault(record["image"], []).append(record)
+    return [{**group[0], "text": ALL_LESIONS_TEXT, "expression_kinds": ["count"], "instance": None,
+             "union_of": group} for group in by_image.values()]
 
 
 def _swap_words(text: str, pair: tuple[str, str]) -> str:

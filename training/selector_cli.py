@@ -30,6 +30,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="what the selector reads of each candidate: its geometry and intensity (size, position, "
                         "contrast, shape, each also relative to the slice's others), or that and the decoder's "
                         "features on and around it")
+    p.add_argument("--kind", choices=("film", "attention"), default="film",
+                   help="film: the mean of the sentence's word features scales and shifts each candidate; "
+                        "attention: the candidates attend to each other and to every word (docs/model.md)")
+    p.add_argument("--layers", type=int, default=2, help="attention blocks of --kind attention")
+    p.add_argument("--members", type=int, default=1,
+                   help="train this many selectors side by side (different initialisations, the same batches) "
+                        "and average their logits: less dependent on the seed (docs/model.md)")
+    p.add_argument("--clusters", action="store_true",
+                   help="describe each candidate also by its cluster of nearby fragments (within 6 px): the "
+                        "finder cuts large tumours into fragments that otherwise outrank a named lesion")
     p.add_argument("--thresholds", type=float, nargs="+", default=[0.5], metavar="P",
                    help="cut the training slices' candidates from the finder's probability at each of these "
                         "(e.g. 0.35 0.5 0.65: the selector also learns from split and merged candidates); "
@@ -53,6 +63,9 @@ def main(argv: list[str] | None = None) -> int:
 
         if args.epochs < 1 or args.batch_size < 1 or not 0 < args.lr <= 1:
             raise ValueError("--epochs and --batch-size must be >= 1 and --lr in (0, 1]")
+        if not 1 <= args.members <= 16 or not 1 <= args.layers <= 12:
+            raise ValueError(f"--members must be in 1..16 and --layers in 1..12, got {args.members} and "
+                             f"{args.layers}")
         if not all(0 < t < 1 for t in args.thresholds):
             raise ValueError(f"--thresholds must lie in (0, 1), got {args.thresholds}")
         earlier = [n for n in ("best.safetensors", "last.safetensors", "log.jsonl") if (Path(args.output) / n).exists()]
@@ -62,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
         end = train_selector(args.checkpoint, args.dataset, args.output, args.epochs, args.batch_size, args.lr,
                              args.weight_decay, args.seed, args.device, args.model_name, args.half_checkpoints,
                              progress=not args.no_progress, flip=not args.no_flip, features=args.features,
-                             thresholds=tuple(args.thresholds))
+                             thresholds=tuple(args.thresholds), kind=args.kind, layers=args.layers,
+                             members=args.members, clusters=args.clusters)
         print(json.dumps(end))
         return 0
 

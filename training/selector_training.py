@@ -26,12 +26,13 @@ import torch.nn.functional as F
 
 from lsms_core.checkpoint import read_checkpoint, save_checkpoint
 from lsms_core.dataset import AnnotationDataset
+from lsms_core.domain import model_domain
 from lsms_core.metrics import Scores
 from lsms_core.model import build_model
 from lsms_core.preprocessing import to_model_input, to_unit_grey
 from lsms_core.referring import ReferringScores, instance_map, named_instance, score_referring
 from lsms_core.selection import (ALL_LESIONS_TEXT, GEOMETRY_FEATURES, HORIZONTAL_GEOMETRY, Candidates,
-                                 describe_candidates, finder_pass, sentence_feature)
+                                 describe_candidates, finder_pass)
 
 from .data import _swap_words
 
@@ -97,7 +98,7 @@ def slice_samples(model, prep, words_all, mask_all, dataset: AnnotationDataset, 
     instances = instance_map(masks, [r.get("instance") for r in records])
     samples = []
     for threshold in thresholds:
-        candidates = describe_candidates(probability, embedding, grey, threshold)
+        candidates = describe_candidates(probability, embedding, grey, threshold, model.config.selector_clusters)
         samples.append(SliceSamples(candidates, instances, _expressions(candidates, instances, records, masks)))
     return samples
 
@@ -121,23 +122,30 @@ def collect(model, prep, text_encoder, datasets: list[AnnotationDataset], split:
             for samples in slice_samples(model, prep, words_all, mask_all, d, rs, device, thresholds)]
 
 
-class SentenceCache:
-    """Mean word feature (C_l,) per expression, from the frozen text encoder."""
+class WordCache:
+    """The frozen text encoder's word features per expression: ``words[text]`` is (T,C_l) for its T
+    real tokens; ``batch(texts)`` pads them to (B,T_max,C_l) with a (B,T_max) bool mask."""
 
     def __init__(self, encoder, device: torch.device) -> None:
-        self.encoder, self.device, self.features = encoder, device, {}
+        self.encoder, self.device, self.words = encoder, device, {}
 
     def fill(self, texts: list[str], batch: int = 128) -> None:
-        missing = sorted(set(texts) - set(self.features))
+        missing = sorted(set(texts) - set(self.words))
         for start in range(0, len(missing), batch):
             chunk = missing[start:start + batch]
             with torch.inference_mode():
                 words, mask = self.encoder.encode(chunk, self.device)
-                pooled = sentence_feature(words, mask).float().cpu()
-            self.features.update(zip(chunk, pooled))
+            words, mask = words.float().cpu(), mask.bool().cpu()
+            self.words.update((text, w[m].clone()) for text, w, m in zip(chunk, words, mask))
 
-    def __getitem__(self, text: str) -> torch.Tensor:
-        return self.features[text]
+    def batch(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = [self.words[text] for text in texts]
+        length = max(len(r) for r in rows)
+        words = torch.zeros(len(rows), length, rows[0].shape[1])
+        mask = torch.zeros(len(rows), length, dtype=torch.bool)
+        for i, row in enumerate(rows):
+            words[i, :len(row)], mask[i, :len(row)] = row, True
+        return words, mask
 
 
 def mirrored(text: str) -> str:
@@ -145,8 +153,8 @@ def mirrored(text: str) -> str:
     return _swap_words(text, ("left", "right"))
 
 
-def _batch(items: list[tuple[SliceSamples, Expression]], sentences: SentenceCache, flips: list[bool] | None = None):
-    """Padded (B,K,F) features, (B,K) valid, (B,C_l) sentences, (B,K) targets. ``flips`` mirrors
+def _batch(items: list[tuple[SliceSamples, Expression]], words: WordCache, flips: list[bool] | None = None):
+    """Padded (B,K,F) features, (B,K) valid, (B,T,C_l) words, (B,T) word mask, (B,K) targets. ``flips`` mirrors
     chosen items left-right: their horizontal geometry changes sign and "left"/"right" swap."""
     width = max(max(s.candidates.count for s, _ in items), 1)
     dim = items[0][0].candidates.features.shape[1]
@@ -163,8 +171,8 @@ def _batch(items: list[tuple[SliceSamples, Expression]], sentences: SentenceCach
                 features[row, :count, geometry + column] *= -1
         valid[row, :count] = True
         target[row, :count] = expression.target
-    sentence = torch.stack([sentences[mirrored(e.text) if flip else e.text] for (_, e), flip in zip(items, flips)])
-    return features, valid, sentence, target
+    text, word_mask = words.batch([mirrored(e.text) if flip else e.text for (_, e), flip in zip(items, flips)])
+    return features, valid, text, word_mask, target
 
 
 def selector_loss(logits: torch.Tensor, valid: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -179,7 +187,7 @@ def selector_loss(logits: torch.Tensor, valid: torch.Tensor, target: torch.Tenso
 
 
 @torch.no_grad()
-def evaluate_selection(selector, slices: list[SliceSamples], sentences: SentenceCache) -> dict:
+def evaluate_selection(selector, slices: list[SliceSamples], words: WordCache) -> dict:
     """Dice/IoU of the chosen union against each annotation's mask, and the referring figures."""
     selector.eval()
     scores, referring, oracle = Scores(), ReferringScores(), []
@@ -188,7 +196,7 @@ def evaluate_selection(selector, slices: list[SliceSamples], sentences: Sentence
         for expression in slice_.expressions:
             if count:
                 logits = selector(slice_.candidates.features[None], torch.ones(1, count, dtype=torch.bool),
-                                  sentences[expression.text][None])[0]
+                                  *words.batch([expression.text]))[0]
                 chosen = slice_.candidates.union((logits > 0).numpy())
             else:
                 chosen = np.zeros(slice_.instances.shape, dtype=bool)
@@ -202,7 +210,7 @@ def evaluate_selection(selector, slices: list[SliceSamples], sentences: Sentence
             "oracle_hit_rate": float(np.mean(oracle)) if oracle else None}  # the best single candidate
 
 
-def fit_selector(selector, items: list[tuple[SliceSamples, Expression]], sentences: SentenceCache, epochs: int,
+def fit_selector(selector, items: list[tuple[SliceSamples, Expression]], words: WordCache, epochs: int,
                  batch_size: int, lr: float, weight_decay: float, flip: bool, rng: random.Random,
                  after_epoch: Callable[[int, float], None] | None = None) -> None:
     """AdamW with a one-cycle schedule on ``items`` (slice, expression) pairs, shuffled by ``rng``;
@@ -220,8 +228,12 @@ def fit_selector(selector, items: list[tuple[SliceSamples, Expression]], sentenc
         for begin in range(0, len(items), batch_size):
             chunk = items[begin:begin + batch_size]
             flips = [flip and rng.random() < 0.5 for _ in chunk]
-            features, valid, sentence, target = _batch(chunk, sentences, flips)
-            loss = selector_loss(selector(features, valid, sentence), valid, target)
+            features, valid, text, word_mask, target = _batch(chunk, words, flips)
+            if hasattr(selector, "member_logits"):  # an ensemble: each member learns from its own loss
+                members = selector.member_logits(features, valid, text, word_mask)
+                loss = torch.stack([selector_loss(logits, valid, target) for logits in members]).mean()
+            else:
+                loss = selector_loss(selector(features, valid, text, word_mask), valid, target)
             if not torch.isfinite(loss):
                 raise RuntimeError(f"the selector's loss became {float(loss)} in epoch {epoch}: lower --lr")
             optimiser.zero_grad(set_to_none=True)
@@ -236,7 +248,8 @@ def fit_selector(selector, items: list[tuple[SliceSamples, Expression]], sentenc
 def train_selector(checkpoint: str, datasets: list[str], output: str, epochs: int = 30, batch_size: int = 64,
                    lr: float = 1e-3, weight_decay: float = 0.01, seed: int = 0, device: str = "cpu",
                    model_name: str = "lsms", half: bool = False, progress: bool = True, flip: bool = True,
-                   features: str = "geometry", thresholds: tuple[float, ...] = (0.5,)) -> dict:
+                   features: str = "geometry", thresholds: tuple[float, ...] = (0.5,), kind: str = "film",
+                   layers: int = 2, members: int = 1, clusters: bool = False) -> dict:
     """Train a selector on the frozen LSMS of ``checkpoint``; write ``best``/``last`` checkpoints (LSMS +
     selector) and ``log.jsonl`` into ``output``. Returns the end record.
 
@@ -251,7 +264,10 @@ def train_selector(checkpoint: str, datasets: list[str], output: str, epochs: in
     run.mkdir(parents=True, exist_ok=True)
     torch_device = torch.device(device)
     base = read_checkpoint(checkpoint)
-    model_config = dataclasses.replace(base.config.model, select_lesions=True, selector_features=features).validate()
+    domain = model_domain(checkpoint)  # the finder's: the selector adds no new images
+    model_config = dataclasses.replace(base.config.model, select_lesions=True, selector_features=features,
+                                       selector_kind=kind, selector_layers=layers,
+                                       selector_members=members, selector_clusters=clusters).validate()
     config = base.config.replace(model=model_config, preset=base.config.preset.removesuffix("+select") + "+select")
     model = build_model(model_config)
     lsms_state = {k: v for k, v in base.model_state.items() if not k.startswith("selector.")}  # a new selector
@@ -266,16 +282,17 @@ def train_selector(checkpoint: str, datasets: list[str], output: str, epochs: in
     start = time.perf_counter()
     train = collect(model, base.config.preprocess, text_encoder, opened, "train", torch_device, progress, thresholds)
     val = collect(model, base.config.preprocess, text_encoder, opened, "val", torch_device, progress)
-    sentences = SentenceCache(text_encoder, torch_device)
+    words = WordCache(text_encoder, torch_device)
     texts = [e.text for s in train + val for e in s.expressions]
-    sentences.fill(texts + [mirrored(t) for t in texts] if flip else texts)
+    words.fill(texts + [mirrored(t) for t in texts] if flip else texts)
     items = [(s, e) for s in train for e in s.expressions if e.found]
     if not items:
         raise ValueError("no training expression whose lesion LSMS finds: is the checkpoint trained?")
     selector = model.selector
     log = run / "log.jsonl"
     prepared = {"event": "start", "checkpoint": str(checkpoint), "datasets": datasets, "epochs": epochs, "flip": flip,
-                "features": features, "thresholds": list(thresholds),
+                "features": features, "kind": kind, "layers": layers, "members": members, "clusters": clusters,
+                "thresholds": list(thresholds),
                 "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay, "seed": seed,
                 "train_slices": len(train), "train_expressions": len(items),
                 "train_missed": sum(not e.found for s in train for e in s.expressions),
@@ -286,12 +303,12 @@ def train_selector(checkpoint: str, datasets: list[str], output: str, epochs: in
 
     def after_epoch(epoch: int, train_loss: float) -> None:
         nonlocal best, best_epoch
-        figures = evaluate_selection(selector, val, sentences) if val else {}
+        figures = evaluate_selection(selector, val, words) if val else {}
         record = {"event": "epoch", "epoch": epoch, "train_loss": round(train_loss, 5),
                   **{f"val_{k}": (round(v, 5) if isinstance(v, float) else v) for k, v in figures.items()}}
         score = (figures["dice"] + (figures["hit_rate"] if figures.get("n_referring") else 0.0)) if val else -train_loss
         extra = {"name": model_name, "epoch": epoch, "selector": {k: v for k, v in prepared.items() if k != "event"},
-                 "base": base.identity, "val": figures}
+                 "base": base.identity, "val": figures, "domain": domain.to_record()}
         model.to("cpu")
         if score > best:
             best, best_epoch = score, epoch
@@ -303,7 +320,7 @@ def train_selector(checkpoint: str, datasets: list[str], output: str, epochs: in
         if progress:
             print(json.dumps(record), flush=True)
 
-    fit_selector(selector, items, sentences, epochs, batch_size, lr, weight_decay, flip, rng, after_epoch)
+    fit_selector(selector, items, words, epochs, batch_size, lr, weight_decay, flip, rng, after_epoch)
     end = {"event": "end", "best_epoch": best_epoch, "seconds": round(time.perf_counter() - start, 1)}
     with open(log, "a") as handle:
         handle.write(json.dumps(end) + "\n")

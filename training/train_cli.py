@@ -20,7 +20,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="run folder: checkpoints, log.jsonl, resumable state")
     p.add_argument("--resume", action="store_true", help="continue the run in --output with its stored settings")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier run's files in --output")
-    p.add_argument("--preset", default=defaults.preset, choices=sorted(PRESETS))
+    p.add_argument("--preset", choices=sorted(PRESETS),
+                   help=f"architecture (default: the --init-checkpoint's, else {defaults.preset})")
     p.add_argument("--no-text", action="store_true", help="text-free variant (no language branch, no L_con)")
     p.add_argument("--image-size", type=int, default=defaults.image_size)
     p.add_argument("--epochs", type=int, default=defaults.epochs)
@@ -47,6 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init-checkpoint", metavar="CHECKPOINT",
                    help="start from this checkpoint's weights ('default': the shipped model); layers the "
                         "preset adds (position encoding) start at zero")
+    p.add_argument("--drop-selector", action="store_true",
+                   help="with --init-checkpoint holding a lesion selector (the default model does): leave it out "
+                        "and train the LSMS on the expressions themselves. Without this flag the selector is kept "
+                        "unchanged and the LSMS is fine-tuned as its lesion finder, on each slice's 'all lesions' "
+                        "(the union of its saved masks)")
     p.add_argument("--expression-kinds", nargs="+", default=[], metavar="KIND",
                    help="train and validate only on expressions of these kinds, e.g. 'count' (all lesions, the "
                         "only lesion): the lesion finder a selector (lsms-train-selector) chooses from")
@@ -78,9 +84,22 @@ def parse_layers(text: str) -> tuple[int, ...]:
     return tuple(layers)
 
 
+def default_preset(init_checkpoint: str | None) -> str:
+    """The architecture a run takes when --preset is not given: the init checkpoint's (without the
+    "+select" a lesion selector adds), else TrainConfig's default."""
+    if init_checkpoint:
+        from lsms_core.checkpoint import read_checkpoint
+
+        name = read_checkpoint(init_checkpoint).config.preset.removesuffix("+select")
+        if name in PRESETS:
+            return name
+    return TrainConfig.preset
+
+
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(
-        dataset=args.dataset, output=args.output, preset=args.preset, use_text=not args.no_text,
+        dataset=args.dataset, output=args.output, preset=args.preset or default_preset(args.init_checkpoint),
+        use_text=not args.no_text,
         image_size=args.image_size, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         weight_decay=args.weight_decay, poly_power=args.poly_power, warmup_iters=args.warmup_iters,
         contrastive_weight=args.contrastive_weight, boundary_weight=args.boundary_weight,
@@ -89,7 +108,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         init_mscan=args.init_mscan, window_center=args.window[0], window_width=args.window[1], seed=args.seed,
         device=args.device, amp=not args.no_amp, channels_last=args.channels_last,
         save_every_steps=args.save_every_steps, model_name=args.model_name, half_checkpoints=args.half_checkpoints,
-        mix=tuple(args.mix), same_slice=args.same_slice, init_checkpoint=args.init_checkpoint, expression_kinds=tuple(args.expression_kinds))
+        mix=tuple(args.mix), same_slice=args.same_slice, init_checkpoint=args.init_checkpoint,
+        keep_selector=not args.drop_selector, expression_kinds=tuple(args.expression_kinds))
 
 
 def exit_with_parent(interval_s: float = 1.0) -> None:

@@ -8,6 +8,7 @@ checkpoints, a resumable state and one JSON line in ``log.jsonl``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -39,7 +40,8 @@ from .state import Progress, read_state, restore_state, save_state
 LOG_FILE = "log.jsonl"
 RUN_FILES = ("best.safetensors", "last.safetensors", "train_state.safetensors", LOG_FILE)  # what a run writes
 GROUNDING_FLAGS = ("position_encoding",)  # ModelConfig additions that start at zero
-SELECTOR_FIELDS = ("select_lesions", "selector_hidden", "selector_features")  # lsms-train-selector's part
+SELECTOR_FIELDS = ("select_lesions", "selector_hidden", "selector_features", "selector_kind", "selector_layers",
+                   "selector_members", "selector_clusters")  # lsms-train-selector's part
 _NORMS = (nn.BatchNorm2d, nn.LayerNorm, nn.GroupNorm, nn.SyncBatchNorm)
 
 
@@ -95,25 +97,34 @@ class Trainer:
 
         self.prep = PreprocessConfig(image_size=config.image_size, window_center=config.window_center,
                                      window_width=config.window_width).validate()
+        self.notes: list[str] = []  # said on stderr now and logged ("note" events) when the run starts
+        self.selector_from = self._kept_selector(config)  # the init checkpoint, when its selector is kept
+        finder = self.selector_from is not None
         datasets = [open_training_dataset(path) for path in (config.dataset, *config.mix)]
-        kinds = tuple(config.expression_kinds)
+        kinds = () if finder else tuple(config.expression_kinds)
         self.train_samples = ReferringSamples(datasets, config.train_split, self.prep, config.augment, config.seed,
-                                              kinds=kinds)
+                                              kinds=kinds, finder=finder)
         with_val = [d for d in datasets if any(not kinds or set(r.get("expression_kinds") or ()) & set(kinds)
                                                for r in d.select(config.val_split))]
-        self.val_samples = ReferringSamples(with_val, config.val_split, self.prep, kinds=kinds) if with_val else None
-        self.val_cases = self._referring_cases(self.val_samples) if self.val_samples is not None else {}
-        self.notes: list[str] = []  # said on stderr now and logged ("note" events) when the run starts
+        self.val_samples = (ReferringSamples(with_val, config.val_split, self.prep, kinds=kinds, finder=finder)
+                            if with_val else None)
+        # A finder's samples say "all lesions": no referring case among them.
+        self.val_cases = self._referring_cases(self.val_samples) if self.val_samples is not None and not finder else {}
         if self.val_samples is None:
             self._note(no_validation_note(config))
         self.slices = self.train_samples.slice_groups() if config.same_slice > 1 else None
+        self.domain = self._training_domain(config)
 
         self.text_encoder, self.text_cache = self._build_text(config)
         text_config = self.text_encoder.config if self.text_encoder is not None else TextEncoderConfig()
         # A text-free model never reads text_dim; keep the default encoder's for a uniform config.
         text_dim = self.text_encoder.hidden_size if self.text_encoder is not None else 384
         model_config = preset(config.preset, use_text=config.use_text, text_dim=text_dim)
-        self.lsms_config = LSMSConfig(model=model_config, text=text_config, preprocess=self.prep, preset=config.preset)
+        if self.selector_from is not None:
+            model_config = dataclasses.replace(model_config, **{
+                name: getattr(self.selector_from.config.model, name) for name in SELECTOR_FIELDS}).validate()
+        preset_name = config.preset + ("+select" if model_config.select_lesions else "")
+        self.lsms_config = LSMSConfig(model=model_config, text=text_config, preprocess=self.prep, preset=preset_name)
         self.model = build_model(model_config)
         if config.init_mscan:
             from lsms_core.mscan_import import import_mscan
@@ -128,6 +139,8 @@ class Trainer:
             if self.text_encoder is not None and not self.text_encoder.frozen:
                 self.text_encoder.load_state_dict({k[5:]: v for k, v in resumed[0].items() if k.startswith("text.")},
                                                   strict=False)
+        if self.model.selector is not None:  # kept from the init checkpoint: frozen, the LSMS trains
+            self.model.selector.requires_grad_(False)
         self.model.to(self.device)
         if config.channels_last:
             self.model.to(memory_format=torch.channels_last)
@@ -182,24 +195,54 @@ class Trainer:
             return encoder, cache
         return encoder.to(self.device), None
 
+    def _training_domain(self, config: TrainConfig):
+        """What the checkpoints will say the model knows (lsms_core.domain.domain_of_training)."""
+        from lsms_core.domain import domain_of_training, model_domain
+
+        inherited = model_domain(config.init_checkpoint) if config.init_checkpoint else None
+        return domain_of_training(self.train_samples.records, self.prep, inherited)
+
+    def _kept_selector(self, config: TrainConfig):
+        """The init checkpoint (lsms_core.checkpoint.Checkpoint) when this run keeps its lesion selector,
+        else None. Kept only where it reads geometry alone: the decoder features an "all" selector reads
+        change as the LSMS trains, so that one is left out (with a note)."""
+        if not config.init_checkpoint:
+            return None
+        from lsms_core.checkpoint import read_checkpoint
+
+        checkpoint = read_checkpoint(config.init_checkpoint)
+        model = checkpoint.config.model
+        if not model.select_lesions or not config.keep_selector:
+            return None
+        if model.selector_features != "geometry":
+            self._note(f"{checkpoint.path.name}'s lesion selector reads the decoder's features, which this run "
+                       "changes: it is left out (train a new one with lsms-train-selector)")
+            return None
+        self._note(f"keeping {checkpoint.path.name}'s lesion selector unchanged; the LSMS trains as its lesion "
+                   "finder on each slice's 'all lesions' (the union of its masks); --drop-selector trains it on "
+                   "the expressions instead")
+        return checkpoint
+
     def _load_initial_weights(self, path: str) -> None:
         """Start from a checkpoint of the same architecture; only the zero-initialised layers a preset
-        may add to it (position encoding) may be missing. A lesion selector in it is left out (this run
-        trains the LSMS; add a selector again with lsms-train-selector)."""
+        may add to it (position encoding) may be missing. Its lesion selector is kept frozen where
+        ``_kept_selector`` says so, else left out (add one again with lsms-train-selector)."""
         from lsms_core.checkpoint import CheckpointError, read_checkpoint
 
-        checkpoint = read_checkpoint(path)
+        checkpoint = self.selector_from or read_checkpoint(path)
         additions = dict.fromkeys(GROUNDING_FLAGS + SELECTOR_FIELDS)
         mine = {**vars(self.lsms_config.model), **additions}
         theirs = {**vars(checkpoint.config.model), **additions}
         if mine != theirs:
             changed = sorted(k for k in mine if mine[k] != theirs[k])
+            theirs_name = checkpoint.config.preset.removesuffix("+select")
             raise CheckpointError(f"--init-checkpoint {checkpoint.path}: its architecture differs from preset "
-                                  f"{self.config.preset} in {changed}; use --preset {checkpoint.config.preset}")
+                                  f"{self.config.preset} in {changed}; use --preset {theirs_name}")
         if checkpoint.config.text.name != self.lsms_config.text.name:
             raise CheckpointError(f"--init-checkpoint {checkpoint.path} was trained with text encoder "
                                   f"{checkpoint.config.text.name!r}, this run uses {self.lsms_config.text.name!r}")
-        state = {k: v for k, v in checkpoint.model_state.items() if not k.startswith("selector.")}
+        keep = self.selector_from is not None
+        state = {k: v for k, v in checkpoint.model_state.items() if keep or not k.startswith("selector.")}
         result = self.model.load_state_dict(state, strict=False)
         missing = [k for k in result.missing_keys if ".pos_embed" not in f".{k}"]
         if missing or result.unexpected_keys:
@@ -397,7 +440,8 @@ class Trainer:
         extra = {"name": self.config.model_name, "epoch": epoch, "iteration": self.progress.iteration,
                  "train_config": json.loads(self.config.to_json()),
                  "val": scores.summary() if scores is not None else None,
-                 "best_by": "validation" if scores is not None else "training loss"}
+                 "best_by": "validation" if scores is not None else "training loss",
+                 "domain": self.domain.to_record()}
         save_checkpoint(self.output / name, self.model, self.lsms_config, self.text_encoder, extra,
                         half=self.config.half_checkpoints)
 

@@ -64,17 +64,40 @@ def _segment(args: argparse.Namespace) -> int:
         image = read_slice(args.image, frame=args.frame, hounsfield=units)
     segmenter = Segmenter(args.checkpoint, device=args.device, text_encoder_path=args.text_encoder)
     loaded = time.perf_counter()
+    outside = _domain_warning(image, args)
+    if outside:
+        print(f"lsms-segment: warning: {outside}", file=sys.stderr)
     result = segmenter.segment(image, args.text)
     Image.fromarray(result.mask.astype(np.uint8) * 255).save(output, format="PNG")
     report = {"output": str(output), "pixels": result.pixels, "height": image.shape[0], "width": image.shape[1],
               "seconds": round(time.perf_counter() - start, 4), "load_seconds": round(loaded - start, 4),
               "segment_seconds": round(result.seconds, 4), "model": segmenter.describe(), "text": result.text,
-              "hounsfield": image.hounsfield, "notes": result.notes}
+              "hounsfield": image.hounsfield, "notes": result.notes, "outside_domain": outside}
     if args.json:
         print(json.dumps(report, sort_keys=True))
     else:
         print(f"{result.pixels} pixels -> {output} ({report['seconds']:.2f} s, {result.device})")
     return 0
+
+
+def _domain_warning(image, args: argparse.Namespace) -> str | None:
+    """The widget's warning when the image lies outside the model's domain (lsms_core.domain), else None:
+    the DICOM header's Modality and BodyPartExamined first, intensity statistics where it is silent."""
+    from ..checkpoint import CheckpointError
+    from ..domain import ImageFacts, dicom_facts, domain_warning, model_domain, outside_domain
+
+    try:
+        domain = model_domain(args.checkpoint)
+    except (CheckpointError, OSError):  # the model loaded; a header it cannot describe only hides a hint
+        return None
+    body_part = ""
+    if args.image and image.modality not in ("", "OT"):  # a DICOM file: its header may name the region
+        try:
+            body_part = dicom_facts(args.image)[1]
+        except Exception:  # noqa: BLE001 - the header was read once already; a second failure only hides a hint
+            body_part = ""
+    reasons = outside_domain(ImageFacts(image.pixels, image.hounsfield, image.modality, body_part), domain)
+    return domain_warning(reasons, domain) if reasons else None
 
 
 def _same_file(a: Path, b: Path) -> bool:

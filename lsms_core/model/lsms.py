@@ -15,9 +15,9 @@ from torch import nn
 
 from ..config import ModelConfig
 from .decoder import FullScaleDecoder, NMF2D
-from ..selection import GEOMETRY_FEATURES, feature_dim as selection_feature_dim
+from ..selection import feature_dim as selection_feature_dim, geometry_width
 from .encoder import Encoder, PositionEncoding
-from .selector import LesionSelector
+from .selector import build_selector
 
 
 class LSMSOutput(NamedTuple):
@@ -52,9 +52,12 @@ class LSMS(nn.Module):
             config.decoder_channels, config.fsd, nmf, config.decoder_dropout)
         # L_avg projection of the contrastive loss (eq. 14); used in training only.
         self.sentence_proj = nn.Linear(config.text_dim, config.decoder_channels) if config.use_text else None
-        self.selector = (LesionSelector(selection_feature_dim(config.decoder_channels), config.text_dim,
-                                        config.selector_hidden,
-                                        GEOMETRY_FEATURES if config.selector_features == "geometry" else None)
+        self.selector = (build_selector(config.selector_kind,
+                                        selection_feature_dim(config.decoder_channels, config.selector_clusters),
+                                        config.text_dim, config.selector_hidden,
+                                        geometry_width(config.selector_clusters)
+                                        if config.selector_features == "geometry" else None,
+                                        config.selector_layers, config.selector_members)
                          if config.select_lesions else None)
         self.apply(_init_weights)
         for module in self.modules():

@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Callable
 
 from qtpy.QtCore import QTimer
-from qtpy.QtWidgets import QGridLayout, QHBoxLayout, QLabel, QLineEdit, QPushButton, QSpinBox, QVBoxLayout
+from qtpy.QtWidgets import (QCheckBox, QGridLayout, QHBoxLayout, QLabel, QLineEdit, QPushButton, QSpinBox,
+                            QVBoxLayout)
 
 from .training import TrainingProcess
 
@@ -34,15 +35,16 @@ def parse_learning_rate(text: str) -> float:
 
 
 class TrainingPanel(QVBoxLayout):
-    """Epochs, image size, learning rate, batch size; "Train on this dataset" (or "Resume training" after
-    a cancel; the resumed run keeps its own settings), "Cancel training",
-    "Start over" (forget the cancelled run), "Use new model". ``say``/``fail`` write the data status
-    line; ``use_model(path)`` switches the model picker to a checkpoint."""
+    """Epochs, image size, learning rate, batch size, "Fine-tune the current model"; "Train on this
+    dataset" (or "Resume training" after a cancel; the resumed run keeps its own settings), "Cancel
+    training", "Start over" (forget the cancelled run), "Use new model". ``say``/``fail`` write the data
+    status line; ``use_model(path)`` switches the model picker to a checkpoint; ``current_model()`` is
+    the model in use ("default" or a checkpoint path; ValueError when none is chosen)."""
 
     def __init__(self, parent, say: Callable[[str], None], fail: Callable[[str], None],
-                 use_model: Callable[[str], None]) -> None:
+                 use_model: Callable[[str], None], current_model: Callable[[], str]) -> None:
         super().__init__()
-        self._say, self._fail, self._use_model = say, fail, use_model
+        self._say, self._fail, self._use_model, self._current_model = say, fail, use_model, current_model
         self.training: TrainingProcess | None = None
         self.cancelled_run: tuple[str, Path] | None = None  # (dataset, run folder) the next Train resumes
         self.live: list[TrainingProcess] = []  # a plain list: stopped even after the Qt objects are gone
@@ -58,6 +60,11 @@ class TrainingPanel(QVBoxLayout):
                                       "corrections, 1e-3 a model trained from scratch")
         self.batch_size = _spin_box(1, 256, DEFAULT_BATCH_SIZE, "annotations per step; lower it when memory runs "
                                     "out")
+        self.fine_tune = QCheckBox("Fine-tune the current model")
+        self.fine_tune.setChecked(True)
+        self.fine_tune.setToolTip("start from the model in use (its lesion selector is kept; the lesion finder "
+                                  "learns from your masks). Unchecked: a new model from scratch, which needs "
+                                  "hundreds of annotations")
         settings = QGridLayout()
         for row, column, label, widget in ((0, 0, "Epochs", self.epochs), (0, 2, "Image size", self.image_size),
                                            (1, 0, "Learning rate", self.learning_rate),
@@ -82,19 +89,22 @@ class TrainingPanel(QVBoxLayout):
         for widget in (self.start_over_button, self.use_model_button):
             second.addWidget(widget)
         self.addLayout(settings)
+        self.addWidget(self.fine_tune)
         self.addLayout(first)
         self.addLayout(second)
 
     def settings_args(self, dataset: str) -> list[str]:
-        """lsms-train's settings from the panel: epochs, image size, learning rate and batch size as shown
-        (the seam tests replace to train a tiny model). ValueError, saying what to type, for a learning rate
-        that is not a number in (0, 1) or an image size that is not a multiple of 32."""
+        """lsms-train's settings from the panel: epochs, image size, learning rate and batch size as shown,
+        and ``--init-checkpoint`` the current model when "Fine-tune" is checked (its architecture then
+        comes from it), else ``--preset lsms``. ValueError, saying what to type, for a learning rate that
+        is not a number in (0, 1), an image size that is not a multiple of 32 or no model chosen."""
         size = self.image_size.value()
         if size % SIZE_STEP:
             raise ValueError(f"image size {size} px is not a multiple of {SIZE_STEP}: use e.g. "
                              f"{max(SIZE_STEP * 2, size // SIZE_STEP * SIZE_STEP)}")
         lr = parse_learning_rate(self.learning_rate.text())
-        return ["--preset", "lsms", "--image-size", str(size), "--lr", f"{lr:g}", "--weight-decay", "0.05",
+        start = ["--init-checkpoint", self._current_model()] if self.fine_tune.isChecked() else ["--preset", "lsms"]
+        return [*start, "--image-size", str(size), "--lr", f"{lr:g}", "--weight-decay", "0.05",
                 "--augment", "--batch-size", str(self.batch_size.value()), "--epochs", str(self.epochs.value()),
                 "--model-name", f"lsms-{Path(dataset).name}"]
 

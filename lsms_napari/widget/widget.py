@@ -131,7 +131,8 @@ class ReferringLesionSegmentWidget(QWidget):
         row.addWidget(self.save_button)
         row.addWidget(self.export_button)
         data_layout.addLayout(row)
-        self.training_panel = TrainingPanel(self, self._say_data, self._fail_data, self._use_model)
+        self.training_panel = TrainingPanel(self, self._say_data, self._fail_data, self._use_model,
+                                            self.model_picker.checkpoint)
         self.training_panel.train_button.clicked.connect(lambda: self.train())
         self.epochs, self.train_button = self.training_panel.epochs, self.training_panel.train_button
         self.image_size, self.learning_rate = self.training_panel.image_size, self.training_panel.learning_rate

@@ -52,7 +52,8 @@ def breakdown(checkpoint: str, dataset_path: str, split: str) -> dict:
     from lsms_core.model import build_model
     from lsms_core.selection import ALL_LESIONS_TEXT
     from lsms_core.text_encoder import TextEncoder
-    from training.selector_training import WordCache, slice_samples
+    from training.data import TextFeatureCache
+    from training.selector_training import slice_samples
 
     stored = read_checkpoint(checkpoint)
     if not stored.config.model.select_lesions:
@@ -63,7 +64,7 @@ def breakdown(checkpoint: str, dataset_path: str, split: str) -> dict:
     device = torch.device("cpu")
     encoder = TextEncoder(stored.config.text).eval()
     words_all, mask_all = encoder.encode([ALL_LESIONS_TEXT], device)
-    words = WordCache(encoder, device)
+    words = TextFeatureCache(encoder, device)
     dataset = AnnotationDataset.open(dataset_path)
     by_image: dict[str, list[dict]] = defaultdict(list)
     for record in dataset.select(split):
@@ -71,7 +72,7 @@ def breakdown(checkpoint: str, dataset_path: str, split: str) -> dict:
     overall, per_kind = Counter(), defaultdict(Counter)
     for records in by_image.values():
         [samples] = slice_samples(model, stored.config.preprocess, words_all, mask_all, dataset, records, device)
-        words.fill([e.text for e in samples.expressions])
+        words.prefill([e.text for e in samples.expressions])
         for record, expression in zip(records, samples.expressions):
             if expression.named is None:
                 continue

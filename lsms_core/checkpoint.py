@@ -164,6 +164,23 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
     return Checkpoint(path, config, model_state, text_state, extra, hashlib.sha256(data).hexdigest())
 
 
+def read_stored_config(path: str | os.PathLike) -> tuple[LSMSConfig, dict[str, Any]]:
+    """A checkpoint's configuration and ``extra`` metadata from its safetensors header alone (a few KB; no
+    weights are read). CheckpointError when the file is not a checkpoint."""
+    path = resolve_checkpoint(path)
+    try:
+        with open(path, "rb") as handle:
+            length = int.from_bytes(handle.read(8), "little")
+            if not 0 < length <= min(path.stat().st_size, 100 << 20):
+                raise ValueError(f"header length {length}")
+            metadata = json.loads(handle.read(length)).get("__metadata__") or {}
+        config = LSMSConfig.from_json(metadata["config"])
+        extra = json.loads(metadata.get("extra", "{}"))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, ConfigError) as exc:
+        raise CheckpointError(f"{path}: cannot read the model's configuration ({exc})") from exc
+    return config, extra if isinstance(extra, dict) else {}
+
+
 def _read_metadata(path: Path, data: bytes) -> dict[str, str]:
     """The safetensors header's ``__metadata__`` (the header is 8-byte length + JSON)."""
     try:

@@ -60,7 +60,7 @@ class Volume:
         uid = self.sop_instance_uids[index] if index < len(self.sop_instance_uids) else None
         path = self.files[index] if len(self.files) == len(self.pixels) else (self.files[0] if self.files else None)
         return Slice(self.pixels[index], self.hounsfield, self.modality, self.spacing_mm, self.window, uid, path,
-                     self.patient_key)
+                     self.patient_key, self.body_part)
 
 
 DEFLATED = "1.2.840.10008.1.2.1.99"  # Deflated Explicit VR Little Endian: the whole dataset is zlib-deflated

@@ -14,7 +14,6 @@ prove that the image is inside.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from dataclasses import asdict, dataclass
@@ -134,24 +133,13 @@ _CACHE: dict[tuple[str, int, int], ModelDomain] = {}
 def model_domain(checkpoint: str | os.PathLike = "default") -> ModelDomain:
     """The domain of a checkpoint file ("default": the shipped model), read from its safetensors header
     only (no weights are read); cached per file version. CheckpointError when the file is not a checkpoint."""
-    from .checkpoint import CheckpointError, resolve_checkpoint
-    from .config import ConfigError, LSMSConfig
+    from .checkpoint import read_stored_config, resolve_checkpoint
 
     path = resolve_checkpoint(checkpoint)
     stat = path.stat()
     key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
     if key not in _CACHE:
-        try:
-            with open(path, "rb") as handle:
-                length = int.from_bytes(handle.read(8), "little")
-                if not 0 < length <= min(stat.st_size, 100 << 20):
-                    raise ValueError(f"header length {length}")
-                metadata = json.loads(handle.read(length)).get("__metadata__") or {}
-            config = LSMSConfig.from_json(metadata["config"])
-            extra = json.loads(metadata.get("extra", "{}"))
-        except (OSError, ValueError, KeyError, TypeError, AttributeError, ConfigError) as exc:
-            raise CheckpointError(f"{path}: cannot read the model's configuration ({exc})") from exc
-        _CACHE[key] = domain_of_checkpoint(config, extra if isinstance(extra, dict) else {})
+        _CACHE[key] = domain_of_checkpoint(*read_stored_config(path))
     return _CACHE[key]
 
 

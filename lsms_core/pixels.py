@@ -77,6 +77,7 @@ class Slice:
     window: the file's own display window (center, width) in the units of ``pixels``, or None.
     sop_instance_uid: the DICOM instance UID (hash it before storing it anywhere).
     patient_key: pseudonymous key of the patient (HMAC of PatientID with this user's secret).
+    body_part: the DICOM header's BodyPartExamined ("" when unknown).
     """
 
     pixels: np.ndarray
@@ -87,6 +88,7 @@ class Slice:
     sop_instance_uid: str | None = None
     source: Path | None = None
     patient_key: str | None = None  # pseudonymous (lsms_core.privacy), never an identifier
+    body_part: str = ""  # DICOM BodyPartExamined ("" when unknown): the model's domain check reads it
 
     @property
     def shape(self) -> tuple[int, int]:

@@ -138,9 +138,8 @@ def cluster_features(labels: np.ndarray, area: np.ndarray) -> torch.Tensor:
     log of the cluster's count of candidates. The finder cuts a large heterogeneous tumour into
     fragments, and then a fragment outranks the lesion named "the second largest"; the selector sees both
     views and learns when to trust which (docs/model.md, "Selector heads and seeds")."""
-    grown = ndimage.binary_dilation(labels > 0, _EIGHT, iterations=CLUSTER_PX)
-    clusters, _ = ndimage.label(grown, structure=_EIGHT)
     inside = labels > 0
+    clusters, _ = ndimage.label(ndimage.binary_dilation(inside, _EIGHT, iterations=CLUSTER_PX), structure=_EIGHT)
     owner = np.zeros(len(area), dtype=np.int64)
     owner[labels[inside] - 1] = clusters[inside]  # a candidate is connected: all its pixels share one cluster
     _, inverse = np.unique(owner, return_inverse=True)

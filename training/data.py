@@ -25,6 +25,7 @@ from lsms_core.config import PreprocessConfig
 from lsms_core.dataset import AnnotationDataset, DatasetError
 from lsms_core.preprocessing import normalise as _normalise
 from lsms_core.preprocessing import resize_grey, to_model_target, to_unit_grey
+from lsms_core.selection import ALL_LESIONS_TEXT
 
 _SWAPS = {"horizontal": ("left", "right"), "vertical": ("upper", "lower")}
 
@@ -194,8 +195,6 @@ class ReferringSamples(torch.utils.data.Dataset):
 
 def _finder_records(records: list[dict]) -> list[dict]:
     """One "all lesions" record per slice of ``records``, holding the slice's records in "union_of"."""
-    from lsms_core.selection import ALL_LESIONS_TEXT
-
     by_image: dict[str, list[dict]] = {}
     for record in records:
         by_image.setdefault(record["image"], []).append(record)
@@ -229,10 +228,11 @@ def augment_sample(grey: torch.Tensor, target: torch.Tensor, text: str,
 
 
 class TextFeatureCache:
-    """Word features of a frozen text encoder, computed once per distinct expression (on the CPU)."""
+    """Word features of a frozen text encoder, computed once per distinct expression (by the encoder on
+    ``device``) and kept on the CPU."""
 
-    def __init__(self, encoder) -> None:
-        self.encoder = encoder
+    def __init__(self, encoder, device: torch.device | str = "cpu") -> None:
+        self.encoder, self.device = encoder, device
         self._features: dict[str, torch.Tensor] = {}
 
     def prefill(self, texts: list[str], batch_size: int = 64) -> None:
@@ -240,9 +240,9 @@ class TextFeatureCache:
         for start in range(0, len(missing), batch_size):
             chunk = missing[start:start + batch_size]
             with torch.inference_mode():
-                words, mask = self.encoder.encode(chunk, "cpu")
+                words, mask = self.encoder.encode(chunk, self.device)
             for i, text in enumerate(chunk):
-                self._features[text] = words[i, : int(mask[i].sum())].clone()
+                self._features[text] = words[i, : int(mask[i].sum())].float().cpu().clone()
 
     def batch(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """(B,T,C_l) features padded to the longest, and the (B,T) mask."""

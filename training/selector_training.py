@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from lsms_core.checkpoint import read_checkpoint, save_checkpoint
 from lsms_core.dataset import AnnotationDataset
-from lsms_core.domain import model_domain
+from lsms_core.domain import domain_of_checkpoint
 from lsms_core.metrics import Scores
 from lsms_core.model import build_model
 from lsms_core.preprocessing import to_model_input, to_unit_grey
@@ -34,7 +34,7 @@ from lsms_core.referring import ReferringScores, instance_map, named_instance, s
 from lsms_core.selection import (ALL_LESIONS_TEXT, GEOMETRY_FEATURES, HORIZONTAL_GEOMETRY, Candidates,
                                  describe_candidates, finder_pass)
 
-from .data import _swap_words
+from .data import TextFeatureCache, _swap_words
 
 MATCH_SHARE = 0.3  # a candidate is on an instance when >= this share of its pixels lie on it
 COVER_SHARE = 0.5  # an expression names an instance when its mask covers >= this share of it
@@ -122,38 +122,12 @@ def collect(model, prep, text_encoder, datasets: list[AnnotationDataset], split:
             for samples in slice_samples(model, prep, words_all, mask_all, d, rs, device, thresholds)]
 
 
-class WordCache:
-    """The frozen text encoder's word features per expression: ``words[text]`` is (T,C_l) for its T
-    real tokens; ``batch(texts)`` pads them to (B,T_max,C_l) with a (B,T_max) bool mask."""
-
-    def __init__(self, encoder, device: torch.device) -> None:
-        self.encoder, self.device, self.words = encoder, device, {}
-
-    def fill(self, texts: list[str], batch: int = 128) -> None:
-        missing = sorted(set(texts) - set(self.words))
-        for start in range(0, len(missing), batch):
-            chunk = missing[start:start + batch]
-            with torch.inference_mode():
-                words, mask = self.encoder.encode(chunk, self.device)
-            words, mask = words.float().cpu(), mask.bool().cpu()
-            self.words.update((text, w[m].clone()) for text, w, m in zip(chunk, words, mask))
-
-    def batch(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        rows = [self.words[text] for text in texts]
-        length = max(len(r) for r in rows)
-        words = torch.zeros(len(rows), length, rows[0].shape[1])
-        mask = torch.zeros(len(rows), length, dtype=torch.bool)
-        for i, row in enumerate(rows):
-            words[i, :len(row)], mask[i, :len(row)] = row, True
-        return words, mask
-
-
 def mirrored(text: str) -> str:
     """The expression for the left-right mirrored slice ("left" and "right" swapped)."""
     return _swap_words(text, ("left", "right"))
 
 
-def _batch(items: list[tuple[SliceSamples, Expression]], words: WordCache, flips: list[bool] | None = None):
+def _batch(items: list[tuple[SliceSamples, Expression]], words: TextFeatureCache, flips: list[bool] | None = None):
     """Padded (B,K,F) features, (B,K) valid, (B,T,C_l) words, (B,T) word mask, (B,K) targets. ``flips`` mirrors
     chosen items left-right: their horizontal geometry changes sign and "left"/"right" swap."""
     width = max(max(s.candidates.count for s, _ in items), 1)
@@ -187,7 +161,7 @@ def selector_loss(logits: torch.Tensor, valid: torch.Tensor, target: torch.Tenso
 
 
 @torch.no_grad()
-def evaluate_selection(selector, slices: list[SliceSamples], words: WordCache) -> dict:
+def evaluate_selection(selector, slices: list[SliceSamples], words: TextFeatureCache) -> dict:
     """Dice/IoU of the chosen union against each annotation's mask, and the referring figures."""
     selector.eval()
     scores, referring, oracle = Scores(), ReferringScores(), []
@@ -210,7 +184,7 @@ def evaluate_selection(selector, slices: list[SliceSamples], words: WordCache) -
             "oracle_hit_rate": float(np.mean(oracle)) if oracle else None}  # the best single candidate
 
 
-def fit_selector(selector, items: list[tuple[SliceSamples, Expression]], words: WordCache, epochs: int,
+def fit_selector(selector, items: list[tuple[SliceSamples, Expression]], words: TextFeatureCache, epochs: int,
                  batch_size: int, lr: float, weight_decay: float, flip: bool, rng: random.Random,
                  after_epoch: Callable[[int, float], None] | None = None) -> None:
     """AdamW with a one-cycle schedule on ``items`` (slice, expression) pairs, shuffled by ``rng``;
@@ -264,7 +238,7 @@ def train_selector(checkpoint: str, datasets: list[str], output: str, epochs: in
     run.mkdir(parents=True, exist_ok=True)
     torch_device = torch.device(device)
     base = read_checkpoint(checkpoint)
-    domain = model_domain(checkpoint)  # the finder's: the selector adds no new images
+    domain = domain_of_checkpoint(base.config, base.extra)  # the finder's: the selector adds no new images
     model_config = dataclasses.replace(base.config.model, select_lesions=True, selector_features=features,
                                        selector_kind=kind, selector_layers=layers,
                                        selector_members=members, selector_clusters=clusters).validate()
@@ -282,9 +256,9 @@ def train_selector(checkpoint: str, datasets: list[str], output: str, epochs: in
     start = time.perf_counter()
     train = collect(model, base.config.preprocess, text_encoder, opened, "train", torch_device, progress, thresholds)
     val = collect(model, base.config.preprocess, text_encoder, opened, "val", torch_device, progress)
-    words = WordCache(text_encoder, torch_device)
+    words = TextFeatureCache(text_encoder, torch_device)
     texts = [e.text for s in train + val for e in s.expressions]
-    words.fill(texts + [mirrored(t) for t in texts] if flip else texts)
+    words.prefill(texts + [mirrored(t) for t in texts] if flip else texts)
     items = [(s, e) for s in train for e in s.expressions if e.found]
     if not items:
         raise ValueError("no training expression whose lesion LSMS finds: is the checkpoint trained?")

@@ -88,9 +88,9 @@ def default_preset(init_checkpoint: str | None) -> str:
     """The architecture a run takes when --preset is not given: the init checkpoint's (without the
     "+select" a lesion selector adds), else TrainConfig's default."""
     if init_checkpoint:
-        from lsms_core.checkpoint import read_checkpoint
+        from lsms_core.checkpoint import read_stored_config
 
-        name = read_checkpoint(init_checkpoint).config.preset.removesuffix("+select")
+        name = read_stored_config(init_checkpoint)[0].preset.removesuffix("+select")
         if name in PRESETS:
             return name
     return TrainConfig.preset

@@ -22,9 +22,10 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from lsms_core.checkpoint import save_checkpoint
+from lsms_core.checkpoint import read_checkpoint, save_checkpoint
 from lsms_core.config import LSMSConfig, PreprocessConfig, TextEncoderConfig, preset
 from lsms_core.device import autocast, autocast_dtype, resolve_device
+from lsms_core.domain import domain_of_checkpoint, domain_of_training
 from lsms_core.losses import LossConfig, LSMSLoss
 from lsms_core.metrics import Scores
 from lsms_core.referring import ReferringScores, referring_instances, score_referring
@@ -98,8 +99,10 @@ class Trainer:
         self.prep = PreprocessConfig(image_size=config.image_size, window_center=config.window_center,
                                      window_width=config.window_width).validate()
         self.notes: list[str] = []  # said on stderr now and logged ("note" events) when the run starts
-        self.selector_from = self._kept_selector(config)  # the init checkpoint, when its selector is kept
-        finder = self.selector_from is not None
+        # The init checkpoint, read once (its weights start the run; a resumed run takes them from its state).
+        self.init_checkpoint = read_checkpoint(config.init_checkpoint) if config.init_checkpoint else None
+        self.keeps_selector = self._keeps_selector(config)
+        finder = self.keeps_selector
         datasets = [open_training_dataset(path) for path in (config.dataset, *config.mix)]
         kinds = () if finder else tuple(config.expression_kinds)
         self.train_samples = ReferringSamples(datasets, config.train_split, self.prep, config.augment, config.seed,
@@ -113,16 +116,18 @@ class Trainer:
         if self.val_samples is None:
             self._note(no_validation_note(config))
         self.slices = self.train_samples.slice_groups() if config.same_slice > 1 else None
-        self.domain = self._training_domain(config)
+        inherited = (domain_of_checkpoint(self.init_checkpoint.config, self.init_checkpoint.extra)
+                     if self.init_checkpoint is not None else None)  # a fine-tuned model keeps its region
+        self.domain = domain_of_training(self.train_samples.records, self.prep, inherited)  # what checkpoints state
 
         self.text_encoder, self.text_cache = self._build_text(config)
         text_config = self.text_encoder.config if self.text_encoder is not None else TextEncoderConfig()
         # A text-free model never reads text_dim; keep the default encoder's for a uniform config.
         text_dim = self.text_encoder.hidden_size if self.text_encoder is not None else 384
         model_config = preset(config.preset, use_text=config.use_text, text_dim=text_dim)
-        if self.selector_from is not None:
+        if self.keeps_selector:
             model_config = dataclasses.replace(model_config, **{
-                name: getattr(self.selector_from.config.model, name) for name in SELECTOR_FIELDS}).validate()
+                name: getattr(self.init_checkpoint.config.model, name) for name in SELECTOR_FIELDS}).validate()
         preset_name = config.preset + ("+select" if model_config.select_lesions else "")
         self.lsms_config = LSMSConfig(model=model_config, text=text_config, preprocess=self.prep, preset=preset_name)
         self.model = build_model(model_config)
@@ -132,8 +137,8 @@ class Trainer:
             report = import_mscan(self.model, config.init_mscan)
             if self.is_main:
                 print(f"lsms-train: MSCAN weights: {report.summary()}")
-        if config.init_checkpoint and resumed is None:
-            self._load_initial_weights(config.init_checkpoint)
+        if self.init_checkpoint is not None and resumed is None:
+            self._load_initial_weights(self.init_checkpoint)
         if resumed is not None:
             self.model.load_state_dict({k[6:]: v for k, v in resumed[0].items() if k.startswith("model.")})
             if self.text_encoder is not None and not self.text_encoder.frozen:
@@ -195,41 +200,28 @@ class Trainer:
             return encoder, cache
         return encoder.to(self.device), None
 
-    def _training_domain(self, config: TrainConfig):
-        """What the checkpoints will say the model knows (lsms_core.domain.domain_of_training)."""
-        from lsms_core.domain import domain_of_training, model_domain
-
-        inherited = model_domain(config.init_checkpoint) if config.init_checkpoint else None
-        return domain_of_training(self.train_samples.records, self.prep, inherited)
-
-    def _kept_selector(self, config: TrainConfig):
-        """The init checkpoint (lsms_core.checkpoint.Checkpoint) when this run keeps its lesion selector,
-        else None. Kept only where it reads geometry alone: the decoder features an "all" selector reads
+    def _keeps_selector(self, config: TrainConfig) -> bool:
+        """Whether this run keeps the init checkpoint's lesion selector (frozen) and trains the LSMS as its
+        finder. Kept only where it reads geometry alone: the decoder features an "all" selector reads
         change as the LSMS trains, so that one is left out (with a note)."""
-        if not config.init_checkpoint:
-            return None
-        from lsms_core.checkpoint import read_checkpoint
-
-        checkpoint = read_checkpoint(config.init_checkpoint)
-        model = checkpoint.config.model
-        if not model.select_lesions or not config.keep_selector:
-            return None
-        if model.selector_features != "geometry":
+        checkpoint = self.init_checkpoint
+        if checkpoint is None or not checkpoint.config.model.select_lesions or not config.keep_selector:
+            return False
+        if checkpoint.config.model.selector_features != "geometry":
             self._note(f"{checkpoint.path.name}'s lesion selector reads the decoder's features, which this run "
                        "changes: it is left out (train a new one with lsms-train-selector)")
-            return None
+            return False
         self._note(f"keeping {checkpoint.path.name}'s lesion selector unchanged; the LSMS trains as its lesion "
                    "finder on each slice's 'all lesions' (the union of its masks); --drop-selector trains it on "
                    "the expressions instead")
-        return checkpoint
+        return True
 
-    def _load_initial_weights(self, path: str) -> None:
+    def _load_initial_weights(self, checkpoint) -> None:
         """Start from a checkpoint of the same architecture; only the zero-initialised layers a preset
         may add to it (position encoding) may be missing. Its lesion selector is kept frozen where
-        ``_kept_selector`` says so, else left out (add one again with lsms-train-selector)."""
-        from lsms_core.checkpoint import CheckpointError, read_checkpoint
+        ``_keeps_selector`` says so, else left out (add one again with lsms-train-selector)."""
+        from lsms_core.checkpoint import CheckpointError
 
-        checkpoint = self.selector_from or read_checkpoint(path)
         additions = dict.fromkeys(GROUNDING_FLAGS + SELECTOR_FIELDS)
         mine = {**vars(self.lsms_config.model), **additions}
         theirs = {**vars(checkpoint.config.model), **additions}
@@ -241,8 +233,8 @@ class Trainer:
         if checkpoint.config.text.name != self.lsms_config.text.name:
             raise CheckpointError(f"--init-checkpoint {checkpoint.path} was trained with text encoder "
                                   f"{checkpoint.config.text.name!r}, this run uses {self.lsms_config.text.name!r}")
-        keep = self.selector_from is not None
-        state = {k: v for k, v in checkpoint.model_state.items() if keep or not k.startswith("selector.")}
+        state = {k: v for k, v in checkpoint.model_state.items()
+                 if self.keeps_selector or not k.startswith("selector.")}
         result = self.model.load_state_dict(state, strict=False)
         missing = [k for k in result.missing_keys if ".pos_embed" not in f".{k}"]
         if missing or result.unexpected_keys:

@@ -64,7 +64,7 @@ def _segment(args: argparse.Namespace) -> int:
         image = read_slice(args.image, frame=args.frame, hounsfield=units)
     segmenter = Segmenter(args.checkpoint, device=args.device, text_encoder_path=args.text_encoder)
     loaded = time.perf_counter()
-    outside = _domain_warning(image, args)
+    outside = _domain_warning(image, args.checkpoint)
     if outside:
         print(f"lsms-segment: warning: {outside}", file=sys.stderr)
     result = segmenter.segment(image, args.text)
@@ -80,23 +80,18 @@ def _segment(args: argparse.Namespace) -> int:
     return 0
 
 
-def _domain_warning(image, args: argparse.Namespace) -> str | None:
-    """The widget's warning when the image lies outside the model's domain (lsms_core.domain), else None:
-    the DICOM header's Modality and BodyPartExamined first, intensity statistics where it is silent."""
+def _domain_warning(image, checkpoint: str) -> str | None:
+    """The widget's warning when the Slice ``image`` lies outside the model's domain (lsms_core.domain),
+    else None: the DICOM header's Modality and BodyPartExamined first, intensity statistics where it is
+    silent."""
     from ..checkpoint import CheckpointError
-    from ..domain import ImageFacts, dicom_facts, domain_warning, model_domain, outside_domain
+    from ..domain import ImageFacts, domain_warning, model_domain, outside_domain
 
     try:
-        domain = model_domain(args.checkpoint)
+        domain = model_domain(checkpoint)
     except (CheckpointError, OSError):  # the model loaded; a header it cannot describe only hides a hint
         return None
-    body_part = ""
-    if args.image and image.modality not in ("", "OT"):  # a DICOM file: its header may name the region
-        try:
-            body_part = dicom_facts(args.image)[1]
-        except Exception:  # noqa: BLE001 - the header was read once already; a second failure only hides a hint
-            body_part = ""
-    reasons = outside_domain(ImageFacts(image.pixels, image.hounsfield, image.modality, body_part), domain)
+    reasons = outside_domain(ImageFacts(image.pixels, image.hounsfield, image.modality, image.body_part), domain)
     return domain_warning(reasons, domain) if reasons else None
 
 

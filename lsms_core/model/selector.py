@@ -96,7 +96,7 @@ class AttentionSelector(nn.Module):
         text = self.words(words.to(x.dtype))  # (B,T,H)
         # A row with no candidate (or no word) would make attention's softmax 0/0: let it see its first
         # (padding) slot; its logits are masked below anyway.
-        ignore = ~valid.clone()
+        ignore = ~valid
         ignore[:, 0] &= valid.any(1)
         ignore_words = ~word_mask.bool()
         ignore_words[:, 0] &= word_mask.bool().any(1)

@@ -110,17 +110,65 @@ def rng():
     return np.random.default_rng(0)
 
 
-@pytest.fixture
-def reflits_widget(make_napari_viewer, monkeypatch, tmp_path):
-    """(viewer, widget, image): the widget docked in a real viewer on the RefLiTS sample slice, CPU,
-    saving to ``tmp_path/annotations`` with a fixed pseudonymisation secret."""
+def _docked_widget(viewer, monkeypatch, tmp_path):
     from lsms_napari.widget import ReferringLesionSegmentWidget
 
     monkeypatch.setenv("LSMS_NAPARI_SECRET", "test-secret")
-    viewer = make_napari_viewer()
     [image] = viewer.open_sample("lsms-napari", "reflits")
     widget = ReferringLesionSegmentWidget(viewer)
     viewer.window.add_dock_widget(widget)
     widget.device_combo.setCurrentText("cpu")
     widget.dataset_path.setText(str(tmp_path / "annotations"))
     return viewer, widget, image
+
+
+@pytest.fixture
+def reflits_widget(make_napari_viewer, monkeypatch, tmp_path):
+    """(viewer, widget, image): the widget docked in a real viewer on the RefLiTS sample slice, CPU,
+    saving to ``tmp_path/annotations`` with a fixed pseudonymisation secret."""
+    return _docked_widget(make_napari_viewer(), monkeypatch, tmp_path)
+
+
+@pytest.fixture
+def shown_reflits_widget(make_napari_viewer, monkeypatch, qtbot, tmp_path):
+    """``reflits_widget`` in a window that is shown, laid out and fitted to the slice: the mouse can click
+    on the canvas where a pixel is displayed (a hidden canvas does not know its size)."""
+    viewer, widget, image = _docked_widget(make_napari_viewer(show=True), monkeypatch, tmp_path)
+    viewer.window._qt_window.resize(1400, 900)  # a desktop's size: on a small virtual screen the canvas gets 0 px
+    qtbot.waitExposed(viewer.window._qt_viewer.canvas.native)
+    qtbot.wait(50)
+    viewer.reset_view()
+    return viewer, widget, image
+
+
+def canvas_position(viewer, layer, row: float, col: float):
+    """The canvas pixel (QPoint) where ``layer``'s data pixel (row, col) is displayed (2-D view)."""
+    from qtpy.QtCore import QPoint
+
+    native = viewer.window._qt_viewer.canvas.native
+    world = np.asarray(layer.data_to_world([row, col] if layer.ndim == 2 else [0, row, col]))[-2:]
+    camera = viewer.scene.camera
+    center, zoom = np.asarray(camera.center)[-2:], camera.zoom
+    y, x = (world - center) * zoom + np.array([native.height(), native.width()]) / 2
+    return QPoint(int(round(x)), int(round(y)))
+
+
+def click_canvas(qtbot, viewer, layer, row: float, col: float) -> None:
+    """A real left click on the viewer's canvas over ``layer``'s pixel (row, col)."""
+    from qtpy.QtCore import Qt
+
+    qtbot.mouseClick(viewer.window._qt_viewer.canvas.native, Qt.LeftButton, Qt.NoModifier,
+                     canvas_position(viewer, layer, row, col))
+
+
+def drag_canvas(qtbot, viewer, layer, start: tuple[float, float], end: tuple[float, float], steps: int = 6) -> None:
+    """A real left-button drag on the canvas from ``layer``'s pixel ``start`` (row, col) to ``end``."""
+    from qtpy.QtCore import QPoint, Qt
+
+    native = viewer.window._qt_viewer.canvas.native
+    a, b = canvas_position(viewer, layer, *start), canvas_position(viewer, layer, *end)
+    qtbot.mousePress(native, Qt.LeftButton, Qt.NoModifier, a)
+    for t in np.linspace(0, 1, steps + 1)[1:]:
+        qtbot.mouseMove(native, QPoint(int(a.x() + (b.x() - a.x()) * t), int(a.y() + (b.y() - a.y()) * t)))
+        qtbot.wait(5)  # each move delivered before the next, as a hand drags
+    qtbot.mouseRelease(native, Qt.LeftButton, Qt.NoModifier, b)

@@ -98,3 +98,16 @@ def test_fine_tune_curve_fine_tunes_the_default_model_and_scores_the_same_neighb
     assert (zero["n"], zero["train_annotations"], one["n"], one["train_annotations"]) == (0, 0, 1, 1)
     assert zero["n_eval"] == one["n_eval"] > 0 and report["neighbour_slices"] >= 1
     assert one["train_seconds"] > 0 and zero["train_seconds"] < one["train_seconds"]
+
+
+def test_prompt_clicks_clicks_on_a_shown_canvas_and_reports_both_images(tmp_path):
+    """The click-prompt benchmark in a real, shown napari window: both images, every figure measured."""
+    from benchmarks import prompt_clicks
+
+    out = tmp_path / "clicks.json"
+    assert prompt_clicks.main(["--clicks", "2", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [row["image"] for row in rows] == ["RefLiTS sample 128x128", "693_UNCI.dcm 512x512 CT"]
+    for row in rows:
+        assert row["clicks"] == 2 and 0 < row["model_thread_ms_median"] <= row["click_to_mask_ms_median"]
+        assert row["mode_on_to_ready_ms"] > 0 and row["first_click_ms"] > 0

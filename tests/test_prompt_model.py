@@ -175,6 +175,7 @@ def test_eval_prompt_and_refine_modes_on_a_tiny_dataset(mini_dataset, tiny_check
     refined = evaluate_refined(str(tiny_checkpoint), str(copy), "val", device="cpu", prompt_segmenter=segmenter)
     assert refined["mode"] == "refine-sam" and refined["n"] == n and refined["empty_skipped"] == 0
     assert refined["model"]["name"] == "tiny-test" and set(refined["unrefined"]) >= {"dice", "boundary_f1", "n"}
+    assert refined["parts_redrawn"] + refined["parts_kept"] == refined["prompts"]
 
     run = lambda *a: subprocess.run([sys.executable, "-m", "training.eval_cli", str(copy), "--split", "val",  # noqa: E731
                                      "--device", "cpu", *a], capture_output=True, text=True, timeout=600)
@@ -197,3 +198,59 @@ def test_the_benchmark_runs_and_reports_every_call(tmp_path):
     rows = {row["call"]: row for row in json.loads(out.read_text())["rows"]}
     assert set(rows) == {"set_image 64x64", "predict box 64x64", "predict click 64x64", "predict click+box 64x64"}
     assert all(row["ms"] > 0 for row in rows.values())
+
+
+def _two_tumours(lits):
+    """(HU slice 64, its largest tumour part, its second largest)."""
+    parts = mask_parts(lits.labels[SLICE] == TUMOUR)
+    return lits.hu[SLICE], parts[0], parts[1]
+
+
+def test_clicks_keep_or_drop_the_parts_of_a_text_result(lits):
+    """No prompt model is needed when every click lands on a part: a positive click keeps its part, a
+    negative one drops it."""
+    from lsms_core.prompt.combine import Click, prompted_mask
+
+    hu, first, second = _two_tumours(lits)
+    base = first | second
+    x1, y1 = centre_point(first)
+    x2, y2 = centre_point(second)
+    kept = prompted_mask(None, hu.shape, [Click(x1, y1)], base=base)
+    assert np.array_equal(kept.mask, first) and (kept.kept_parts, kept.dropped_parts, kept.sam_calls) == (1, 1, 0)
+    dropped = prompted_mask(None, hu.shape, [Click(x1, y1, positive=False)], base=base)
+    assert np.array_equal(dropped.mask, second) and not dropped.used_prompt_model
+    both = prompted_mask(None, hu.shape, [Click(x1, y1, False), Click(x2, y2)], base=base)
+    assert np.array_equal(both.mask, second)
+    assert both.prompts == {"clicks": [[round(x1, 1), round(y1, 1), 0], [round(x2, 1), round(y2, 1), 1]],
+                            "boxes": []}
+    with pytest.raises(ValueError, match="need the prompt model"):
+        prompted_mask(None, hu.shape, [Click(2, 2)], base=base)  # on no part: the prompt model must draw it
+
+
+def test_a_click_off_the_text_result_adds_the_lesion_it_points_at(segmenter, lits):
+    from lsms_core.prompt.combine import Click, prompted_mask
+
+    hu, first, second = _two_tumours(lits)
+    segmenter.set_image(hu, hounsfield=True)
+    x, y = centre_point(first)
+    added = prompted_mask(segmenter, hu.shape, [Click(x, y)], base=second)  # the words found only the other one
+    assert added.sam_calls == 1 and added.kept_parts == 1
+    assert (added.mask & second).sum() == second.sum()  # the text result's part stays
+    assert dice_iou(added.mask & ~second, first)[0] >= CLICK_FLOOR  # and the clicked tumour is added
+    boxed = prompted_mask(segmenter, hu.shape, boxes=[box_of(first)])
+    assert dice_iou(boxed.mask, first)[0] >= BOX_FLOOR and boxed.prompts["boxes"] == [list(map(float, box_of(first)))]
+
+
+def test_refine_redraws_agreeing_parts_and_keeps_the_others(segmenter, lits):
+    from lsms_core.prompt.prompts import refine
+
+    hu, first, second = _two_tumours(lits)
+    segmenter.set_image(hu, hounsfield=True)
+    rough = np.zeros_like(first)
+    rows, cols = np.nonzero(first)
+    rough[rows.min():rows.max() + 1, cols.min():cols.max() + 1] = True  # the tumour's box filled: a rough outline
+    everything = refine(segmenter, rough | second, agreement=0.0)
+    assert (everything.redrawn, everything.kept) == (2, 0)
+    assert dice_iou(everything.mask & ~second, first)[0] > dice_iou(rough, first)[0]  # the outline is better
+    nothing = refine(segmenter, rough | second, agreement=1.01)  # no outline agrees that well
+    assert (nothing.redrawn, nothing.kept) == (0, 2) and np.array_equal(nothing.mask, rough | second)

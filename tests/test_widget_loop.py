@@ -189,7 +189,7 @@ def test_a_hand_drawn_layer_is_saved_as_hand_drawn_and_measured_per_part(qtbot, 
     assert lines[2].startswith("part 2: 12 px") and " x " in lines[2]
 
     _click(qtbot, widget.save_button)  # no words yet: refused, nothing written
-    assert "type the expression this hand-drawn mask answers" in widget.data_status.text()
+    assert "type the expression this mask answers" in widget.data_status.text()
     assert not (tmp_path / "annotations").exists()
 
     _type(qtbot, widget, "the lesion the model missed")

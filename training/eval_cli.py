@@ -12,6 +12,8 @@ import sys
 from lsms_core.cli.common import run_cli
 
 from .evaluate import TEXT_MODES, evaluate
+from lsms_core.prompt.prompts import REFINE_AGREEMENT, REFINE_MARGIN
+
 from .prompt_eval import PROMPTS, REFINERS, evaluate_prompts, evaluate_refined
 
 
@@ -29,6 +31,12 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--refine", choices=REFINERS,
                       help="LSMS's mask, each connected part a box prompt for the prompt model (sam: LiteMedSAM); "
                            "LSMS's own figures are reported next to it")
+    parser.add_argument("--refine-margin", type=float, default=REFINE_MARGIN,
+                        help="--refine: px of the prompt model's 256-px input each part's box is grown by "
+                             f"(default {REFINE_MARGIN:g})")
+    parser.add_argument("--refine-agreement", type=float, default=REFINE_AGREEMENT,
+                        help="--refine: the outline replaces a part only where their IoU is at least this; 0 takes "
+                             f"every outline (default {REFINE_AGREEMENT:g})")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     return parser
@@ -62,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
             report = evaluate_prompts(args.dataset, args.split, args.prompt, args.device, progress=not args.json)
         elif args.refine:
             report = evaluate_refined(checkpoint, args.dataset, args.split, args.text_mode, args.refine, args.device,
-                                      progress=not args.json)
+                                      progress=not args.json, margin=args.refine_margin,
+                                      agreement=args.refine_agreement)
         else:
             report = evaluate(checkpoint, args.dataset, args.split, args.text_mode, args.device,
                               progress=not args.json)
@@ -74,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"{args.prompt} prompts from the ground truth]")
         elif args.refine:
             print(f"{report['model']['name']} refined by {report['prompt_model']['name']} on {args.dataset} "
-                  f"[{args.split}, text {args.text_mode}, {report['prompts']} boxes]")
+                  f"[{args.split}, text {args.text_mode}, {report['prompts']} boxes: {report['parts_redrawn']} parts "
+                  f"redrawn, {report['parts_kept']} kept]")
         else:
             print(f"{report['model']['name']} on {args.dataset} [{args.split}, text {args.text_mode}]")
         print(format_table(report))

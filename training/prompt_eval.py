@@ -6,8 +6,9 @@
   from the part's border. Prompts come from the ground truth, so annotations with an empty mask are
   not scored (``empty_skipped``);
 - ``refine sam``: LSMS's mask for the expression, each connected part made a box prompt, the prompt
-  model's outlines united (lsms_core.prompt.prompts.refine). The same run also scores LSMS's own
-  masks (``unrefined``), so the two stages are compared on the same records.
+  model's outline used where it agrees with the part (lsms_core.prompt.prompts.refine; ``parts_redrawn``
+  and ``parts_kept`` count both). The same run also scores LSMS's own masks (``unrefined``), so the two
+  stages are compared on the same records.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import numpy as np
 from lsms_core.dataset import DatasetError
 from lsms_core.inference import Segmenter
 from lsms_core.prompt import PromptSegmenter
-from lsms_core.prompt.prompts import predict_parts
+from lsms_core.prompt.prompts import REFINE_AGREEMENT, REFINE_MARGIN, predict_parts, refine
 from lsms_core.windows import DEFAULT_WINDOW, Window
 
 from .evaluate import TEXT_MODES, expression, score_split, split_records
@@ -64,8 +65,10 @@ def evaluate_prompts(dataset_dir: str, split: str = "test", prompt: str = "box",
 
 def evaluate_refined(checkpoint: str, dataset_dir: str, split: str = "test", text_mode: str = "as-is",
                      refiner: str = "sam", device: str = "auto", progress: bool = False,
-                     segmenter: Segmenter | None = None, prompt_segmenter: PromptSegmenter | None = None) -> dict:
-    """Scores of LSMS's masks redrawn by the prompt model (one box per connected part), and in
+                     segmenter: Segmenter | None = None, prompt_segmenter: PromptSegmenter | None = None,
+                     margin: float = REFINE_MARGIN, agreement: float = REFINE_AGREEMENT) -> dict:
+    """Scores of LSMS's masks redrawn by the prompt model (one box per connected part, grown by ``margin``
+    px of its input, the outline kept where its IoU with the part is >= ``agreement``), and in
     ``unrefined`` the same figures of LSMS's own masks on the same records."""
     if refiner not in REFINERS:
         raise ValueError(f"refiner must be one of {REFINERS}, got {refiner!r}")
@@ -75,7 +78,7 @@ def evaluate_refined(checkpoint: str, dataset_dir: str, split: str = "test", tex
     segmenter = segmenter or Segmenter(checkpoint, device=device)
     prompt_segmenter = prompt_segmenter or PromptSegmenter(device=device)
     proposals: dict[str, np.ndarray] = {}
-    prompts = 0
+    prompts = redrawn = kept = 0
 
     def lsms(record: dict, image: np.ndarray, target: np.ndarray) -> np.ndarray:
         mask = segmenter.segment(image, expression(record, text_mode), hounsfield=record["units"] == "HU").mask
@@ -85,17 +88,17 @@ def evaluate_refined(checkpoint: str, dataset_dir: str, split: str = "test", tex
     def refined(record: dict, image: np.ndarray, target: np.ndarray) -> np.ndarray:
         if record["id"] not in proposals:
             raise DatasetError("LSMS could not segment it")
-        nonlocal prompts
-        proposal = proposals[record["id"]]
+        nonlocal prompts, redrawn, kept
         set_record_image(prompt_segmenter, record, image)
-        mask, _, count = predict_parts(prompt_segmenter, proposal, "box")  # = prompts.refine, counting boxes
-        prompts += count
-        return mask
+        result = refine(prompt_segmenter, proposals[record["id"]], margin=margin, agreement=agreement)
+        prompts, redrawn, kept = prompts + result.redrawn + result.kept, redrawn + result.redrawn, kept + result.kept
+        return result.mask
 
     plain = score_split(dataset_dir, split, lsms, progress=progress, desc=f"LSMS {split}")
     report = score_split(dataset_dir, split, refined, progress=progress, desc=f"refine {split}")
     report["seconds"] = round(report["seconds"] + plain["seconds"], 2)
     return {**report, "mode": f"refine-{refiner}", "text_mode": text_mode, "prompts": prompts,
+            "parts_redrawn": redrawn, "parts_kept": kept, "refine_margin": margin, "refine_agreement": agreement,
             "model": segmenter.identity, "prompt_model": prompt_segmenter.identity, "device": str(segmenter.device),
             "unrefined": {key: plain[key] for key in _COMPARED}}
 

@@ -1,6 +1,7 @@
 """What a Labels layer is saved as: its image slice, its words, and whether a model proposed it.
 
-A layer made by Segment carries its proposal (the text, fields and model of that run). A layer the
+A layer made by Segment carries its proposal (the text, fields and model of that run); a layer made by
+clicks or boxes alone carries one without words, which come from the Expression box. A layer the
 user drew (no proposal) belongs to its ``lsms_source`` image when it names one, else to the image
 picked under "Image", on the displayed slice; its words are those of the Expression box (or the
 sentence the structured fields compose), and its provenance says it was hand-drawn.
@@ -20,7 +21,7 @@ from .image_picker import ImagePicker
 from .saving import Annotation
 from .session import Proposals, pixels_sha
 
-NO_WORDS = ("type the expression this hand-drawn mask answers in the Expression box (e.g. 'the lesion the model "
+NO_WORDS = ("type the expression this mask answers in the Expression box (e.g. 'the lesion the model "
             "missed in segment VI'), or fill the structured fields, then save again")
 
 
@@ -64,16 +65,26 @@ def save_target(labels: Labels, proposals: Proposals, images: ImagePicker, typed
             raise ValueError(f'the image "{proposal.request.source_layer}" is closed: nothing to attach the mask to')
         index = proposal.request.slice_index
         pixels = np.asarray(source.data if index is None else source.data[index])
-        return SaveTarget(Annotation.from_proposal(proposal), source, pixels)
+        annotation = Annotation.from_proposal(proposal)
+        if proposal.request.text:
+            return SaveTarget(annotation, source, pixels)
+        text, attributes, dropped = _typed_words(typed, fields)  # clicks and boxes alone: the words are typed
+        annotation.text, annotation.attributes, annotation.kinds = text, attributes, ex.expression_kinds(attributes)
+        return SaveTarget(annotation, source, pixels, dropped)
     if key is not None:
         raise ValueError(f'the proposal behind "{labels.name}" is no longer kept (the widget keeps those of the '
                          "layers last used): press Segment again to save it with its proposal")
     source, pixels, index = hand_drawn_image(labels, images)
+    text, attributes, dropped = _typed_words(typed, fields)
+    annotation = Annotation(text, attributes, ex.expression_kinds(attributes), index, pixels_sha(pixels))
+    return SaveTarget(annotation, source, np.asarray(pixels), dropped)
+
+
+def _typed_words(typed: str, fields: dict) -> tuple[str, dict, bool]:
+    """The Expression box's words for a mask drawn without them (ExpressionError NO_WORDS when empty)."""
     try:
-        text, attributes, dropped = ex.text_and_attributes(typed, fields)
+        return ex.text_and_attributes(typed, fields)
     except ExpressionError as error:
         if str(error) == ex.EMPTY_EXPRESSION:
             raise ExpressionError(NO_WORDS) from None
         raise
-    annotation = Annotation(text, attributes, ex.expression_kinds(attributes), index, pixels_sha(pixels))
-    return SaveTarget(annotation, source, np.asarray(pixels), dropped)

@@ -43,7 +43,7 @@ class Annotation:
     def from_proposal(cls, proposal: Proposal) -> "Annotation":
         request = proposal.request
         return cls(request.text, dict(request.attributes), list(request.kinds), request.slice_index,
-                   proposal.image_sha, proposal.model, proposal.mask)
+                   proposal.image_sha, proposal.provenance_model(), proposal.mask)
 
     @property
     def hand_drawn(self) -> bool:

@@ -1,4 +1,5 @@
-"""Per-widget state, without Qt: the warm model, and the proposals the model made.
+"""Per-widget state, without Qt: the warm models (LSMS, and the prompt model once a click or box asks
+for it), and the proposals they made.
 
 Each proposal remembers the layer, slice and pixel content it was computed on, so a mask is never
 saved against a different image, even if the user switched layers or slices meanwhile.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -16,6 +18,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from lsms_core.inference import Segmenter
+from lsms_core.prompt.combine import Click, PromptedMask, prompted_mask
+from lsms_core.windows import Window
+
+LSMS_ENGINE = "LSMS"
+PROMPT_ENGINE = "LiteMedSAM"
 
 
 def pixels_sha(pixels: np.ndarray) -> str:
@@ -44,7 +51,14 @@ class SegmentRequest:
 
 @dataclass
 class Proposal:
-    """A model's mask, tied to the request that produced it."""
+    """A model's mask, tied to the request that produced it.
+
+    ``engine`` says what drew ``mask``: "LSMS" (the words), "LiteMedSAM" (clicks/boxes alone), "LSMS +
+    clicks" (clicks chose among the text result's parts), "LSMS + LiteMedSAM" (clicks or boxes added the
+    prompt model's outlines to a text result, or Refine redrew it). ``model`` is LSMS's identity for
+    text results, the prompt model's for prompt-only ones; ``prompt_model`` the prompt model's when
+    both took part; ``prompts`` the clicks and boxes; ``text_mask`` the words' own mask before clicks
+    changed it (what a change of clicks starts again from)."""
 
     request: SegmentRequest
     mask: np.ndarray  # (H,W) bool, as proposed
@@ -52,6 +66,45 @@ class Proposal:
     seconds: float
     image_sha: str
     notes: list[str] = field(default_factory=list)  # e.g. "cuda ran out of memory; ... on the CPU"
+    engine: str = LSMS_ENGINE
+    prompt_model: dict | None = None
+    prompts: dict | None = None
+    text_mask: np.ndarray | None = None
+
+    def provenance_model(self) -> dict:
+        """What the dataset's ``provenance.model`` records: the model's identity, the engine, and, when
+        prompts took part, the prompt model's identity and the prompts (docs/dataset-format.md)."""
+        record = {**self.model, "engine": self.engine}
+        if self.prompt_model is not None and self.prompt_model.get("sha256") != self.model.get("sha256"):
+            record["prompt_model"] = dict(self.prompt_model)
+        if self.prompts:
+            record["prompts"] = self.prompts
+        return record
+
+
+@dataclass
+class PromptRequest:
+    """Clicks and boxes on one slice (H,W), in image pixels; ``text_mask`` the text result they act on
+    (None: the prompts alone); ``window`` the CT window the user looks at (None for other images)."""
+
+    pixels: np.ndarray
+    hounsfield: bool
+    window: Window | None
+    clicks: list[Click]
+    boxes: list[tuple[float, float, float, float]]
+    text_mask: np.ndarray | None = None
+    device: str = "auto"
+
+
+@dataclass
+class PromptResult:
+    """What a PromptRequest gave: the mask, how it was made, the prompt model's identity (None when no
+    call to it was needed), and the seconds from request to mask on the model thread."""
+
+    request: PromptRequest
+    prompted: PromptedMask
+    prompt_model: dict | None
+    seconds: float
 
 
 MAX_PROPOSALS = 32  # proposals kept (each holds its slice: 1 MB for 512x512 float32), most recently used
@@ -92,6 +145,40 @@ class Proposals:
         return len(self._items)
 
 
+class _PredictionCache:
+    """The prompt model's answers by (slice key, prompts), most recent ``limit`` kept: each change of the
+    clicks runs all of a slice's prompts again, and all but the new one are answered from here."""
+
+    def __init__(self, limit: int = 64) -> None:
+        self.limit = limit
+        self._items: OrderedDict[tuple, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+
+    def bound(self, segmenter):
+        return None if segmenter is None else _CachedPredictions(self, segmenter)
+
+    def predict(self, segmenter, points=None, labels=None, box=None):
+        key = (segmenter.current_key, None if points is None else tuple(map(tuple, points)),
+               None if labels is None else tuple(labels), None if box is None else tuple(box))
+        if key not in self._items:
+            self._items[key] = segmenter.predict(points=points, labels=labels, box=box)
+            while len(self._items) > self.limit:
+                self._items.popitem(last=False)
+        self._items.move_to_end(key)
+        mask, probability = self._items[key]
+        return mask.copy(), probability.copy()
+
+
+@dataclass
+class _CachedPredictions:
+    """A PromptSegmenter whose ``predict`` goes through the cache."""
+
+    cache: _PredictionCache
+    segmenter: object
+
+    def predict(self, points=None, labels=None, box=None):
+        return self.cache.predict(self.segmenter, points, labels, box)
+
+
 class WidgetSession:
     """Keeps one Segmenter warm per (checkpoint, device) and the proposals (bounded, see Proposals).
 
@@ -103,6 +190,8 @@ class WidgetSession:
 
     def __init__(self) -> None:
         self._segmenters: dict[tuple[str, str], Segmenter] = {}
+        self._prompt_segmenter = None  # lsms_core.prompt.PromptSegmenter, loaded at the first click or box
+        self._predictions = _PredictionCache()  # a click added re-runs the prompts: only the new one is predicted
         self.proposals = Proposals()
         self._model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lsms-model")
 
@@ -133,6 +222,65 @@ class WidgetSession:
         segmenter = self._load(str(request.checkpoint), str(request.device))
         result = segmenter.segment(request.pixels, request.text, hounsfield=request.hounsfield)
         return Proposal(request, result.mask, result.model, result.seconds, request.image_sha, list(result.notes))
+
+    @property
+    def prompt_model_loaded(self) -> bool:
+        return self._prompt_segmenter is not None
+
+    def prompt_segmenter(self, device: str):
+        """The warm prompt model (LiteMedSAM), loaded on the model thread at first use."""
+        return self._on_model_thread(self._load_prompt_model, str(device))
+
+    def _load_prompt_model(self, device: str):
+        from lsms_core.device import resolve_device
+        from lsms_core.prompt import PromptSegmenter
+
+        if self._prompt_segmenter is None:
+            self._prompt_segmenter = PromptSegmenter(device=device)
+        elif self._prompt_segmenter.device != resolve_device(device):
+            self._prompt_segmenter.to(device)
+        return self._prompt_segmenter
+
+    def prepare_prompts(self, request: PromptRequest) -> float:
+        """Load the prompt model and encode the request's slice ahead of the first click (on the model
+        thread); returns the seconds it took."""
+        return self._on_model_thread(self._prepare_prompts, request)
+
+    def _prepare_prompts(self, request: PromptRequest) -> float:
+        start = time.perf_counter()
+        self._load_prompt_model(request.device).set_image(request.pixels, request.hounsfield, request.window)
+        return time.perf_counter() - start
+
+    def run_prompts(self, request: PromptRequest) -> PromptResult:
+        """The mask of clicks and boxes (on a text result or alone), on the model thread."""
+        return self._on_model_thread(self._run_prompts, request)
+
+    def _run_prompts(self, request: PromptRequest) -> PromptResult:
+        start = time.perf_counter()
+        shape = request.pixels.shape[-2:]
+        needs_model = bool(request.boxes) or request.text_mask is None or any(
+            click.positive and not request.text_mask[click.pixel(shape)] for click in request.clicks)
+        segmenter = None
+        if needs_model:
+            segmenter = self._load_prompt_model(request.device)
+            segmenter.set_image(request.pixels, request.hounsfield, request.window)  # cached per slice and window
+        prompted = prompted_mask(self._predictions.bound(segmenter), shape, request.clicks, request.boxes,
+                                 request.text_mask)
+        identity = segmenter.identity if segmenter is not None else None
+        return PromptResult(request, prompted, identity, time.perf_counter() - start)
+
+    def refine(self, request: PromptRequest):
+        """LSMS's mask ``request.text_mask`` redrawn by the prompt model (lsms_core.prompt.prompts.refine):
+        (Refined, the prompt model's identity, seconds), on the model thread."""
+        return self._on_model_thread(self._refine, request)
+
+    def _refine(self, request: PromptRequest):
+        from lsms_core.prompt.prompts import refine
+
+        start = time.perf_counter()
+        segmenter = self._load_prompt_model(request.device)
+        segmenter.set_image(request.pixels, request.hounsfield, request.window)
+        return refine(segmenter, request.text_mask), segmenter.identity, time.perf_counter() - start
 
     def close(self) -> None:
         """Let the model thread end once its current job is done (nothing new is started)."""

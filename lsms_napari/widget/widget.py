@@ -5,7 +5,8 @@ slice, window), fields_box.py (structured description), model_picker.py (model, 
 measurements.py, training_panel.py (lsms-train), workers.py (napari workers), session.py (warm
 model, proposals), save_target.py (what a Labels layer is saved as), save_choice.py (update or
 new?), saving.py (writer calls), splits_row.py (split counts, the patient's split), domain_guard.py
-(the once-per-image warning when an image is outside the model's domain). The model runs in a napari worker thread
+(the once-per-image warning when an image is outside the model's domain), prompting.py and prompt_layers.py
+(click and box prompts, Refine). The models run in a napari worker thread
 (WidgetSession), saving goes through lsms_core's writer in a worker, training is a separate
 process. The viewer never waits on any of them.
 """
@@ -33,6 +34,7 @@ from .image_picker import FILE_WINDOW, ImagePicker  # noqa: F401 - FILE_WINDOW r
 from .measurements import MeasurementsLabel
 from .model_picker import CHECKPOINT_FILE, DEFAULT_MODEL, ModelPicker  # noqa: F401 - re-exported
 from .path_field import path_field
+from .prompting import PromptPanel
 from .save_target import hand_drawn_image, mask_of, save_target
 from .saving import SaveResult, save_annotation
 from .session import Proposal, SegmentRequest, WidgetSession, pixels_sha
@@ -40,6 +42,15 @@ from .splits_row import SplitsRow
 from .training import TrainingProcess
 from .training_panel import TrainingPanel, stop_runs
 from .workers import GO_TIMEOUT_S, Outcome, guarded, start_worker  # noqa: F401 - re-exported
+
+
+def unbind_keys(viewer, keys) -> None:
+    """Remove the widget's shortcuts from ``viewer`` (nothing happens for keys no longer bound)."""
+    for key in keys:
+        try:
+            viewer.bind_key(key, None)
+        except (KeyError, ValueError, RuntimeError):
+            pass  # not bound any more, or the viewer is being torn down
 
 
 class ReferringLesionSegmentWidget(QWidget):
@@ -66,6 +77,27 @@ class ReferringLesionSegmentWidget(QWidget):
         for layer in self.viewer.layers:  # layers opened before the widget (e.g. a sample's drawn outline)
             self._watch(layer)
         self.update_measurements()  # the layer already selected is measured too
+        self._bind_shortcuts()
+
+    # --- shortcuts ----------------------------------------------------------------------------
+    def shortcuts(self) -> dict[str, tuple[str, object]]:
+        """Key -> (what it does, handler): bound on the viewer (the canvas has the focus), listed in
+        docs/plugin.md. None of them is one of napari's own."""
+        return {"Shift-S": ("Segment the expression", self.segment),
+                "Shift-Enter": ("Save annotation (the selected Labels layer)", self.save),
+                "Shift-C": ("Next prompt mode: + click, \u2212 click, box, off", self.prompts.next_mode),
+                "Shift-R": ("Refine the selected text result with LiteMedSAM", self.prompts.refine)}
+
+    def _bind_shortcuts(self) -> None:
+        self._bound = list(self.shortcuts())
+        for key, (_, handler) in self.shortcuts().items():
+            self.viewer.bind_key(key, lambda viewer, handler=handler: handler(), overwrite=True)
+        # A dock removed without being closed is deleted all the same: its keys must not outlive it.
+        self.destroyed.connect(lambda *_, viewer=self.viewer, keys=tuple(self._bound): unbind_keys(viewer, keys))
+
+    def _unbind_shortcuts(self) -> None:
+        unbind_keys(self.viewer, self._bound)
+        self._bound = []
 
     # --- layout -------------------------------------------------------------------------------
     def _build(self) -> None:
@@ -107,6 +139,10 @@ class ReferringLesionSegmentWidget(QWidget):
         layout.addWidget(self.status)
         self.measurements = MeasurementsLabel()
         layout.addWidget(self.measurements)
+        self.prompts = PromptPanel(self)
+        self.positive_button, self.negative_button = self.prompts.positive_button, self.prompts.negative_button
+        self.box_button, self.refine_button = self.prompts.box_button, self.prompts.refine_button
+        layout.addWidget(self.prompts)
 
         data_box = QGroupBox("Annotations")
         data_layout = QVBoxLayout(data_box)
@@ -287,6 +323,7 @@ class ReferringLesionSegmentWidget(QWidget):
             self._fail(f'the image "{source.name}" changed while segmenting (replaced or edited); the result is '
                        "discarded: press Segment again")
             return None
+        self.prompts.text_result_made()
         data = np.zeros(source.data.shape, dtype=np.uint8)
         if request.slice_index is None:
             data[proposal.mask] = 1
@@ -454,4 +491,5 @@ class ReferringLesionSegmentWidget(QWidget):
         if stopped:
             show_info(stopped)
         self.session.close()
+        self._unbind_shortcuts()
         super().closeEvent(event)

@@ -31,14 +31,17 @@ def guarded(func, *args, go: threading.Event | None = None) -> Outcome:
         return Outcome(error=str(error) or type(error).__name__)
 
 
-def start_worker(func, *args, description: str, on_value, on_error, on_finished=None):
+def start_worker(func, *args, description: str, on_value, on_error, on_finished=None, progress: bool = True):
     """Run ``guarded(func, *args)`` in a napari worker; returns the (running) worker.
 
+    ``progress``: show it in napari's activity panel (``description``). Off for work of tens of
+    milliseconds repeated at each click: the panel's bar costs the GUI thread ~90 ms to make, more
+    than the work itself (docs/benchmarks.md, "Click prompts in napari").
     ``on_finished(worker)`` is called once it ended, whatever happened. The work itself begins
     once control is back in the event loop, so whoever gets the worker can still connect to its
     signals: work that fails at once would otherwise finish before anyone listened."""
     go = threading.Event()
-    worker = create_worker(guarded, func, *args, go=go, _progress={"desc": description})
+    worker = create_worker(guarded, func, *args, go=go, **({"_progress": {"desc": description}} if progress else {}))
     # "started" is delivered in the GUI thread, through its event loop: only then does the work begin.
     # (Not QTimer.singleShot: PySide6 6.12 loses a reference to None on each call, and Python aborts.)
     worker.started.connect(lambda: go.set())

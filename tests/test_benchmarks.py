@@ -111,3 +111,13 @@ def test_prompt_clicks_clicks_on_a_shown_canvas_and_reports_both_images(tmp_path
     for row in rows:
         assert row["clicks"] == 2 and 0 < row["model_thread_ms_median"] <= row["click_to_mask_ms_median"]
         assert row["mode_on_to_ready_ms"] > 0 and row["first_click_ms"] > 0
+
+
+def test_startup_compares_both_text_encoders_in_fresh_processes(tmp_path):
+    from benchmarks import startup
+
+    out = tmp_path / "startup.json"
+    assert startup.main(["--runs", "1", "--no-gui", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [row["text_encoder"] for row in rows] == ["bert", "transformers"]
+    assert all(row["cold_lsms_segment_s"] > 0 for row in rows)

@@ -16,7 +16,7 @@ def test_lsms_core_imports_neither_qt_nor_napari():
         "import importlib, sys\n"
         f"for name in {modules!r}: importlib.import_module(name)\n"
         "from lsms_core.text_encoder import TextEncoder\n"
-        "TextEncoder().encode(['a lesion'])\n"  # transformers loaded too
+        "TextEncoder().encode(['a lesion'])\n"  # the text encoder's own imports too
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in "
         "('napari', 'PySide6', 'PyQt5', 'PyQt6', 'qtpy', 'vispy', 'magicgui', 'training'))\n"
         "print(','.join(bad))\n"

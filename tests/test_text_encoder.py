@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import shutil
 import socket
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -81,6 +83,57 @@ def test_loading_never_touches_the_network(monkeypatch):
     monkeypatch.setattr(socket.socket, "connect", refuse)
     encoder = TextEncoder()
     assert encoder.encode(["a lesion"])[0].shape[-1] == 384
+
+
+# --- the BERT written in lsms_core.bert against transformers' (start-up, issue 14) ------------------------
+
+TEXTS = ["the largest lesion", "The SECOND largest hypodense lesion in segment VI of the liver, with a diameter of "
+         "7.5mm, irregular shape, clear boundary and non-ring enhancement, near the portal vein and far from the "
+         "dome", "a", "\u75c5\u53d8", "  odd   spacing\tand \u00fcmlauts  "]
+
+
+def _transformers_encoder(monkeypatch) -> TextEncoder:
+    monkeypatch.setenv("LSMS_TEXT_ENCODER_BACKEND", "transformers")
+    encoder = TextEncoder()
+    monkeypatch.delenv("LSMS_TEXT_ENCODER_BACKEND")
+    return encoder
+
+
+def test_the_native_bert_gives_transformers_features(text_encoder, monkeypatch):
+    """Same token ids (truncated at max_tokens, padded to the longest or to max_tokens), the same features on the
+    real tokens to 1e-4 (measured 4.4e-6), the same parameter names: checkpoints and training see no change."""
+    reference = _transformers_encoder(monkeypatch)
+    assert text_encoder.native and not reference.native
+    for pad in (False, True):
+        ids, mask = text_encoder.tokenize(TEXTS, pad)
+        expected_ids, expected_mask = reference.tokenize(TEXTS, pad)
+        assert torch.equal(ids, expected_ids) and torch.equal(mask, expected_mask)
+        assert ids.shape[1] == text_encoder.config.max_tokens  # the long text is truncated there
+        words, real = text_encoder.encode(TEXTS, pad_to_max=pad)
+        expected, _ = reference.encode(TEXTS, pad_to_max=pad)
+        assert ((words - expected).abs() * real[..., None]).max() < 1e-4
+    reference_names = {n for n in reference.model.state_dict() if not n.startswith("pooler.")
+                       and not n.endswith("position_ids")}
+    assert set(text_encoder.model.state_dict()) == reference_names
+
+
+def test_the_native_bert_does_not_import_transformers():
+    code = ("import sys\nfrom lsms_core.text_encoder import TextEncoder\n"
+            "encoder = TextEncoder()\nencoder.encode(['a lesion'])\n"
+            "print(encoder.native, 'transformers' in sys.modules)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["True", "False"]
+
+
+def test_a_bert_folder_without_tokenizer_json_runs_on_transformers(tmp_path, text_encoder):
+    folder = _encoder_copy(tmp_path, "vocab-only")
+    (folder / "tokenizer.json").unlink()  # vocab.txt only: the native tokenizer cannot read it
+    encoder = TextEncoder(TextEncoderConfig(path=str(folder), name="vocab-only"))
+    assert not encoder.native
+    words, real = encoder.encode(TEXTS[:2])
+    expected, _ = text_encoder.encode(TEXTS[:2])
+    assert ((words - expected).abs() * real[..., None]).max() < 1e-4
 
 
 # --- code and pickles from a text-encoder folder (issue 15, items 1 and 8) ----------------------------

@@ -1,0 +1,116 @@
+"""Start-up: a cold ``lsms-segment`` and "napari shown -> widget ready", with the text encoder on
+``lsms_core.bert`` (the default) and on transformers (``LSMS_TEXT_ENCODER_BACKEND=transformers``, as before),
+fresh processes interleaved (A, B, A, B, ...) so that both see the same machine. Medians.
+
+- cold ``lsms-segment``: a fresh process segmenting pydicom-data's 512x512 CT slice and writing the PNG;
+- widget: a fresh ``lsms-napari``-like process (viewer shown, widget docked, RefLiTS sample open, the
+  default model loading in the widget's worker, as ``lsms-napari`` does): seconds from the process start
+  to the window shown, and from the window shown to the model loaded (Segment answers at once).
+
+    xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python -m benchmarks.startup [--runs 3] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+BACKENDS = {"bert": {}, "transformers": {"LSMS_TEXT_ENCODER_BACKEND": "transformers"}}
+
+_WIDGET_CHILD = r"""
+import json, sys, time
+start = time.perf_counter()
+from lsms_core.allocator import reuse_freed_memory
+reuse_freed_memory()
+import napari
+from qtpy.QtCore import QEventLoop
+from qtpy.QtWidgets import QApplication
+from lsms_napari.app import open_app
+viewer = napari.Viewer(title="startup benchmark")
+QApplication.processEvents()
+shown = time.perf_counter()
+widget = open_app(viewer)
+loading = widget.preload_model()
+wait = QEventLoop()
+loading.finished.connect(wait.quit)
+wait.exec()
+ready = time.perf_counter()
+print(json.dumps({"shown_s": shown - start, "ready_after_shown_s": ready - shown,
+                  "loaded": widget.session.is_loaded(widget.checkpoint(), widget.model_picker.device()),
+                  "status": widget.status.text()}))
+viewer.close()
+"""
+
+
+def _env(backend: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "LSMS_TEXT_ENCODER_BACKEND"}
+    return {**env, **BACKENDS[backend]}
+
+
+def cold_segment(backend: str, path: str, output: Path) -> float:
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "lsms_core.cli.segment", path, "--text", "the largest lesion",
+                    "--device", "cpu", "-o", str(output)], check=True, capture_output=True, env=_env(backend))
+    return time.perf_counter() - start
+
+
+def widget_ready(backend: str) -> dict:
+    # The interpreter's own start is counted: the process's start time is taken just before it runs.
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", _WIDGET_CHILD], check=True, capture_output=True, text=True,
+                          env=_env(backend))
+    figures = json.loads(done.stdout.strip().splitlines()[-1])
+    figures["process_s"] = time.perf_counter() - start
+    if not figures["loaded"]:
+        raise RuntimeError(f"the widget's model did not load: {figures['status']}")
+    return figures
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--no-gui", action="store_true", help="only the cold lsms-segment rows")
+    parser.add_argument("--json", help="also write the figures to this JSON file")
+    args = parser.parse_args(argv)
+    from pydicom.data import get_testdata_file
+
+    path = get_testdata_file("693_UNCI.dcm")
+    cold: dict[str, list[float]] = {b: [] for b in BACKENDS}
+    shown: dict[str, list[float]] = {b: [] for b in BACKENDS}
+    ready: dict[str, list[float]] = {b: [] for b in BACKENDS}
+    with tempfile.TemporaryDirectory() as folder:
+        for run in range(args.runs):
+            for backend in BACKENDS:
+                cold[backend].append(cold_segment(backend, path, Path(folder) / f"{backend}{run}.png"))
+                if not args.no_gui:
+                    figures = widget_ready(backend)
+                    shown[backend].append(figures["shown_s"])
+                    ready[backend].append(figures["ready_after_shown_s"])
+    rows = []
+    for backend in BACKENDS:
+        row = {"text_encoder": backend, "cold_lsms_segment_s": statistics.median(cold[backend])}
+        if not args.no_gui:
+            row.update(viewer_shown_s=statistics.median(shown[backend]),
+                       widget_ready_after_shown_s=statistics.median(ready[backend]))
+        rows.append(row)
+    print(f"{'text encoder':<14} {'cold lsms-segment s':>20} {'viewer shown s':>15} {'ready after shown s':>20}")
+    for row in rows:
+        gui = (f"{row['viewer_shown_s']:>15.2f} {row['widget_ready_after_shown_s']:>20.2f}" if not args.no_gui
+               else f"{'-':>15} {'-':>20}")
+        print(f"{row['text_encoder']:<14} {row['cold_lsms_segment_s']:>20.2f} {gui}")
+    ratio = rows[1]["cold_lsms_segment_s"] / rows[0]["cold_lsms_segment_s"]
+    print(f"cold lsms-segment, transformers / bert: {ratio:.2f}x")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"rows": rows, "runs": args.runs}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

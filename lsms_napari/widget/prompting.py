@@ -1,4 +1,4 @@
-"""Click and box prompts in the widget, and Refine (docs/plugin.md, "Clicks, boxes and Refine").
+"""Click and box prompts in the widget, and Refine (docs/plugin.md, item 5b).
 
 The buttons put the image's clicks layer (Points) or boxes layer (Shapes) in add mode; every click
 or box added, moved or deleted runs the prompts again in a worker (one run at a time: changes made
@@ -196,7 +196,7 @@ class PromptPanel(QGroupBox):
             self._show(image, index, pixels, proposal, None, text_mask)
             return None
         request = self._request(image, pixels, clicks, boxes, text_mask)
-        key = proposal and target.metadata["lsms_proposal"]
+        key = target.metadata["lsms_proposal"] if proposal is not None else None
 
         def finished(_worker) -> None:
             self._worker = None
@@ -297,17 +297,16 @@ class PromptPanel(QGroupBox):
         self.refine_button.setEnabled(False)
         self.widget._say(f'Refining "{layer.name}" with {PROMPT_ENGINE}...')
         return start_worker(self.widget.session.refine, request, description=f"Refine with {PROMPT_ENGINE}",
-                            on_value=lambda outcome: self._refined(layer, proposal, mask, *outcome),
+                            on_value=lambda outcome: self._refined(layer, proposal, *outcome),
                             on_error=lambda error: self.widget._fail(f"refine failed: {error}"),
                             on_finished=lambda worker: self.refine_button.setEnabled(True))
 
-    def _refined(self, layer: Labels, proposal: Proposal, before: np.ndarray, refined, identity: dict,
-                 seconds: float) -> Labels | None:
+    def _refined(self, layer: Labels, proposal: Proposal, refined, identity: dict, seconds: float) -> Labels | None:
         image = self.widget.images.source_layer(proposal.request.source_layer)
         if image is None:
             return None
         made = replace(proposal, mask=refined.mask, seconds=seconds, engine=f"{LSMS_ENGINE} + {PROMPT_ENGINE}",
-                       prompt_model=identity, text_mask=before, notes=[],
+                       prompt_model=identity, text_mask=None, notes=[],  # clicks on it act on the refined mask
                        prompts={**(proposal.prompts or {}), "refine": {"redrawn": refined.redrawn,
                                                                         "kept": refined.kept}})
         key = uuid.uuid4().hex

@@ -19,8 +19,9 @@ from pathlib import Path
 import numpy as np
 from napari.layers import Image, Labels
 from napari.utils.notifications import show_error, show_info, show_warning
-from qtpy.QtWidgets import (QCheckBox, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QLineEdit, QPushButton,
-                            QVBoxLayout, QWidget)
+from qtpy.QtCore import QSize, Qt
+from qtpy.QtWidgets import (QCheckBox, QFileDialog, QFormLayout, QFrame, QGroupBox, QHBoxLayout, QLabel, QLineEdit,
+                            QPushButton, QScrollArea, QVBoxLayout, QWidget)
 
 from lsms_core.inference import ExpressionError
 from lsms_core.windows import Window
@@ -42,6 +43,28 @@ from .splits_row import SplitsRow
 from .training import TrainingProcess
 from .training_panel import TrainingPanel, stop_runs
 from .workers import GO_TIMEOUT_S, Outcome, guarded, start_worker  # noqa: F401 - re-exported
+
+
+class VerticalScrollArea(QScrollArea):
+    """A scroll area as wide as its panel needs (with room for the vertical scroll bar): it scrolls
+    vertically only, and never clips the panel's right edge (the width is asked when the dock lays out,
+    after napari's style has set fonts and paddings)."""
+
+    def _width(self) -> int:
+        inner = self.widget().minimumSizeHint().width() if self.widget() is not None else 0
+        return inner + self.verticalScrollBar().sizeHint().width() + 2 * self.frameWidth()
+
+    def minimumSizeHint(self) -> QSize:  # noqa: N802 (Qt's name)
+        return QSize(self._width(), super().minimumSizeHint().height())
+
+    def sizeHint(self) -> QSize:  # noqa: N802 (Qt's name)
+        return QSize(max(self._width(), super().sizeHint().width()), super().sizeHint().height())
+
+    def showEvent(self, event) -> None:  # noqa: N802 (Qt's name)
+        # napari's dock takes the width hinted when the widget was added, before the style was applied: a
+        # minimum width set now makes the dock (and the main window's layout) give the panel its width
+        self.setMinimumWidth(self._width())
+        super().showEvent(event)
 
 
 def unbind_keys(viewer, keys) -> None:
@@ -101,7 +124,18 @@ class ReferringLesionSegmentWidget(QWidget):
 
     # --- layout -------------------------------------------------------------------------------
     def _build(self) -> None:
-        layout = QVBoxLayout(self)
+        # Everything sits in a scroll area: in a short dock (a laptop screen) the panel scrolls instead of
+        # squeezing the training settings' rows into each other.
+        content = QWidget()
+        scroll = VerticalScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setFrameShape(QFrame.NoFrame)
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
+        scroll.setWidget(content)
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        outer.addWidget(scroll)
+        layout = QVBoxLayout(content)
         form = QFormLayout()
         self.images = ImagePicker(self.viewer)
         self.image_combo, self.window_combo = self.images.image_combo, self.images.window_combo

@@ -128,3 +128,16 @@ def write_results(name: str, payload: dict[str, Any], path: str | os.PathLike | 
     target.write_text(json.dumps(payload, indent=2) + "\n")
     print(f"figures written to {target}")
     return target
+
+
+def canvas_position(viewer, layer, row: float, col: float):
+    """The canvas pixel (a QPoint) where ``layer``'s data pixel (row, col) is displayed in a shown viewer's
+    2-D view: what a real mouse click on that pixel aims at (benchmarks.prompt_clicks, the click tests)."""
+    import numpy as np
+    from qtpy.QtCore import QPoint
+
+    native = viewer.window._qt_viewer.canvas.native
+    world = np.asarray(layer.data_to_world([row, col] if layer.ndim == 2 else [0, row, col]))[-2:]
+    camera = viewer.scene.camera
+    y, x = (world - np.asarray(camera.center)[-2:]) * camera.zoom + np.array([native.height(), native.width()]) / 2
+    return QPoint(int(round(x)), int(round(y)))

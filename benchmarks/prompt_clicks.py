@@ -8,31 +8,29 @@ asks the prompt model once, the earlier ones come from the widget's cache), and,
 the time the model thread spent (``PromptResult.seconds``), so the GUI's share is visible.
 Waits in Qt's event loop, as napari does. Medians.
 
-    xvfb-run -a .venv/bin/python -m benchmarks.prompt_clicks [--clicks 10] [--json results.json]
+    xvfb-run -a .venv/bin/python -m benchmarks.prompt_clicks [--clicks 10] [--json FILE]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import platform
-import statistics
 import sys
 import time
+
+from .harness import canvas_position, median_ms, print_table, write_results
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--clicks", type=int, default=10, help="later clicks per image (after the first)")
-    parser.add_argument("--json", help="also write the figures to this JSON file")
+    parser.add_argument("--json", help="where to write the figures (default benchmarks/results/prompt_clicks.json)")
     args = parser.parse_args(argv)
     from lsms_core.allocator import reuse_freed_memory
 
     reuse_freed_memory()  # as lsms-napari does, before napari starts its threads
     import napari
     import numpy as np
-    import torch
-    from qtpy.QtCore import QEventLoop, QPoint, Qt
+    from qtpy.QtCore import QEventLoop, Qt
     from qtpy.QtTest import QTest
     from qtpy.QtWidgets import QApplication
 
@@ -55,12 +53,6 @@ def main(argv: list[str] | None = None) -> int:
 
     widget.prompts._show = timed_show
 
-    def position(layer, row: float, col: float) -> QPoint:
-        world = np.asarray(layer.data_to_world([row, col]))
-        camera = viewer.scene.camera
-        y, x = (world - np.asarray(camera.center)[-2:]) * camera.zoom + np.array([native.height(), native.width()]) / 2
-        return QPoint(int(round(x)), int(round(y)))
-
     def click(image, row: float, col: float) -> float:
         loop = QEventLoop()
         done = []
@@ -76,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             viewer.layers.events.inserted.connect(changed)
         start = time.perf_counter()
-        QTest.mouseClick(native, Qt.LeftButton, Qt.NoModifier, position(image, row, col))
+        QTest.mouseClick(native, Qt.LeftButton, Qt.NoModifier, canvas_position(viewer, image, row, col))
         if not done:
             loop.exec()
         (prompted[0].events.data if prompted else viewer.layers.events.inserted).disconnect(changed)
@@ -108,19 +100,13 @@ def main(argv: list[str] | None = None) -> int:
         later = [click(image, *spot) for spot in spots[1:]]
         widget.prompts.set_mode(None)
         rows.append({"image": name, "mode_on_to_ready_ms": 1000 * prepared, "first_click_ms": 1000 * first,
-                     "click_to_mask_ms_median": 1000 * statistics.median(later),
-                     "model_thread_ms_median": 1000 * statistics.median(model_seconds[1:]),
+                     "click_to_mask_ms_median": median_ms(later),
+                     "model_thread_ms_median": median_ms(model_seconds[1:]),
                      "clicks": len(later)})
-    result = {"rows": rows, "device": "cpu", "threads": torch.get_num_threads(),
-              "machine": platform.processor() or platform.machine(), "torch": torch.__version__}
-    print(f"{'image':<26} {'mode on -> ready ms':>20} {'first click ms':>15} {'later click ms':>15} "
-          f"{'model thread ms':>16}")
-    for row in rows:
-        print(f"{row['image']:<26} {row['mode_on_to_ready_ms']:>20.1f} {row['first_click_ms']:>15.1f} "
-              f"{row['click_to_mask_ms_median']:>15.1f} {row['model_thread_ms_median']:>16.1f}")
-    if args.json:
-        with open(args.json, "w") as handle:
-            json.dump(result, handle, indent=2)
+    print_table(rows, [("image", "image", ""), ("mode_on_to_ready_ms", "mode on -> ready ms", ".1f"),
+                       ("first_click_ms", "first click ms", ".1f"), ("click_to_mask_ms_median", "later click ms", ".1f"),
+                       ("model_thread_ms_median", "model thread ms", ".1f")])
+    write_results("prompt_clicks", {"device": "cpu", "rows": rows}, args.json)
     viewer.close()
     return 0
 

@@ -22,6 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from .harness import print_table, write_results
+
 BACKENDS = {"bert": {}, "transformers": {"LSMS_TEXT_ENCODER_BACKEND": "transformers"}}
 
 _WIDGET_CHILD = r"""
@@ -77,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--no-gui", action="store_true", help="only the cold lsms-segment rows")
-    parser.add_argument("--json", help="also write the figures to this JSON file")
+    parser.add_argument("--json", help="where to write the figures (default benchmarks/results/startup.json)")
     args = parser.parse_args(argv)
     from pydicom.data import get_testdata_file
 
@@ -100,15 +102,12 @@ def main(argv: list[str] | None = None) -> int:
             row.update(viewer_shown_s=statistics.median(shown[backend]),
                        widget_ready_after_shown_s=statistics.median(ready[backend]))
         rows.append(row)
-    print(f"{'text encoder':<14} {'cold lsms-segment s':>20} {'viewer shown s':>15} {'ready after shown s':>20}")
-    for row in rows:
-        gui = (f"{row['viewer_shown_s']:>15.2f} {row['widget_ready_after_shown_s']:>20.2f}" if not args.no_gui
-               else f"{'-':>15} {'-':>20}")
-        print(f"{row['text_encoder']:<14} {row['cold_lsms_segment_s']:>20.2f} {gui}")
+    print_table(rows, [("text_encoder", "text encoder", ""), ("cold_lsms_segment_s", "cold lsms-segment s", ".2f"),
+                       ("viewer_shown_s", "viewer shown s", ".2f"),
+                       ("widget_ready_after_shown_s", "ready after shown s", ".2f")])
     ratio = rows[1]["cold_lsms_segment_s"] / rows[0]["cold_lsms_segment_s"]
     print(f"cold lsms-segment, transformers / bert: {ratio:.2f}x")
-    if args.json:
-        Path(args.json).write_text(json.dumps({"rows": rows, "runs": args.runs}, indent=2))
+    write_results("startup", {"rows": rows, "runs": args.runs}, args.json)
     return 0
 
 

@@ -141,21 +141,11 @@ def shown_reflits_widget(make_napari_viewer, monkeypatch, qtbot, tmp_path):
     return viewer, widget, image
 
 
-def canvas_position(viewer, layer, row: float, col: float):
-    """The canvas pixel (QPoint) where ``layer``'s data pixel (row, col) is displayed (2-D view)."""
-    from qtpy.QtCore import QPoint
-
-    native = viewer.window._qt_viewer.canvas.native
-    world = np.asarray(layer.data_to_world([row, col] if layer.ndim == 2 else [0, row, col]))[-2:]
-    camera = viewer.scene.camera
-    center, zoom = np.asarray(camera.center)[-2:], camera.zoom
-    y, x = (world - center) * zoom + np.array([native.height(), native.width()]) / 2
-    return QPoint(int(round(x)), int(round(y)))
-
-
 def click_canvas(qtbot, viewer, layer, row: float, col: float) -> None:
     """A real left click on the viewer's canvas over ``layer``'s pixel (row, col)."""
     from qtpy.QtCore import Qt
+
+    from benchmarks.harness import canvas_position
 
     qtbot.mouseClick(viewer.window._qt_viewer.canvas.native, Qt.LeftButton, Qt.NoModifier,
                      canvas_position(viewer, layer, row, col))
@@ -164,6 +154,8 @@ def click_canvas(qtbot, viewer, layer, row: float, col: float) -> None:
 def drag_canvas(qtbot, viewer, layer, start: tuple[float, float], end: tuple[float, float], steps: int = 6) -> None:
     """A real left-button drag on the canvas from ``layer``'s pixel ``start`` (row, col) to ``end``."""
     from qtpy.QtCore import QPoint, Qt
+
+    from benchmarks.harness import canvas_position
 
     native = viewer.window._qt_viewer.canvas.native
     a, b = canvas_position(viewer, layer, *start), canvas_position(viewer, layer, *end)

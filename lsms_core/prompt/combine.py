@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 from scipy import ndimage
 
+from .prompts import parts_at
+
 if TYPE_CHECKING:
     from .prompt_model import PromptSegmenter
 
@@ -68,6 +70,24 @@ def _inside(click: Click, box: tuple[float, float, float, float]) -> bool:
     return x0 <= click.x <= x1 and y0 <= click.y <= y1
 
 
+def _model_requests(clicks: list[Click], boxes: list, outside: list[Click]) -> list[tuple]:
+    """The prompt model's calls as (box or None, clicks): each box with the clicks inside it, and each
+    positive click of ``outside`` (on no part of the text result) in no box with the negative clicks."""
+    negatives = [click for click in clicks if not click.positive]
+    requests = [(box, [click for click in clicks if _inside(click, box)]) for box in boxes]
+    requests += [(None, [click] + negatives) for click in outside
+                 if click.positive and not any(_inside(click, box) for box in boxes)]
+    return requests
+
+
+def needs_prompt_model(clicks: list[Click], boxes: list, base: np.ndarray | None = None) -> bool:
+    """Whether ``prompted_mask`` would call the prompt model for these prompts (on the text result ``base``
+    (H,W) bool): a box, or a positive click on none of its parts."""
+    shape = None if base is None else base.shape
+    outside = list(clicks) if base is None else [click for click in clicks if not base[click.pixel(shape)]]
+    return bool(_model_requests(list(clicks), list(boxes), outside))
+
+
 def prompted_mask(segmenter: "PromptSegmenter | None", shape: tuple[int, int], clicks: list[Click] = (),
                   boxes: list[tuple[float, float, float, float]] = (), base: np.ndarray | None = None
                   ) -> PromptedMask:
@@ -92,23 +112,15 @@ def prompted_mask(segmenter: "PromptSegmenter | None", shape: tuple[int, int], c
         kept, dropped = len(keep), count - len(keep)
         outside = [click for click, part in on_part.items() if not part]
     negatives = [click for click in clicks if not click.positive]
-    requests: list[dict] = []
-    for box in boxes:
-        inside = [click for click in clicks if _inside(click, box)]
-        requests.append({"box": box, "clicks": inside})
-    for click in outside:
-        if click.positive and not any(_inside(click, box) for box in boxes):
-            requests.append({"box": None, "clicks": [click] + negatives})
+    requests = _model_requests(clicks, boxes, outside)
     if requests and segmenter is None:
         raise ValueError("these prompts need the prompt model")
-    for request in requests:
-        points = [(c.x, c.y) for c in request["clicks"]] or None
-        labels = [int(c.positive) for c in request["clicks"]] or None
-        mask, _ = segmenter.predict(points=points, labels=labels, box=request["box"])
+    for box, request_clicks in requests:
+        points = [(c.x, c.y) for c in request_clicks] or None
+        labels = [int(c.positive) for c in request_clicks] or None
+        mask, _ = segmenter.predict(points=points, labels=labels, box=box)
         result |= mask
         calls += 1
     if base is not None and negatives:  # a negative click also removes what a prompt drew over it
-        drop, _ = ndimage.label(result, structure=_EIGHT)
-        hit = {int(drop[c.pixel(shape)]) for c in negatives} - {0}
-        result &= ~np.isin(drop, sorted(hit))
+        result &= ~parts_at(result, [(c.x, c.y) for c in negatives])
     return PromptedMask(result, kept, dropped, calls, prompt_record(clicks, boxes))

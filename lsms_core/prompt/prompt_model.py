@@ -30,6 +30,7 @@ from ..device import autocast, resolve_device
 from ..pixels import Slice
 from ..preprocessing import to_output_mask, to_prompt_input, to_unit_grey
 from ..windows import DEFAULT_WINDOW, Window
+from .prompts import parts_at
 from .sam_decoder import MaskDecoder, PromptEncoder
 from .tiny_vit import IMAGE_SIZE, TinyViT, fuse_batch_norms
 
@@ -296,12 +297,12 @@ class PromptSegmenter:
         mask, probability = to_output_mask(logits[0, 0, :encoded.filled[0], :encoded.filled[1]], (height, width),
                                            threshold)
         if xy is not None and labels.any():
-            kept = _parts_at(mask, xy[labels == 1])
+            kept = parts_at(mask, xy[labels == 1])
             if kept.any():
                 probability[mask & ~kept] = np.minimum(probability[mask & ~kept], threshold)
                 mask &= kept
         if xy is not None and not labels.all():
-            dropped = _parts_at(mask, xy[labels == 0])
+            dropped = parts_at(mask, xy[labels == 0])
             mask &= ~dropped
             probability[dropped] = np.minimum(probability[dropped], threshold)
         return mask, probability
@@ -350,15 +351,6 @@ class PromptSegmenter:
 
     def describe(self) -> dict[str, Any]:
         return {**self.identity, "device": str(self._device), "input_size": IMAGE_SIZE}
-
-
-def _parts_at(mask: np.ndarray, points: np.ndarray) -> np.ndarray:
-    """The 8-connected parts of ``mask`` that hold one of ``points`` (x, y)."""
-    labelled, _ = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
-    height, width = mask.shape
-    hit = {int(labelled[int(np.clip(round(y), 0, height - 1)), int(np.clip(round(x), 0, width - 1))])
-           for x, y in points} - {0}
-    return np.isin(labelled, list(hit)) if hit else np.zeros(mask.shape, dtype=bool)
 
 
 def _finite(values: Any, name: str) -> np.ndarray:

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 from scipy import ndimage
 
+from .tiny_vit import IMAGE_SIZE  # the prompt model's input side: refine's margins are in its pixels
+
 if TYPE_CHECKING:
     from .prompt_model import PromptSegmenter
 
@@ -23,7 +25,6 @@ _EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 # structure, or half a necrotic tumour); the part is kept as it was otherwise.
 REFINE_MARGIN = 4.0
 REFINE_AGREEMENT = 0.7
-PROMPT_INPUT_SIDE = 256  # LiteMedSAM's input side: margins are given in its pixels
 
 
 def mask_parts(mask: np.ndarray) -> list[np.ndarray]:
@@ -33,6 +34,16 @@ def mask_parts(mask: np.ndarray) -> list[np.ndarray]:
         return []
     sizes = np.bincount(labels.ravel(), minlength=count + 1)[1:]
     return [labels == index + 1 for index in np.argsort(-sizes, kind="stable")]
+
+
+def parts_at(mask: np.ndarray, points) -> np.ndarray:
+    """(H,W) bool: the 8-connected parts of ``mask`` that hold one of ``points`` (x, y) (rounded to the
+    nearest pixel, clipped into the image)."""
+    labelled, _ = ndimage.label(mask, structure=_EIGHT_CONNECTED)
+    height, width = mask.shape
+    hit = {int(labelled[int(np.clip(round(y), 0, height - 1)), int(np.clip(round(x), 0, width - 1))])
+           for x, y in points} - {0}
+    return np.isin(labelled, list(hit)) if hit else np.zeros(mask.shape, dtype=bool)
 
 
 def box_of(mask: np.ndarray) -> tuple[int, int, int, int]:
@@ -67,16 +78,15 @@ def grown_box(box: tuple[int, int, int, int], margin: float, shape: tuple[int, i
 
 def input_margin(shape: tuple[int, int], margin: float = REFINE_MARGIN) -> float:
     """``margin`` px of the prompt model's input in image pixels for a slice of ``shape`` (H,W)."""
-    return margin * max(shape) / PROMPT_INPUT_SIDE
+    return margin * max(shape) / IMAGE_SIZE
 
 
-def predict_parts(segmenter: "PromptSegmenter", mask: np.ndarray, prompt: str = "box", threshold: float = 0.5,
-                  margin: float = 0.0) -> tuple[np.ndarray, np.ndarray, int]:
+def predict_parts(segmenter: "PromptSegmenter", mask: np.ndarray, prompt: str = "box", threshold: float = 0.5
+                  ) -> tuple[np.ndarray, np.ndarray, int]:
     """One prompt per connected part of ``mask`` on the segmenter's current slice: ``box`` (the part's
-    bounding box, grown by ``margin`` image px) or ``point`` (one positive click at its
-    ``centre_point``). Returns the union of the predicted masks (H,W) bool, the pixel-wise maximum of
-    their probabilities (H,W) float32, and the number of prompts. An empty mask gives an empty result
-    and 0 prompts."""
+    bounding box) or ``point`` (one positive click at its ``centre_point``). Returns the union of the
+    predicted masks (H,W) bool, the pixel-wise maximum of their probabilities (H,W) float32, and the
+    number of prompts. An empty mask gives an empty result and 0 prompts."""
     if prompt not in ("box", "point"):
         raise ValueError(f"prompt must be 'box' or 'point', got {prompt!r}")
     mask = np.asarray(mask, dtype=bool)
@@ -85,8 +95,7 @@ def predict_parts(segmenter: "PromptSegmenter", mask: np.ndarray, prompt: str = 
     parts = mask_parts(mask)
     for part in parts:
         if prompt == "box":
-            part_mask, part_probability = segmenter.predict(box=grown_box(box_of(part), margin, mask.shape),
-                                                            threshold=threshold)
+            part_mask, part_probability = segmenter.predict(box=box_of(part), threshold=threshold)
         else:
             part_mask, part_probability = segmenter.predict(points=[centre_point(part)], labels=[1],
                                                             threshold=threshold)

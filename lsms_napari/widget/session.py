@@ -14,11 +14,13 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
+from types import SimpleNamespace
 
 import numpy as np
 
 from lsms_core.inference import Segmenter
-from lsms_core.prompt.combine import Click, PromptedMask, prompted_mask
+from lsms_core.prompt.combine import Click, PromptedMask, needs_prompt_model, prompted_mask
 from lsms_core.windows import Window
 
 LSMS_ENGINE = "LSMS"
@@ -154,7 +156,8 @@ class _PredictionCache:
         self._items: OrderedDict[tuple, tuple[np.ndarray, np.ndarray]] = OrderedDict()
 
     def bound(self, segmenter):
-        return None if segmenter is None else _CachedPredictions(self, segmenter)
+        """``segmenter`` with its ``predict`` going through the cache (None stays None)."""
+        return None if segmenter is None else SimpleNamespace(predict=partial(self.predict, segmenter))
 
     def predict(self, segmenter, points=None, labels=None, box=None):
         key = (segmenter.current_key, None if points is None else tuple(map(tuple, points)),
@@ -166,17 +169,6 @@ class _PredictionCache:
         self._items.move_to_end(key)
         mask, probability = self._items[key]
         return mask.copy(), probability.copy()
-
-
-@dataclass
-class _CachedPredictions:
-    """A PromptSegmenter whose ``predict`` goes through the cache."""
-
-    cache: _PredictionCache
-    segmenter: object
-
-    def predict(self, points=None, labels=None, box=None):
-        return self.cache.predict(self.segmenter, points, labels, box)
 
 
 class WidgetSession:
@@ -227,11 +219,8 @@ class WidgetSession:
     def prompt_model_loaded(self) -> bool:
         return self._prompt_segmenter is not None
 
-    def prompt_segmenter(self, device: str):
-        """The warm prompt model (LiteMedSAM), loaded on the model thread at first use."""
-        return self._on_model_thread(self._load_prompt_model, str(device))
-
     def _load_prompt_model(self, device: str):
+        """The warm prompt model (LiteMedSAM), loaded at first use; call it on the model thread."""
         from lsms_core.device import resolve_device
         from lsms_core.prompt import PromptSegmenter
 
@@ -258,10 +247,9 @@ class WidgetSession:
     def _run_prompts(self, request: PromptRequest) -> PromptResult:
         start = time.perf_counter()
         shape = request.pixels.shape[-2:]
-        needs_model = bool(request.boxes) or request.text_mask is None or any(
-            click.positive and not request.text_mask[click.pixel(shape)] for click in request.clicks)
         segmenter = None
-        if needs_model:
+        # prompts alone always name LiteMedSAM as their engine; on a text result it loads only when needed
+        if request.text_mask is None or needs_prompt_model(request.clicks, request.boxes, request.text_mask):
             segmenter = self._load_prompt_model(request.device)
             segmenter.set_image(request.pixels, request.hounsfield, request.window)  # cached per slice and window
         prompted = prompted_mask(self._predictions.bound(segmenter), shape, request.clicks, request.boxes,

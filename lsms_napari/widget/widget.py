@@ -112,8 +112,9 @@ class ReferringLesionSegmentWidget(QWidget):
                 "Shift-R": ("Refine the selected text result with LiteMedSAM", self.prompts.refine)}
 
     def _bind_shortcuts(self) -> None:
-        self._bound = list(self.shortcuts())
-        for key, (_, handler) in self.shortcuts().items():
+        shortcuts = self.shortcuts()
+        self._bound = list(shortcuts)
+        for key, (_, handler) in shortcuts.items():
             self.viewer.bind_key(key, lambda viewer, handler=handler: handler(), overwrite=True)
         # A dock removed without being closed is deleted all the same: its keys must not outlive it.
         self.destroyed.connect(lambda *_, viewer=self.viewer, keys=tuple(self._bound): unbind_keys(viewer, keys))

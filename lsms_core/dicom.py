@@ -38,6 +38,9 @@ class Volume:
 
     spacing_mm: (row, column) pixel spacing; slice_spacing_mm: distance between slices; both None
     when unknown. window: (centre, width) in the units of ``pixels``. patient_key: pseudonymous.
+    affine: 4x4 float64 mapping a voxel index (z, row, column, 1) of ``pixels`` to patient coordinates in mm
+    in DICOM's LPS system (x towards the patient's left, y posterior, z superior); None when the file does
+    not place the image in the patient (no ImagePositionPatient, ImageOrientationPatient or pixel spacing).
     """
 
     pixels: np.ndarray
@@ -52,6 +55,7 @@ class Volume:
     notes: list[str] = field(default_factory=list)
     body_part: str = ""  # BodyPartExamined ("" when the header does not say): the model's domain check reads it
     drawn: list = field(default_factory=list)  # [(slice index, overlays.DrawnOverlay)]: outlines drawn in the file
+    affine: np.ndarray | None = None
 
     def slice(self, index: int) -> Slice:
         """Slice ``index`` as a Slice (lsms_core.pixels)."""
@@ -510,7 +514,8 @@ def read_dicom_file(path: str | Path, frame: int | None = None) -> Volume:
         return Volume(values.astype(np.float32, copy=False), modality == "CT" and samples == 1, modality,
                       dicom_spacing(dataset, first), _slice_spacing(dataset), window,
                       [str(getattr(dataset, "SOPInstanceUID", "")) or None] * len(values), [path],
-                      _patient_key(dataset), body_part=_body_part(dataset), drawn=drawn)
+                      _patient_key(dataset), body_part=_body_part(dataset), drawn=drawn,
+                      affine=_file_affine(dataset, first, len(values)))
 
 
 def _drawn(dataset, shape, index: int) -> list:
@@ -526,6 +531,97 @@ def _body_part(dataset) -> str:
         return str(getattr(dataset, "BodyPartExamined", "") or "").strip()
     except Exception:  # noqa: BLE001 - a damaged value: the domain check then reads the pixels instead
         return ""
+
+
+def _vector(item, keyword: str, size: int) -> np.ndarray | None:
+    """``keyword`` of ``item`` as ``size`` finite floats, or None (missing, wrong length, not numbers)."""
+    try:
+        value = item.get(keyword)
+        vector = np.array(value, float) if value is not None and not isinstance(value, (str, bytes)) else None
+    except (TypeError, ValueError):
+        return None
+    return vector if vector is not None and vector.shape == (size,) and np.isfinite(vector).all() else None
+
+
+def _plane(dataset, frame: int = 0) -> tuple[np.ndarray, np.ndarray] | None:
+    """(ImagePositionPatient (3,), ImageOrientationPatient (6,)) of ``frame``: its functional groups, the
+    shared one, then the top level; None when either is missing or nonsense (never an error: a read that
+    did not need the geometry before does not fail on it now)."""
+    try:
+        position = _first_in_groups(dataset, "PlanePositionSequence", frame,
+                                    lambda item: _vector(item, "ImagePositionPatient", 3))
+        orientation = _first_in_groups(dataset, "PlaneOrientationSequence", frame,
+                                       lambda item: _vector(item, "ImageOrientationPatient", 6))
+    except Exception:  # noqa: BLE001 - a damaged functional group: the volume has no affine
+        return None
+    return None if position is None or orientation is None else (position, orientation)
+
+
+def _affine(position: np.ndarray, orientation: np.ndarray, spacing: tuple[float, float] | None,
+            step: np.ndarray) -> np.ndarray | None:
+    """The LPS affine of Volume.affine: voxel (z, row, column, 1) -> mm. Column index runs along
+    ImageOrientationPatient[:3] by PixelSpacing[1], row index along [3:] by PixelSpacing[0] (PS3.3
+    C.7.6.2.1.1), slice index by ``step`` (mm, LPS); None when the matrix would not be invertible."""
+    if spacing is None:
+        return None
+    affine = np.eye(4)
+    affine[:3, 0] = step
+    affine[:3, 1] = orientation[3:] * spacing[0]
+    affine[:3, 2] = orientation[:3] * spacing[1]
+    affine[:3, 3] = position
+    return affine if np.isfinite(affine).all() and abs(np.linalg.det(affine[:3, :3])) > 1e-9 else None
+
+
+def _normal_step(orientation: np.ndarray, spacing: float | None) -> np.ndarray:
+    """One slice along the slice normal (row direction x column direction): ``spacing`` mm, else 1 mm
+    (a single slice has no step; the matrix only needs one to be invertible)."""
+    normal = np.cross(orientation[:3], orientation[3:])
+    length = np.linalg.norm(normal)
+    return normal / length * (spacing or 1.0) if length > 0 else normal
+
+
+def _file_affine(dataset, first: int, count: int) -> np.ndarray | None:
+    """Volume.affine of ``count`` frames of one file starting at ``first``: the first frame's plane, then the
+    step between the first and last frames' positions (frames evenly spaced along one line, else None)."""
+    plane = _plane(dataset, first)
+    if plane is None:
+        return None
+    position, orientation = plane
+    spacing = dicom_spacing(dataset, first)
+    if count == 1:
+        return _affine(position, orientation, spacing, _normal_step(orientation, _slice_spacing(dataset)))
+    positions = [_plane(dataset, first + index) for index in range(count)]
+    if any(p is None for p in positions):
+        return None
+    points = np.array([p[0] for p in positions])
+    step = (points[-1] - points[0]) / (count - 1)
+    expected = points[0] + np.arange(count)[:, None] * step
+    if not np.allclose(points, expected, atol=1e-3 * max(1.0, float(np.linalg.norm(step)))):
+        return None  # frames not on one evenly spaced line: no single affine places them
+    return _affine(position, orientation, spacing, step)
+
+
+def _series_affine(planes: list, pixel_spacing: tuple[float, float] | None,
+                   spacing: float | None) -> np.ndarray | None:
+    """Volume.affine of a sorted series from its slices' planes [(position, orientation) or None]: the first
+    slice's plane and pixel spacing, and a step along the actual direction from the first to the last
+    position (not the normal: a tilted gantry's slices are sheared) whose length is the median distance
+    between neighbouring positions (one missing slice does not stretch the others). None when a slice
+    does not say where it is; a single slice steps ``spacing`` (else 1 mm) along its normal.
+    ``pixel_spacing``: the first slice's (row, column) spacing in mm."""
+    if not planes or any(plane is None for plane in planes):
+        return None
+    position, orientation = planes[0]
+    if len(planes) == 1:
+        step = _normal_step(orientation, spacing)
+    else:
+        points = np.array([plane[0] for plane in planes])
+        direction = points[-1] - points[0]
+        length = np.linalg.norm(direction)
+        if length == 0:
+            return None
+        step = direction / length * float(np.median(np.linalg.norm(np.diff(points, axis=0), axis=1)))
+    return _affine(position, orientation, pixel_spacing, step)
 
 
 def _slice_spacing(dataset) -> float | None:
@@ -636,8 +732,9 @@ def _stack_series(folder: Path, headers: list, skipped: list[str]) -> Volume:
     slice_spacing = float(np.median(gaps)) if len(gaps) and np.median(gaps) > 0 else None
     modality = str(getattr(first, "Modality", "OT"))
     hounsfield = modality == "CT" and int(getattr(first, "SamplesPerPixel", 1)) == 1
+    affine = _series_affine([_plane(chosen[i][1]) for i in order], dicom_spacing(first), slice_spacing)
     return Volume(np.stack(slices).astype(np.float32), hounsfield, modality, dicom_spacing(first), slice_spacing,
-                  window, uids, files, _patient_key(first), notes, _body_part(first), drawn)
+                  window, uids, files, _patient_key(first), notes, _body_part(first), drawn, affine)
 
 
 def _check_file(path: Path) -> None:

@@ -1,6 +1,7 @@
-"""napari reader for DICOM: one file (single or multi-frame) or a folder holding a series.
+"""napari reader for DICOM (one file, single or multi-frame, or a folder holding a series) and for 3-D
+NIfTI (.nii, .nii.gz) and NRRD (.nrrd, .nhdr) volumes (lsms_core.volume_io: axial slices, HU for CT).
 
-PNG, JPEG and TIFF are left to napari's own readers.
+PNG, JPEG, TIFF and .npy are left to napari's own readers.
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from lsms_core.dicom import read_dicom
+from lsms_core.volume_io import read_volume, volume_suffix
 
 from .layers import drawn_layer_data, volume_layer_data
 
@@ -25,7 +27,7 @@ def _looks_like_dicom(path: Path) -> bool:
 
 
 def napari_get_reader(path):
-    """The reader function if ``path`` is a DICOM file or a folder with DICOM files, else None.
+    """The reader function if ``path`` is a NIfTI or NRRD file, a DICOM file or a folder with DICOM files, else None.
 
     Never raises: a path it cannot look into (no permission, a broken link) is left to other readers.
     """
@@ -40,6 +42,8 @@ def napari_get_reader(path):
             return read_dicom_layers if any(_looks_like_dicom(p) for p in files) else None
     except (OSError, TypeError, ValueError):
         return None
+    if volume_suffix(path) is not None:
+        return read_volume_layers
     return read_dicom_layers if _looks_like_dicom(path) else None
 
 
@@ -56,3 +60,17 @@ def read_dicom_layers(path) -> list[tuple]:
     volume = read_dicom(path)
     name = path.stem if path.is_file() else path.name
     return [volume_layer_data(volume, name), *drawn_layer_data(volume, name)]
+
+
+def read_volume_layers(path) -> list[tuple]:
+    """[(data (Z,H,W), kwargs, "image")] for a NIfTI or NRRD volume: axial slices in radiological display
+    orientation, HU for CT (guessed from the values), scale (slice spacing, row, column) in mm.
+
+    Raises lsms_core.preprocessing.ImageError with a message naming the file (napari shows it).
+    """
+    if isinstance(path, (list, tuple)):
+        path = path[0]
+    path = Path(path)
+    volume = read_volume(path)
+    name = path.name[:-len(volume_suffix(path) or "")] or path.name
+    return [volume_layer_data(volume, name)]

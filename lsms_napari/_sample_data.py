@@ -1,5 +1,6 @@
-"""File > Open Sample > lsms-napari: a RefLiTS CT slice, a DICOM head CT slice, a MONOCHROME1
-radiograph, an abdominal MR slice with a lesion outlined in the file (opened as a Labels layer too)."""
+"""File > Open Sample > lsms-napari: a RefLiTS CT slice, the whole LiTS volume it comes from, a DICOM head
+CT slice, a MONOCHROME1 radiograph, an abdominal MR slice with a lesion outlined in the file (opened as a
+Labels layer too)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,21 @@ def reflits_slice() -> list[tuple]:
                     [None], [], "lits-117", [])
     data, kwargs, kind = volume_layer_data(volume, f"RefLiTS slice {REFLITS_SLICE}")
     kwargs["metadata"]["lsms"]["description"] = SAMPLES["reflits"].title
+    return [(data, kwargs, kind)]
+
+
+def lits_volume() -> list[tuple]:
+    """LiTS case 117 as a 3-D image: (128,128,128) axial slices in HU, the liver crop whose slice 100 is the
+    ``reflits`` sample (its slices hold RefLiTS's training, validation and test blocks). No voxel spacing
+    is stored with it: the scale is 1 per axis."""
+    from lsms_core.lits import load_lits_volume
+
+    hu = load_lits_volume().hu
+    volume = Volume(hu, True, "CT", None, None, (DEFAULT_WINDOW.center, DEFAULT_WINDOW.width), [None] * len(hu), [],
+                    "lits-117", [])
+    data, kwargs, kind = volume_layer_data(volume, "LiTS case 117 (volume)")
+    kwargs["metadata"]["lsms"]["description"] = ("LiTS case 117, liver crop, 128 axial slices in HU (RefLiTS's "
+                                                 "train, val and test blocks); voxel spacing unknown")
     return [(data, kwargs, kind)]
 
 

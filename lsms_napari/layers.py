@@ -29,6 +29,7 @@ class SourceInfo:
     files: list[str] = field(default_factory=list)
     description: str = ""
     body_part: str = ""  # DICOM BodyPartExamined ("" when unknown)
+    slice_spacing_mm: float | None = None  # distance between a stack's slices (from positions), None when unknown
 
     def to_metadata(self) -> dict:
         return {KEY: asdict(self)}
@@ -62,7 +63,8 @@ def volume_layer_data(volume: Volume, name: str) -> tuple[np.ndarray, dict, str]
     row, col = volume.spacing_mm or (1.0, 1.0)
     scale = (row, col) if data.ndim == 2 else (volume.slice_spacing_mm or 1.0, row, col)
     info = SourceInfo(volume.hounsfield, volume.modality, volume.spacing_mm, volume.window, volume.patient_key,
-                      list(volume.sop_instance_uids), [str(f) for f in volume.files], body_part=volume.body_part)
+                      list(volume.sop_instance_uids), [str(f) for f in volume.files], body_part=volume.body_part,
+                      slice_spacing_mm=volume.slice_spacing_mm if data.ndim == 3 else None)
     kwargs = {"name": name, "scale": scale, "colormap": "gray", "metadata": info.to_metadata(),
               "contrast_limits": contrast_limits(volume.pixels, volume.window, volume.hounsfield)}
     return data, kwargs, "image"

@@ -78,14 +78,17 @@ def peak_memory(call) -> int:
     return peak
 
 
-def write_ct_series(folder, count: int = 3, spacing_mm: float = 3.0, shuffle: bool = True):
+def write_ct_series(folder, count: int = 3, spacing_mm: float = 3.0, shuffle: bool = True, header: dict | None = None):
     """``count`` copies of pydicom-data's 512x512 CT slice as a series along z, slice i's pixels
-    raised by 10 * i; file names shuffled so that only positions give the order."""
+    raised by 10 * i; file names shuffled so that only positions give the order. ``header``: DICOM keyword ->
+    value set in every slice (e.g. a FrameOfReferenceUID, patient identifiers)."""
     import pydicom
     from pydicom.data import get_testdata_file
 
     ds = pydicom.dcmread(get_testdata_file("693_UNCI.dcm"))
     base = ds.pixel_array.copy()
+    for keyword, value in (header or {}).items():
+        setattr(ds, keyword, value)
     names = [f"img{i:02d}.dcm" for i in range(count)]
     if shuffle:
         random.Random(1).shuffle(names)

@@ -24,8 +24,8 @@ def test_manifest_is_valid_and_names_the_widget():
 
     manifest = PluginManifest.from_distribution("lsms-napari")
     assert [w.display_name for w in manifest.contributions.widgets] == ["Referring Lesion Segment"]
-    assert {s.key for s in manifest.contributions.sample_data} == {"reflits", "dicom-ct", "chest-radiograph",
-                                                                   "abdominal-mr"}
+    assert {s.key for s in manifest.contributions.sample_data} == {"reflits", "lits-volume", "dicom-ct",
+                                                                   "chest-radiograph", "abdominal-mr"}
 
 
 def test_reader_gives_hu_spacing_and_window_for_ct(make_napari_viewer):

@@ -233,3 +233,15 @@ def test_reflits_stores_instance_numbers(lits):
             continue
         key = per_slice[kwargs["source"]["axial_slice"]]
         assert np.array_equal(key.setdefault(kwargs["instance"], mask), mask), "one instance, one mask"
+
+
+def test_density_shares_choose_the_kinds_and_bad_shares_are_refused(tmp_path):
+    import json
+
+    _build(tmp_path / "hyper", "--train", "6", "--val", "0", "--test", "0", "--densities", "0", "1", "0")
+    densities = {lesion["density"] for line in (tmp_path / "hyper" / "annotations.jsonl").read_text().splitlines()
+                 for lesion in json.loads(line)["source"].get("synthetic") or []}
+    assert densities == {"hyperdense"}
+    done = subprocess.run([sys.executable, "-m", "training.data_cli", "build-synth", str(tmp_path / "bad"),
+                           "--densities", "0", "0", "0"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "--densities" in done.stderr and not (tmp_path / "bad").exists()

@@ -55,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="about this share of expressions fit no lesion (empty target)")
     synth.add_argument("--mass-effect", type=float, default=0.3, help="probability of a mass effect per lesion")
     synth.add_argument("--capsule", type=float, default=0.2, help="probability of a capsule rim per lesion")
+    synth.add_argument("--densities", type=float, nargs=3, default=None, metavar=("HYPO", "HYPER", "ISO"),
+                       help="relative shares of hypodense, hyperdense and isodense synthetic lesions "
+                            "(default 0.65 0.15 0.20); e.g. 0.3 0.35 0.35 for a finder that must learn the rarer kinds")
     return parser
 
 
@@ -177,6 +180,11 @@ def _build_synth(args: argparse.Namespace) -> int:
         if not 0 <= getattr(args, name) <= (0.5 if name == "absent_share" else 1):
             raise DatasetError(f"--{name.replace('_', '-')} out of range: {getattr(args, name)}")
     config = dataclasses.replace(SynthConfig(), mass_effect_p=args.mass_effect, capsule_p=args.capsule)
+    if args.densities is not None:
+        shares = args.densities
+        if min(shares) < 0 or sum(shares) <= 0:
+            raise DatasetError(f"--densities must be three shares >= 0 with a positive sum, got {shares}")
+        config = dataclasses.replace(config, density_p=tuple(float(v) / sum(shares) for v in shares))
     dataset = AnnotationDataset.create(args.dataset, modality="CT", window=SOFT_TISSUE_WINDOW,
                                        description="Synthetic referring lesions on the slices of LiTS case 117 "
                                                    "(backgrounds per split from RefLiTS's blocks)")

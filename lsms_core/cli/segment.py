@@ -1,4 +1,5 @@
-"""``lsms-segment``: segment the lesion a referring expression names on one slice -> mask PNG."""
+"""``lsms-segment``: segment the lesion a referring expression names on one slice -> mask PNG; with
+``--follow``, follow it through a volume's slices -> a 3-D mask (NIfTI in the volume's geometry, or .npy)."""
 
 from __future__ import annotations
 
@@ -16,18 +17,29 @@ from .common import run_cli
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lsms-segment", description=__doc__)
-    parser.add_argument("image", nargs="?", help="a DICOM file, a PNG/JPEG/TIFF, or a .npy array (HU for CT)")
+    parser.add_argument("image", nargs="?", help="a DICOM file, a PNG/JPEG/TIFF, or a .npy array (HU for CT); "
+                        "with --follow: a DICOM series folder, a NIfTI/NRRD file or a (Z,H,W) .npy")
     parser.add_argument("--sample", choices=("reflits", "ct", "xray", "mr"),
                         help="segment a bundled sample slice instead of IMAGE (reflits: LiTS CT slice with four tumours)")
     parser.add_argument("--text", required=True, help='the referring expression, e.g. "the largest lesion"')
     parser.add_argument("--checkpoint", default="default", help="a .safetensors checkpoint, or 'default'")
     parser.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda or cuda:N")
-    parser.add_argument("-o", "--output", required=True, help="where to write the mask (binary PNG, 0/255)")
+    parser.add_argument("-o", "--output", required=True,
+                        help="where to write the mask (binary PNG, 0/255; with --follow: .nii.gz, .nii or .npy)")
     parser.add_argument("--frame", type=int, help="slice of a multi-frame DICOM or 3-D .npy")
     parser.add_argument("--units", choices=("auto", "hu", "raw"), default="auto",
                         help="for .npy: are values Hounsfield units? (auto: guess from the values)")
     parser.add_argument("--text-encoder", help="local text encoder directory, if the checkpoint's is elsewhere")
     parser.add_argument("--json", action="store_true", help="print pixels, seconds and the model's identity")
+    volume = parser.add_argument_group("volumes (follow the lesion through the slices)")
+    volume.add_argument("--follow", action="store_true",
+                        help="segment slice --slice, then follow that lesion through the neighbouring slices")
+    volume.add_argument("--slice", type=int, help="the slice (0-based, along the volume's first axis) to start on")
+    volume.add_argument("--engine", choices=("lesions", "words", "box"), default=None,
+                        help="what proposes each neighbouring slice's lesion: the lesions LSMS finds (default), "
+                             "LSMS with the expression, or LiteMedSAM with the previous slice's box "
+                             "(docs/volumes.md)")
+    volume.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
 
@@ -37,6 +49,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _segment(args: argparse.Namespace) -> int:
+    if args.follow:
+        from .follow import follow_volume
+
+        return follow_volume(args)
+    if args.slice is not None or args.engine is not None:
+        raise ValueError("--slice and --engine go with --follow (a volume); for one slice of a stack use --frame")
     from PIL import Image
 
     from ..image_io import read_slice

@@ -8,6 +8,7 @@ saved against a different image, even if the user switched layers or slices mean
 from __future__ import annotations
 
 import hashlib
+import queue
 import threading
 import time
 from collections import OrderedDict
@@ -107,6 +108,24 @@ class PromptResult:
     prompted: PromptedMask
     prompt_model: dict | None
     seconds: float
+
+
+@dataclass
+class FollowRequest:
+    """Follow through slices: the lesion of ``seed_mask`` (H,W) on slice ``seed_slice`` of ``volume``
+    (Z,H,W, HU when ``hounsfield``), proposed on each neighbouring slice by ``engine``
+    (lsms_core.follow_engines); ``text`` the expression (the "words" engine reads it); ``window`` the
+    CT window (the "box" engine's input)."""
+
+    volume: np.ndarray
+    hounsfield: bool
+    seed_slice: int
+    seed_mask: np.ndarray
+    text: str
+    checkpoint: str = "default"
+    device: str = "auto"
+    engine: str = "lesions"
+    window: Window | None = None
 
 
 MAX_PROPOSALS = 32  # proposals kept (each holds its slice: 1 MB for 512x512 float32), most recently used
@@ -269,6 +288,34 @@ class WidgetSession:
         segmenter = self._load_prompt_model(request.device)
         segmenter.set_image(request.pixels, request.hounsfield, request.window)
         return refine(segmenter, request.text_mask), segmenter.identity, time.perf_counter() - start
+
+    def follow_steps(self, request: FollowRequest, cancel: threading.Event):
+        """A generator for a napari worker: yields (slices done, slices expected) while the model thread
+        follows the lesion (lsms_core.follow.follow_lesion), returns its FollowResult. Setting ``cancel``
+        stops it after the slice in hand; the slices followed so far are kept."""
+        updates: queue.SimpleQueue = queue.SimpleQueue()
+        future = self._model_thread.submit(self._follow, request, cancel, updates.put)
+        while not future.done():
+            try:
+                yield updates.get(timeout=0.05)
+            except queue.Empty:
+                pass
+        return future.result()
+
+    def _follow(self, request: FollowRequest, cancel: threading.Event, report):
+        from lsms_core.follow import follow_lesion
+        from lsms_core.follow_engines import make_proposer
+
+        segmenter = prompt_segmenter = None
+        if request.engine == "box":
+            prompt_segmenter = self._load_prompt_model(request.device)
+        else:
+            segmenter = self._load(str(request.checkpoint), str(request.device))
+        window = (request.window.center, request.window.width) if request.window is not None else None
+        propose = make_proposer(request.engine, request.volume, request.hounsfield, segmenter, request.text,
+                                prompt_segmenter, window)
+        return follow_lesion(request.volume.shape, request.seed_slice, request.seed_mask, propose,
+                             progress=lambda done, expected: report((done, expected)), cancelled=cancel.is_set)
 
     def close(self) -> None:
         """Let the model thread end once its current job is done (nothing new is started)."""

@@ -31,6 +31,7 @@ from . import expression as ex
 from . import save_choice
 from .domain_guard import DomainGuard
 from .fields_box import StructuredFields
+from .following import FOLLOWED, FollowPanel
 from .image_picker import FILE_WINDOW, ImagePicker  # noqa: F401 - FILE_WINDOW re-exported
 from .measurements import MeasurementsLabel
 from .model_picker import CHECKPOINT_FILE, DEFAULT_MODEL, ModelPicker  # noqa: F401 - re-exported
@@ -169,6 +170,9 @@ class ReferringLesionSegmentWidget(QWidget):
         buttons.addWidget(self.segment_button)
         buttons.addWidget(self.cancel_button)
         layout.addLayout(buttons)
+        self.follow_panel = FollowPanel(self)
+        self.follow_button, self.stop_follow_button = self.follow_panel.follow_button, self.follow_panel.stop_button
+        layout.addWidget(self.follow_panel)
         self.status = QLabel("Type what you want segmented and press Segment.")
         self.status.setWordWrap(True)
         layout.addWidget(self.status)
@@ -397,6 +401,8 @@ class ReferringLesionSegmentWidget(QWidget):
         """Measure the selected Labels layer: a proposal on the slice it was made on, a hand-drawn layer on
         its image's displayed slice. Returns the text shown ("" when there is nothing to measure)."""
         layer = self.viewer.layers.selection.active
+        if isinstance(layer, Labels) and FOLLOWED in layer.metadata:
+            return self.follow_panel.measure(layer)
         found = self.active_proposal()
         if found is not None:
             labels, proposal = found
@@ -525,6 +531,7 @@ class ReferringLesionSegmentWidget(QWidget):
         stopped = self.training_panel.shutdown()  # never an orphan lsms-train: it stops with the widget
         if stopped:
             show_info(stopped)
+        self.follow_panel.stop()
         self.session.close()
         self._unbind_shortcuts()
         super().closeEvent(event)

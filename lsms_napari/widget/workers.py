@@ -50,3 +50,25 @@ def start_worker(func, *args, description: str, on_value, on_error, on_finished=
         worker.finished.connect(lambda: on_finished(worker))
     worker.start()
     return worker
+
+
+def guarded_steps(generator_func, *args):
+    """``generator_func(*args)``'s yields passed on, and its return value (or error message) as an Outcome."""
+    try:
+        value = yield from generator_func(*args)
+    except Exception as error:  # noqa: BLE001 (every failure must reach the user as a message)
+        return Outcome(error=str(error) or type(error).__name__)
+    return Outcome(value)
+
+
+def start_steps_worker(generator_func, *args, on_step, on_value, on_error, on_finished=None):
+    """Run a generator in a napari worker: each value it yields goes to ``on_step`` (in the GUI thread: a
+    progress bar), its return value to ``on_value``, an error's message to ``on_error``; never raises.
+    Signals are connected before the worker starts. Returns the running worker."""
+    worker = create_worker(guarded_steps, generator_func, *args)
+    worker.yielded.connect(on_step)
+    worker.returned.connect(lambda outcome: on_error(outcome.error) if outcome.error else on_value(outcome.value))
+    if on_finished is not None:
+        worker.finished.connect(lambda: on_finished(worker))
+    worker.start()
+    return worker

@@ -1,0 +1,101 @@
+"""Follow through slices in the widget: the LiTS volume sample, Segment on one slice, the real button, the
+3-D result layer and its volume measurements; Stop keeps what was followed."""
+
+from __future__ import annotations
+
+import numpy as np
+from napari.layers import Labels
+from qtpy.QtCore import Qt
+from scipy import ndimage
+
+from lsms_napari.widget import ReferringLesionSegmentWidget
+
+TIMEOUT_MS = 180_000
+SEED_SLICE = 29  # "the only lesion" on it: tumour 26-31 of benchmarks/follow_lits.py
+
+
+def _open(make_napari_viewer):
+    viewer = make_napari_viewer()
+    [volume] = viewer.open_sample("lsms-napari", "lits-volume")
+    widget = ReferringLesionSegmentWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget.device_combo.setCurrentText("cpu")
+    viewer.dims.set_current_step(0, SEED_SLICE)
+    return viewer, widget, volume
+
+
+def _labels(viewer) -> list[Labels]:
+    return [layer for layer in viewer.layers if isinstance(layer, Labels)]
+
+
+def _tumour(lits) -> np.ndarray:
+    components, _ = ndimage.label(lits.labels == 2, structure=np.ones((3, 3, 3), bool))
+    return components == components[SEED_SLICE][lits.labels[SEED_SLICE] == 2].max()
+
+
+def test_follow_through_slices_from_a_segmented_slice(qtbot, make_napari_viewer, lits):
+    viewer, widget, volume = _open(make_napari_viewer)
+    widget.expression.setText("the only lesion")
+    qtbot.mouseClick(widget.segment_button, Qt.LeftButton)
+    qtbot.waitUntil(lambda: len(_labels(viewer)) == 1, timeout=TIMEOUT_MS)
+    [seed] = _labels(viewer)
+    assert seed.data.shape == volume.data.shape and np.flatnonzero(seed.data.any(axis=(1, 2))).tolist() == [SEED_SLICE]
+    seed.data[SEED_SLICE][~_tumour(lits)[SEED_SLICE]] = 0  # the user erases what is not the tumour, then follows
+    seed.refresh()
+    qtbot.mouseClick(widget.follow_button, Qt.LeftButton)
+    assert widget.stop_follow_button.isEnabled()
+    qtbot.waitUntil(lambda: len(_labels(viewer)) == 2 and widget.follow_button.isEnabled(), timeout=TIMEOUT_MS)
+    followed = _labels(viewer)[-1]
+    assert followed.name == f"{seed.name} (followed)" and viewer.layers.selection.active is followed
+    assert followed.data.shape == volume.data.shape and tuple(followed.scale) == tuple(volume.scale)
+    slices = np.flatnonzero(followed.data.any(axis=(1, 2))).tolist()
+    tumour = _tumour(lits)
+    mask = followed.data > 0
+    assert 2 * (mask & tumour).sum() / (mask.sum() + tumour.sum()) >= 0.6  # measured 0.80 (benchmark, gt seed)
+    assert len(slices) >= 4 and SEED_SLICE in slices
+    info = followed.metadata["lsms_followed"]
+    assert info["seed_slice"] == SEED_SLICE and info["engine"] == "lesions" and info["slices"] == slices
+    assert set(info["stops"]) == {"down", "up"}
+    assert f"{len(slices)} slices" in widget.status.text() and "Ends: below at slice" in widget.status.text()
+    # voxel spacing unknown for this sample: voxels and px
+    assert "voxels" in widget.measurements.text() and f"{len(slices)} slices" in widget.measurements.text()
+    viewer.layers.selection.active = seed
+    assert "voxels" not in widget.measurements.text()  # a slice's measurements again
+    viewer.layers.selection.active = followed
+    assert "voxels" in widget.measurements.text()
+
+
+def test_stop_keeps_what_was_followed_and_a_2d_image_is_refused(qtbot, make_napari_viewer, lits):
+    viewer, widget, volume = _open(make_napari_viewer)
+    components, _ = ndimage.label(lits.labels == 2, structure=np.ones((3, 3, 3), bool))
+    big = components == np.bincount(components.ravel())[1:].argmax() + 1  # the largest tumour, slices 60-114
+    drawn = np.zeros(volume.data.shape, np.uint8)
+    drawn[87][big[87]] = 1  # drawn by hand on slice 87
+    seed = viewer.add_labels(drawn, name="drawn", metadata={"lsms_source": volume.name})
+    viewer.dims.set_current_step(0, 87)
+    viewer.layers.selection.active = seed
+    steps = []
+    original = widget.follow_panel._on_step
+
+    def stop_at_first_step(step):
+        steps.append(step)
+        original(step)
+        if len(steps) == 1:
+            qtbot.mouseClick(widget.stop_follow_button, Qt.LeftButton)
+
+    widget.follow_panel._on_step = stop_at_first_step
+    qtbot.mouseClick(widget.follow_button, Qt.LeftButton)
+    qtbot.waitUntil(lambda: len(_labels(viewer)) == 2 and widget.follow_button.isEnabled(), timeout=TIMEOUT_MS)
+    followed = _labels(viewer)[-1]
+    slices = np.flatnonzero(followed.data.any(axis=(1, 2))).tolist()
+    assert 87 in slices and len(slices) < 10  # the whole tumour is 50 slices
+    assert "stopped by you" in widget.status.text()
+    assert all(v["reason"] == "cancelled" for v in followed.metadata["lsms_followed"]["stops"].values())
+
+    [flat] = viewer.open_sample("lsms-napari", "reflits")
+    drawn = viewer.add_labels(np.zeros(flat.data.shape, np.uint8), name="on a slice",
+                              metadata={"lsms_source": flat.name})
+    drawn.data[60:70, 60:70] = 1
+    viewer.layers.selection.active = drawn
+    qtbot.mouseClick(widget.follow_button, Qt.LeftButton)
+    assert "needs a stack" in widget.status.text() and len(_labels(viewer)) == 3

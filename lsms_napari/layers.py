@@ -30,6 +30,7 @@ class SourceInfo:
     description: str = ""
     body_part: str = ""  # DICOM BodyPartExamined ("" when unknown)
     slice_spacing_mm: float | None = None  # distance between a stack's slices (from positions), None when unknown
+    affine: list | None = None  # Volume.affine as nested lists: voxel (z, row, column, 1) -> LPS mm (export)
 
     def to_metadata(self) -> dict:
         return {KEY: asdict(self)}
@@ -64,7 +65,8 @@ def volume_layer_data(volume: Volume, name: str) -> tuple[np.ndarray, dict, str]
     scale = (row, col) if data.ndim == 2 else (volume.slice_spacing_mm or 1.0, row, col)
     info = SourceInfo(volume.hounsfield, volume.modality, volume.spacing_mm, volume.window, volume.patient_key,
                       list(volume.sop_instance_uids), [str(f) for f in volume.files], body_part=volume.body_part,
-                      slice_spacing_mm=volume.slice_spacing_mm if data.ndim == 3 else None)
+                      slice_spacing_mm=volume.slice_spacing_mm if data.ndim == 3 else None,
+                      affine=None if volume.affine is None else np.asarray(volume.affine, float).tolist())
     kwargs = {"name": name, "scale": scale, "colormap": "gray", "metadata": info.to_metadata(),
               "contrast_limits": contrast_limits(volume.pixels, volume.window, volume.hounsfield)}
     return data, kwargs, "image"

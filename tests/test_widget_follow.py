@@ -33,7 +33,7 @@ def _tumour(lits) -> np.ndarray:
     return components == components[SEED_SLICE][lits.labels[SEED_SLICE] == 2].max()
 
 
-def test_follow_through_slices_from_a_segmented_slice(qtbot, make_napari_viewer, lits):
+def test_follow_through_slices_from_a_segmented_slice(qtbot, make_napari_viewer, lits, tmp_path):
     viewer, widget, volume = _open(make_napari_viewer)
     widget.expression.setText("the only lesion")
     qtbot.mouseClick(widget.segment_button, Qt.LeftButton)
@@ -63,6 +63,11 @@ def test_follow_through_slices_from_a_segmented_slice(qtbot, make_napari_viewer,
     assert "voxels" not in widget.measurements.text()  # a slice's measurements again
     viewer.layers.selection.active = followed
     assert "voxels" in widget.measurements.text()
+    widget.export_mask(str(tmp_path / "followed.nii.gz"))  # the followed lesion leaves as NIfTI
+    qtbot.waitUntil(lambda: "Exported" in widget.data_status.text(), timeout=TIMEOUT_MS)
+    from lsms_core.volume_io import read_volume
+
+    np.testing.assert_array_equal(read_volume(tmp_path / "followed.nii.gz", hounsfield=False).pixels > 0, mask)
 
 
 def test_stop_keeps_what_was_followed_and_a_2d_image_is_refused(qtbot, make_napari_viewer, lits):

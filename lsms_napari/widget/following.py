@@ -159,11 +159,12 @@ class FollowPanel(QWidget):
             widget._fail(f'"{source_name}" was closed or changed while following; the result is discarded')
             return None
         stops = {name: {"slice": stop.slice, "reason": stop.reason} for name, stop in result.stops.items()}
+        data = result.mask.astype(np.uint8)
         metadata = {"lsms_source": source.name, FOLLOWED: {
             "from": seed_name, "seed_slice": result.seed_slice, "text": request.text, "engine": request.engine,
-            "slices": result.slices, "stops": stops}}
+            "slices": result.slices, "stops": stops, "sha256": pixels_sha(data)}}  # the sha tells edits apart
         name = f"{seed_name} (followed)"
-        labels = widget.viewer.add_labels(result.mask.astype(np.uint8), name=name, scale=source.scale,
+        labels = widget.viewer.add_labels(data, name=name, scale=source.scale,
                                           translate=source.translate, metadata=metadata)
         widget.viewer.layers.selection.active = labels
         measured = self.measure(labels)

@@ -32,6 +32,7 @@ from . import save_choice
 from .domain_guard import DomainGuard
 from .fields_box import StructuredFields
 from .following import FOLLOWED, FollowPanel
+from .mask_export import EXPORT_FILTERS, export_mask, mask_description, source_volume
 from .image_picker import FILE_WINDOW, ImagePicker  # noqa: F401 - FILE_WINDOW re-exported
 from .measurements import MeasurementsLabel
 from .model_picker import CHECKPOINT_FILE, DEFAULT_MODEL, ModelPicker  # noqa: F401 - re-exported
@@ -203,8 +204,13 @@ class ReferringLesionSegmentWidget(QWidget):
         self.save_button.clicked.connect(self.save)
         self.export_button = QPushButton("Export LViT...")
         self.export_button.clicked.connect(self._choose_export)
+        self.export_mask_button = QPushButton("Export mask...")
+        self.export_mask_button.setToolTip("The selected mask as NIfTI (.nii.gz, in the image's geometry) or DICOM SEG "
+                                           "(.dcm, referencing the DICOM series; identifiers as the box above says)")
+        self.export_mask_button.clicked.connect(self._choose_mask_export)
         row.addWidget(self.save_button)
         row.addWidget(self.export_button)
+        row.addWidget(self.export_mask_button)
         data_layout.addLayout(row)
         self.training_panel = TrainingPanel(self, self._say_data, self._fail_data, self._use_model,
                                             self.model_picker.checkpoint)
@@ -503,6 +509,43 @@ class ReferringLesionSegmentWidget(QWidget):
         return start_worker(export_lvit, dataset, output, description="Exporting to LViT layout",
                             on_value=lambda counts: self._say_data(f"Exported {counts} to {output}."),
                             on_error=lambda error: self._fail_data(f"export failed: {error}"))
+
+    def _choose_mask_export(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Export the selected mask", "", EXPORT_FILTERS)
+        if path:
+            self.export_mask(path)
+
+    def export_mask(self, path: str):
+        """Write the selected Labels layer as NIfTI or DICOM SEG (by ``path``'s suffix: mask_export.py) in a
+        worker; returns it, or None when nothing can be exported (the status says why)."""
+        labels = self.viewer.layers.selection.active
+        if not isinstance(labels, Labels):
+            self._fail_data("select the mask to export (a Labels layer) first")
+            return None
+        found = self.active_proposal()
+        proposal = found[1] if found is not None else None
+        name = proposal.request.source_layer if proposal is not None else labels.metadata.get("lsms_source")
+        source = self.images.source_layer(name) if name else self.image_layer()
+        if source is None:
+            self._fail_data("open the image this mask lies on and pick it under Image")
+            return None
+        if tuple(labels.data.shape) != tuple(source.data.shape):
+            self._fail_data(f'the mask "{labels.name}" does not have the shape of the image "{source.name}"')
+            return None
+        mask = np.asarray(labels.data).copy()
+        if proposal is not None:  # the model's mask as proposed, or edited?
+            index = proposal.request.slice_index
+            shown = mask_of(labels, index)
+            automatic = np.array_equal(shown, proposal.mask) and int((mask > 0).sum()) == int(shown.sum())
+        else:
+            automatic = labels.metadata.get(FOLLOWED, {}).get("sha256") == pixels_sha(mask)
+        return start_worker(
+            export_mask, mask, source_volume(source), path, mask_description(labels, proposal, self.expression.text()),
+            self.include_identifiers.isChecked(), automatic, description="Exporting the mask",
+            on_value=lambda written: self._say_data(f'Exported "{labels.name}" to {written}'
+                                                    + (" with patient identifiers." if self.include_identifiers.isChecked()
+                                                       and str(written).lower().endswith(".dcm") else ".")),
+            on_error=lambda error: self._fail_data(f"export failed: {error}"))
 
     # --- training -----------------------------------------------------------------------------
     def train(self, extra_args: list[str] | None = None) -> TrainingProcess | None:

@@ -7,7 +7,7 @@ import argparse
 import json
 import sys
 
-from lsms_core.cli.common import run_cli
+from lsms_core.cli.common import progress_bar, run_cli
 from lsms_core.dataset.store import DatasetError
 
 
@@ -107,23 +107,10 @@ def _set_split(args: argparse.Namespace) -> int:
     return 0
 
 
-def _progress_bar(description: str):
-    from tqdm import tqdm
-
-    bar = tqdm(desc=description, unit="img", leave=False, disable=None)  # None: off when not a terminal
-
-    def update(done: int, total: int) -> None:
-        bar.total = total
-        bar.n = done
-        bar.refresh()
-
-    return bar, update
-
-
 def _import(args: argparse.Namespace) -> int:
     from lsms_core.dataset.lvit import import_lvit
 
-    bar, update = _progress_bar("import")
+    bar, update = progress_bar("import")
     with bar:
         dataset = import_lvit(args.source, args.dataset, modality=args.modality, progress=update)
     print(f"imported {len(dataset)} annotations into {args.dataset}")
@@ -148,7 +135,7 @@ def _build_lits(args: argparse.Namespace) -> int:
         raise DatasetError(f"--gap must be at least 5 slices so neighbouring slices do not leak, got {args.gap}")
     dataset = AnnotationDataset.create(args.dataset, modality="CT", window=SOFT_TISSUE_WINDOW,
                                        description="RefLiTS: referring expressions for the tumours of LiTS case 117")
-    bar, update = _progress_bar("build-lits")
+    bar, update = progress_bar("build-lits")
     with bar:
         counts = build_reflits(load_lits_volume(), dataset.add, min_area=args.min_area, per_lesion=args.per_lesion,
                                gap=args.gap, seed=args.seed, oblique_per_block=args.oblique_per_block,
@@ -189,7 +176,7 @@ def _build_synth(args: argparse.Namespace) -> int:
                                        description="Synthetic referring lesions on the slices of LiTS case 117 "
                                                    "(backgrounds per split from RefLiTS's blocks)")
     started = time.perf_counter()
-    bar, update = _progress_bar("build-synth")
+    bar, update = progress_bar("build-synth")
     with bar:
         counts = build_synth(load_lits_volume(), dataset.add, {"train": args.train, "val": args.val, "test": args.test},
                              seed=args.seed, per_lesion=args.per_lesion, progress=update, min_area=args.min_area,

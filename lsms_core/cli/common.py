@@ -27,3 +27,18 @@ def run_cli(prog: str, main: Callable[[], int]) -> int:
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
+
+
+def progress_bar(description: str, unit: str = "img", enabled: bool = True):
+    """(tqdm bar, update(done, total)): a terminal progress bar, off when ``enabled`` is False or stderr is
+    not a terminal; ``update`` sets both numbers (a total that grows while the work goes on is fine)."""
+    from tqdm import tqdm
+
+    bar = tqdm(desc=description, unit=unit, leave=False, disable=None if enabled else True)
+
+    def update(done: int, total: int) -> None:
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    return bar, update

@@ -40,25 +40,13 @@ def write_volume_mask(mask: np.ndarray, volume, output: Path) -> None:
         write_nifti_mask(data, volume, output)
 
 
-def _progress(enabled: bool):
-    from tqdm import tqdm
-
-    bar = tqdm(desc="follow", unit="slice", leave=False, disable=None if enabled else True)
-
-    def update(done: int, expected: int) -> None:
-        bar.total = expected
-        bar.n = done
-        bar.refresh()
-
-    return bar, update
-
-
 def follow_volume(args: argparse.Namespace) -> int:
     from ..follow import follow_lesion
     from ..follow_engines import DEFAULT_ENGINE, make_proposer
     from ..inference import Segmenter, clean_expression
     from ..volume_io import read_volume
     from ..volume_measure import measure_volume
+    from .common import progress_bar
 
     start = time.perf_counter()
     clean_expression(args.text)
@@ -91,7 +79,7 @@ def follow_volume(args: argparse.Namespace) -> int:
 
         prompt_segmenter = PromptSegmenter(device=args.device)
     propose = make_proposer(engine, volume.pixels, volume.hounsfield, segmenter, seed.text, prompt_segmenter)
-    bar, update = _progress(not args.no_progress and not args.json)
+    bar, update = progress_bar("follow", "slice", not args.no_progress and not args.json)
     with bar:
         result = follow_lesion(volume.pixels.shape, args.slice, seed.mask, propose, progress=update)
     write_volume_mask(result.mask, volume, output)

@@ -3,7 +3,8 @@
 The tumours are the 3-D connected components (26-connected) of the LiTS label 2 whose central slice
 lies in a RefLiTS test block and which span >= 3 slices. Each is seeded on its central slice with
 an expression that names it there (RefLiTS's fact engine; where none singles it out, only the
-ground-truth seed with the engines that need no words is run) and a seed mask that is either the ground truth on that slice (``gt``: the mask the user
+ground-truth seed with the engines that need no words is run) and a seed mask that is either the ground
+truth on that slice (``gt``: the mask the user
 corrected and accepted) or the default model's answer to the expression (``model``: accepted as is;
 a seed that misses the tumour scores 0). Each engine of ``lsms_core.follow_engines`` then follows
 it through the whole volume. Reported per tumour: 3-D Dice against the tumour, the slices it
@@ -130,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = evaluate(args.engines, args.seeds, args.threshold, args.min_probability, args.max_slices)
     print_table(rows, [("tumour", "tumour", ""), ("seed", "seed", ""), ("engine", "engine", ""),
                        ("true_slices", "true", ""), ("followed", "followed", ""), ("dice", "3-D Dice", ".3f"),
-                       ("early", "missed slices", ""), ("ran_on", "ran on", ""), ("stops", "stops", ""), ("note", "note", "")])
+                       ("early", "missed slices", ""), ("ran_on", "ran on", ""), ("stops", "stops", ""),
+                       ("note", "note", "")])
     summary = []
     for seed in args.seeds:
         for engine in args.engines:

@@ -69,8 +69,9 @@ def main(argv: list[str] | None = None) -> int:
                 if run:  # the first run warms up
                     seconds.append(time.perf_counter() - started)
                 followed = len(result.slices) - 1
-            rows.append({"side": side, "engine": engine, "slices": followed,
-                         "seconds": float(np.median(seconds)), "per_slice_ms": 1000 * float(np.median(seconds)) / followed})
+            median = float(np.median(seconds))
+            rows.append({"side": side, "engine": engine, "slices": followed, "seconds": median,
+                         "per_slice_ms": 1000 * median / followed})
     print_table(rows, [("side", "slice px", ""), ("engine", "engine", ""), ("slices", "slices followed", ""),
                        ("seconds", "seconds (median)", ".2f"), ("per_slice_ms", "ms per slice", ".0f")])
     if not args.no_write:

@@ -109,7 +109,8 @@ def continuing_parts(proposed: np.ndarray, previous: np.ndarray, min_overlap: fl
 
 def follow_lesion(shape: tuple[int, int, int], seed_slice: int, seed_mask: np.ndarray, propose: Proposer, *,
                   min_probability: float = 0.5, min_overlap: float = 0.1, max_distance_px: float = 3.0,
-                  ending_fraction: float = 0.5, max_regrowth: float = 1.5, max_slices: int | None = None, progress: Callable[[int, int], None] | None = None,
+                  ending_fraction: float = 0.5, max_regrowth: float = 1.5, max_slices: int | None = None,
+                  progress: Callable[[int, int], None] | None = None,
                   cancelled: Callable[[], bool] | None = None) -> FollowResult:
     """Follow the lesion of ``seed_mask`` (H,W) on ``seed_slice`` through a volume of ``shape`` (Z,H,W).
 

@@ -89,8 +89,10 @@ def test_low_probability_stops_and_cancel_keeps_what_was_followed():
     shape = (11, 30, 30)
     lesion = np.zeros(shape, bool)
     lesion[:] = _disc(shape[1:], (15, 15), 5)
-    faint = lambda z, previous: SliceProposal(lesion[z], np.full(shape[1:], 0.9 if abs(z - 5) <= 2 else 0.3,  # noqa: E731
-                                                                 np.float32))
+
+    def faint(z, previous):  # confident on slices 3-7 only
+        return SliceProposal(lesion[z], np.full(shape[1:], 0.9 if abs(z - 5) <= 2 else 0.3, np.float32))
+
     result = follow_lesion(shape, 5, lesion[5], faint, min_probability=0.5)
     assert result.slices == [3, 4, 5, 6, 7]
     assert {s.reason for s in result.stops.values()} == {"low probability"}

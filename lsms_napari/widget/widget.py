@@ -32,8 +32,8 @@ from . import save_choice
 from .domain_guard import DomainGuard
 from .fields_box import StructuredFields
 from .following import FOLLOWED, FollowPanel
-from .mask_export import EXPORT_FILTERS, export_mask, mask_description, source_volume
 from .image_picker import FILE_WINDOW, ImagePicker  # noqa: F401 - FILE_WINDOW re-exported
+from .mask_export import EXPORT_FILTERS, export_mask, mask_description, source_volume
 from .measurements import MeasurementsLabel
 from .model_picker import CHECKPOINT_FILE, DEFAULT_MODEL, ModelPicker  # noqa: F401 - re-exported
 from .path_field import path_field
@@ -539,12 +539,14 @@ class ReferringLesionSegmentWidget(QWidget):
             automatic = np.array_equal(shown, proposal.mask) and int((mask > 0).sum()) == int(shown.sum())
         else:
             automatic = labels.metadata.get(FOLLOWED, {}).get("sha256") == pixels_sha(mask)
+        identifiers = self.include_identifiers.isChecked()
+        description = mask_description(labels, proposal, self.expression.text())
         return start_worker(
-            export_mask, mask, source_volume(source), path, mask_description(labels, proposal, self.expression.text()),
-            self.include_identifiers.isChecked(), automatic, description="Exporting the mask",
-            on_value=lambda written: self._say_data(f'Exported "{labels.name}" to {written}'
-                                                    + (" with patient identifiers." if self.include_identifiers.isChecked()
-                                                       and str(written).lower().endswith(".dcm") else ".")),
+            export_mask, mask, source_volume(source), path, description, identifiers, automatic,
+            description="Exporting the mask",
+            on_value=lambda written: self._say_data(
+                f'Exported "{labels.name}" to {written}'
+                + (" with patient identifiers." if identifiers and str(written).lower().endswith(".dcm") else ".")),
             on_error=lambda error: self._fail_data(f"export failed: {error}"))
 
     # --- training -----------------------------------------------------------------------------

@@ -25,13 +25,19 @@ from scipy import ndimage
 SEED_KINDS = ("gt", "model")
 
 
+def tumour_components(labels: np.ndarray) -> tuple[np.ndarray, int]:
+    """The LiTS labels' 3-D tumours: (Z,H,W) int labels 1..count of the 26-connected components, and count."""
+    from lsms_core.lits import TUMOUR
+
+    return ndimage.label(labels == TUMOUR, structure=np.ones((3, 3, 3), bool))
+
+
 def test_block_tumours(labels: np.ndarray, min_slices: int = 3) -> list[np.ndarray]:
     """(Z,H,W) bool masks of the tumours whose central slice lies in a test block, >= ``min_slices`` slices."""
-    from lsms_core.lits import TUMOUR
     from training.reflits import block_splits
 
     splits = block_splits(labels.shape[0])
-    components, count = ndimage.label(labels == TUMOUR, structure=np.ones((3, 3, 3), bool))
+    components, count = tumour_components(labels)
     tumours = []
     for index in range(1, count + 1):
         tumour = components == index

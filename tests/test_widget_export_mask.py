@@ -22,14 +22,21 @@ def _widget(viewer):
     return widget
 
 
-def _export(qtbot, widget, path) -> None:
-    worker = widget.export_mask(str(path))
-    assert worker is not None, widget.data_status.text()
+def _press_export(qtbot, widget, monkeypatch, path) -> None:
+    """Press Export mask... and answer its file dialog with ``path``."""
+    from qtpy.QtWidgets import QFileDialog
+
+    monkeypatch.setattr(QFileDialog, "getSaveFileName", lambda *args, **kwargs: (str(path), ""))
+    qtbot.mouseClick(widget.export_mask_button, Qt.LeftButton)
+
+
+def _export(qtbot, widget, monkeypatch, path) -> None:
+    _press_export(qtbot, widget, monkeypatch, path)
     qtbot.waitUntil(lambda: "Exported" in widget.data_status.text() or "failed" in widget.data_status.text(),
                     timeout=TIMEOUT_MS)
 
 
-def test_a_drawn_volume_mask_exports_as_nifti_over_its_image(qtbot, make_napari_viewer, tmp_path):
+def test_a_drawn_volume_mask_exports_as_nifti_over_its_image(qtbot, make_napari_viewer, tmp_path, monkeypatch):
     viewer = make_napari_viewer()
     [volume] = viewer.open_sample("lsms-napari", "lits-volume")
     widget = _widget(viewer)
@@ -37,16 +44,17 @@ def test_a_drawn_volume_mask_exports_as_nifti_over_its_image(qtbot, make_napari_
     data[40:44, 50:60, 60:70] = 1
     labels = viewer.add_labels(data, name="drawn", metadata={"lsms_source": volume.name})
     viewer.layers.selection.active = labels
-    _export(qtbot, widget, tmp_path / "lesion")  # no suffix: NIfTI, .nii.gz added
+    _export(qtbot, widget, monkeypatch, tmp_path / "lesion")  # no suffix: NIfTI, .nii.gz added
     assert "Exported" in widget.data_status.text(), widget.data_status.text()
     written = read_volume(tmp_path / "lesion.nii.gz", hounsfield=False)
     np.testing.assert_array_equal(written.pixels > 0, data > 0)
-    assert widget.export_mask(str(tmp_path / "seg.dcm")) is not None
+    _press_export(qtbot, widget, monkeypatch, tmp_path / "seg.dcm")
     qtbot.waitUntil(lambda: "failed" in widget.data_status.text(), timeout=TIMEOUT_MS)
     assert "not read from DICOM files" in widget.data_status.text() and not (tmp_path / "seg.dcm").exists()
 
 
-def test_a_mask_on_a_dicom_series_exports_as_seg_referencing_its_slices(qtbot, make_napari_viewer, tmp_path):
+def test_a_mask_on_a_dicom_series_exports_as_seg_referencing_its_slices(qtbot, make_napari_viewer, tmp_path,
+                                                                        monkeypatch):
     from tests.conftest import write_ct_series
 
     folder = tmp_path / "series"
@@ -62,7 +70,7 @@ def test_a_mask_on_a_dicom_series_exports_as_seg_referencing_its_slices(qtbot, m
     labels = viewer.add_labels(data, name="drawn", metadata={"lsms_source": stack.name})
     viewer.layers.selection.active = labels
     widget.expression.setText("the largest lesion")
-    _export(qtbot, widget, tmp_path / "seg.dcm")
+    _export(qtbot, widget, monkeypatch, tmp_path / "seg.dcm")
     assert "Exported" in widget.data_status.text() and "identifiers" not in widget.data_status.text()
     seg = hd.seg.segread(tmp_path / "seg.dcm")
     uids = stack.metadata["lsms"]["sop_instance_uids"]
@@ -79,15 +87,15 @@ def test_a_mask_on_a_dicom_series_exports_as_seg_referencing_its_slices(qtbot, m
     qtbot.keyClick(widget.include_identifiers, Qt.Key_Space)  # the box ticked from the keyboard
     assert widget.include_identifiers.isChecked()
     widget.data_status.setText("")
-    _export(qtbot, widget, tmp_path / "seg-identified.dcm")
+    _export(qtbot, widget, monkeypatch, tmp_path / "seg-identified.dcm")
     assert "with patient identifiers" in widget.data_status.text()
     assert str(pydicom.dcmread(tmp_path / "seg-identified.dcm").PatientName) == "Doe^Jane"
 
 
-def test_export_needs_a_labels_layer(make_napari_viewer, tmp_path):
+def test_export_needs_a_labels_layer(qtbot, make_napari_viewer, tmp_path, monkeypatch):
     viewer = make_napari_viewer()
     viewer.open_sample("lsms-napari", "reflits")
     widget = _widget(viewer)
-    assert widget.export_mask(str(tmp_path / "x.nii.gz")) is None
-    assert "select the mask to export" in widget.data_status.text()
+    _press_export(qtbot, widget, monkeypatch, tmp_path / "x.nii.gz")
+    assert "select the mask to export" in widget.data_status.text() and not (tmp_path / "x.nii.gz").exists()
     assert not any(isinstance(layer, Labels) for layer in viewer.layers)

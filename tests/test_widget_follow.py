@@ -6,8 +6,7 @@ from __future__ import annotations
 import numpy as np
 from napari.layers import Labels
 from qtpy.QtCore import Qt
-from scipy import ndimage
-
+from benchmarks.follow_lits import tumour_components
 from lsms_napari.widget import ReferringLesionSegmentWidget
 
 TIMEOUT_MS = 180_000
@@ -29,11 +28,11 @@ def _labels(viewer) -> list[Labels]:
 
 
 def _tumour(lits) -> np.ndarray:
-    components, _ = ndimage.label(lits.labels == 2, structure=np.ones((3, 3, 3), bool))
+    components, _ = tumour_components(lits.labels)
     return components == components[SEED_SLICE][lits.labels[SEED_SLICE] == 2].max()
 
 
-def test_follow_through_slices_from_a_segmented_slice(qtbot, make_napari_viewer, lits, tmp_path):
+def test_follow_through_slices_from_a_segmented_slice(qtbot, make_napari_viewer, lits, tmp_path, monkeypatch):
     viewer, widget, volume = _open(make_napari_viewer)
     widget.expression.setText("the only lesion")
     qtbot.mouseClick(widget.segment_button, Qt.LeftButton)
@@ -63,7 +62,10 @@ def test_follow_through_slices_from_a_segmented_slice(qtbot, make_napari_viewer,
     assert "voxels" not in widget.measurements.text()  # a slice's measurements again
     viewer.layers.selection.active = followed
     assert "voxels" in widget.measurements.text()
-    widget.export_mask(str(tmp_path / "followed.nii.gz"))  # the followed lesion leaves as NIfTI
+    from qtpy.QtWidgets import QFileDialog
+
+    monkeypatch.setattr(QFileDialog, "getSaveFileName", lambda *a, **k: (str(tmp_path / "followed.nii.gz"), ""))
+    qtbot.mouseClick(widget.export_mask_button, Qt.LeftButton)  # the followed lesion leaves as NIfTI
     qtbot.waitUntil(lambda: "Exported" in widget.data_status.text(), timeout=TIMEOUT_MS)
     from lsms_core.volume_io import read_volume
 
@@ -72,7 +74,7 @@ def test_follow_through_slices_from_a_segmented_slice(qtbot, make_napari_viewer,
 
 def test_stop_keeps_what_was_followed_and_a_2d_image_is_refused(qtbot, make_napari_viewer, lits):
     viewer, widget, volume = _open(make_napari_viewer)
-    components, _ = ndimage.label(lits.labels == 2, structure=np.ones((3, 3, 3), bool))
+    components, _ = tumour_components(lits.labels)
     big = components == np.bincount(components.ravel())[1:].argmax() + 1  # the largest tumour, slices 60-114
     drawn = np.zeros(volume.data.shape, np.uint8)
     drawn[87][big[87]] = 1  # drawn by hand on slice 87

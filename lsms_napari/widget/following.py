@@ -11,13 +11,12 @@ import numpy as np
 from napari.layers import Labels
 from qtpy.QtWidgets import QComboBox, QHBoxLayout, QLabel, QPushButton, QWidget
 
-from lsms_core.follow import FollowResult
 from lsms_core.follow_engines import DEFAULT_ENGINE
 from lsms_core.volume_measure import measure_volume
 
 from ..layers import SourceInfo
 from .save_target import mask_of
-from .session import FollowRequest, pixels_sha
+from .session import FollowOutcome, FollowRequest
 from .workers import start_steps_worker
 
 FOLLOWED = "lsms_followed"  # metadata key of a followed layer: what it was followed from, where it stopped
@@ -111,8 +110,8 @@ class FollowPanel(QWidget):
         if engine == "words" and not text:
             widget._fail("the 'LSMS with the words' engine needs the expression: type it in the Expression box")
             return
-        volume = np.asarray(source.data)
-        request = FollowRequest(volume, info.hounsfield, index, seed, text or "all lesions", widget.checkpoint(),
+        data = source.data  # replaced meanwhile (another image put in the layer): the result is discarded
+        request = FollowRequest(np.asarray(data), info.hounsfield, index, seed, text or "all lesions", widget.checkpoint(),
                                 widget.device_combo.currentText(), engine,
                                 widget.current_window(source) if info.hounsfield else None)
         from napari.utils import progress
@@ -122,10 +121,9 @@ class FollowPanel(QWidget):
         self.follow_button.setEnabled(False)
         self.stop_button.setEnabled(True)
         widget._say(f'Following "{layer.name}" from slice {index} through "{source.name}"...')
-        sha = pixels_sha(volume)
         self._worker = start_steps_worker(
             widget.session.follow_steps, request, self._cancel, on_step=self._on_step,
-            on_value=lambda result: self._on_result(result, layer.name, source.name, sha, request),
+            on_value=lambda outcome: self._on_result(outcome, layer.name, source.name, data, request),
             on_error=lambda error: widget._fail(f"following failed: {error}"), on_finished=self._on_finished)
 
     def stop(self) -> None:
@@ -150,21 +148,20 @@ class FollowPanel(QWidget):
         self.follow_button.setEnabled(True)
         self.stop_button.setEnabled(False)
 
-    def _on_result(self, result: FollowResult, seed_name: str, source_name: str, sha: str,
+    def _on_result(self, outcome: FollowOutcome, seed_name: str, source_name: str, data,
                    request: FollowRequest) -> Labels | None:
         widget = self.widget
+        result = outcome.result
         source = widget.images.source_layer(source_name)
-        if source is None or np.asarray(source.data).shape != result.mask.shape or pixels_sha(
-                np.asarray(source.data)) != sha:
+        if source is None or source.data is not data or not outcome.image_unchanged:
             widget._fail(f'"{source_name}" was closed or changed while following; the result is discarded')
             return None
         stops = {name: {"slice": stop.slice, "reason": stop.reason} for name, stop in result.stops.items()}
-        data = result.mask.astype(np.uint8)
         metadata = {"lsms_source": source.name, FOLLOWED: {
             "from": seed_name, "seed_slice": result.seed_slice, "text": request.text, "engine": request.engine,
-            "slices": result.slices, "stops": stops, "sha256": pixels_sha(data)}}  # the sha tells edits apart
+            "slices": result.slices, "stops": stops, "sha256": outcome.mask_sha}}  # the sha tells edits apart
         name = f"{seed_name} (followed)"
-        labels = widget.viewer.add_labels(data, name=name, scale=source.scale,
+        labels = widget.viewer.add_labels(result.mask.astype(np.uint8), name=name, scale=source.scale,
                                           translate=source.translate, metadata=metadata)
         widget.viewer.layers.selection.active = labels
         measured = self.measure(labels)

@@ -20,6 +20,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
+from lsms_core.follow import FollowResult
 from lsms_core.inference import Segmenter
 from lsms_core.prompt.combine import Click, PromptedMask, needs_prompt_model, prompted_mask
 from lsms_core.windows import Window
@@ -126,6 +127,17 @@ class FollowRequest:
     device: str = "auto"
     engine: str = "lesions"
     window: Window | None = None
+
+
+@dataclass
+class FollowOutcome:
+    """What following gave: the FollowResult, whether the volume's pixels hashed the same before and after
+    the run (an image edited meanwhile gives no result), and the sha256 of the followed mask as uint8 (what
+    tells a later edit apart). Both hashes are taken in the worker, not on the GUI thread."""
+
+    result: FollowResult
+    image_unchanged: bool
+    mask_sha: str
 
 
 MAX_PROPOSALS = 32  # proposals kept (each holds its slice: 1 MB for 512x512 float32), most recently used
@@ -291,8 +303,9 @@ class WidgetSession:
 
     def follow_steps(self, request: FollowRequest, cancel: threading.Event):
         """A generator for a napari worker: yields (slices done, slices expected) while the model thread
-        follows the lesion (lsms_core.follow.follow_lesion), returns its FollowResult. Setting ``cancel``
+        follows the lesion (lsms_core.follow.follow_lesion), returns a FollowOutcome. Setting ``cancel``
         stops it after the slice in hand; the slices followed so far are kept."""
+        before = pixels_sha(request.volume)
         updates: queue.SimpleQueue = queue.SimpleQueue()
         future = self._model_thread.submit(self._follow, request, cancel, updates.put)
         while not future.done():
@@ -300,7 +313,8 @@ class WidgetSession:
                 yield updates.get(timeout=0.05)
             except queue.Empty:
                 pass
-        return future.result()
+        result = future.result()
+        return FollowOutcome(result, pixels_sha(request.volume) == before, pixels_sha(result.mask.astype(np.uint8)))
 
     def _follow(self, request: FollowRequest, cancel: threading.Event, report):
         from lsms_core.follow import follow_lesion

@@ -72,7 +72,8 @@ def test_follow_through_slices_from_a_segmented_slice(qtbot, make_napari_viewer,
     np.testing.assert_array_equal(read_volume(tmp_path / "followed.nii.gz", hounsfield=False).pixels > 0, mask)
 
 
-def test_stop_keeps_what_was_followed_and_a_2d_image_is_refused(qtbot, make_napari_viewer, lits):
+def test_stop_keeps_what_was_followed_the_lesion_is_saved_and_a_2d_image_is_refused(
+        qtbot, make_napari_viewer, lits, tmp_path, monkeypatch):
     viewer, widget, volume = _open(make_napari_viewer)
     components, _ = tumour_components(lits.labels)
     big = components == np.bincount(components.ravel())[1:].argmax() + 1  # the largest tumour, slices 60-114
@@ -98,6 +99,7 @@ def test_stop_keeps_what_was_followed_and_a_2d_image_is_refused(qtbot, make_napa
     assert 87 in slices and len(slices) < 10  # the whole tumour is 50 slices
     assert "stopped by you" in widget.status.text()
     assert all(v["reason"] == "cancelled" for v in followed.metadata["lsms_followed"]["stops"].values())
+    _save_the_followed_lesion(qtbot, widget, followed, tmp_path, monkeypatch)
 
     [flat] = viewer.open_sample("lsms-napari", "reflits")
     drawn = viewer.add_labels(np.zeros(flat.data.shape, np.uint8), name="on a slice",
@@ -106,3 +108,46 @@ def test_stop_keeps_what_was_followed_and_a_2d_image_is_refused(qtbot, make_napa
     viewer.layers.selection.active = drawn
     qtbot.mouseClick(widget.follow_button, Qt.LeftButton)
     assert "needs a stack" in widget.status.text() and len(_labels(viewer)) == 3
+
+
+def _save_the_followed_lesion(qtbot, widget, followed, tmp_path, monkeypatch):
+    """Save annotation on the followed layer: one line per slice, tied by the lesion id, and the volume record;
+    saved again after an edit, it updates that lesion."""
+    from lsms_core.dataset import AnnotationDataset
+    from lsms_core.dataset.validate import validate_dataset
+    from lsms_core.dataset.volumes import lesion_mask, read_volume_records
+    from lsms_napari.widget import save_choice
+
+    folder = tmp_path / "annotations"
+    qtbot.keyClicks(widget.dataset_path, str(folder))
+    slices = np.flatnonzero(followed.data.any(axis=(1, 2))).tolist()
+    qtbot.mouseClick(widget.save_button, Qt.LeftButton)  # a hand-drawn seed followed without words
+    assert "type the expression" in widget.data_status.text() and not folder.exists()
+    qtbot.keyClicks(widget.expression, "the largest lesion")
+    qtbot.mouseClick(widget.save_button, Qt.LeftButton)
+    qtbot.waitUntil(lambda: "Saved lesion" in widget.data_status.text(), timeout=TIMEOUT_MS)
+    assert f"{len(slices)} slices" in widget.data_status.text()
+    dataset = AnnotationDataset.open(folder)
+    [volume] = read_volume_records(dataset)
+    assert volume["slices"] == slices and volume["seed_slice"] == 87 and volume["text"] == "the largest lesion"
+    assert [r["source"]["slice_index"] for r in dataset.records] == slices
+    assert {r["source"]["lesion_id"] for r in dataset.records} == {volume["id"]}
+    assert {r["provenance"]["origin"] for r in dataset.records} == {"hand-drawn", "followed"}
+    assert [r["source"]["slice_index"] for r in dataset.select(expressions=True)] == [87]  # words read there
+    assert all(r["provenance"]["edit_dice"] == 1.0 for r in dataset.records)  # saved as followed
+    assert volume["provenance"]["model"]["engine"] == "follow: lesions"
+    np.testing.assert_array_equal(lesion_mask(dataset, volume), followed.data > 0)
+    assert [p for p in validate_dataset(folder) if p.severity == "error"] == []
+
+    edited = slices[-1]
+    followed.data[edited, :, :64] = 0  # the user erases part of one slice, then saves again: update it
+    followed.refresh()
+    monkeypatch.setattr(save_choice, "ask_update_or_new", lambda *args: save_choice.UPDATE)
+    qtbot.mouseClick(widget.save_button, Qt.LeftButton)
+    qtbot.waitUntil(lambda: "Updated lesion" in widget.data_status.text(), timeout=TIMEOUT_MS)
+    dataset = AnnotationDataset.open(folder)
+    [updated] = read_volume_records(dataset)
+    assert updated["provenance"]["replaces"] == volume["id"] and len(dataset.records) == len(updated["slices"])
+    np.testing.assert_array_equal(lesion_mask(dataset, updated), followed.data > 0)
+    edits = {r["source"]["slice_index"]: r["provenance"]["edit_dice"] for r in dataset.records}
+    assert edits[87] == 1.0 and (edited not in edits or edits[edited] < 1.0)

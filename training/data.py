@@ -129,7 +129,7 @@ class ReferringSamples(torch.utils.data.Dataset):
         self.records: list[dict] = []
         self.record_source: list[int] = []  # index into self.datasets, per record
         for number, source in enumerate(self.datasets):
-            chosen = source.select(split)
+            chosen = source.select(split, expressions=not finder)
             if kinds:  # only expressions of these kinds (e.g. "count": all lesions, the only lesion)
                 chosen = [r for r in chosen if set(r.get("expression_kinds") or ()) & set(kinds)]
             if finder:

@@ -45,7 +45,7 @@ def expression(record: dict, text_mode: str) -> str:
 def split_records(dataset_dir: str, split: str) -> tuple[AnnotationDataset, list[dict]]:
     """The dataset and its records of ``split``; DatasetError naming a bad line, ValueError when none."""
     dataset = AnnotationDataset.open(dataset_dir)
-    records = dataset.select(split)
+    records = dataset.select(split, expressions=True)
     if not records:
         raise ValueError(f"{dataset_dir} has no annotations in split {split!r}")
     return dataset, records

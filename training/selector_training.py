@@ -110,7 +110,7 @@ def collect(model, prep, text_encoder, datasets: list[AnnotationDataset], split:
     groups: list[tuple[AnnotationDataset, list[dict]]] = []
     for dataset in datasets:
         by_image: dict[str, list[dict]] = defaultdict(list)
-        for record in dataset.select(split):
+        for record in dataset.select(split, expressions=True):
             by_image[record["image"]].append(record)
         groups += [(dataset, rs) for rs in by_image.values()]
     iterator = groups

@@ -180,7 +180,7 @@ def export_lvit(dataset_dir: str | os.PathLike, output: str | os.PathLike, style
     window_default = default_window or dataset.info.get("defaults", {}).get("window")
     counts = {}
     for folder_name, split in LVIT_SPLITS.items():
-        records = dataset.select(split)
+        records = dataset.select(split, expressions=True)
         if not records:
             continue
         folder = output / f"{folder_name}_Folder"

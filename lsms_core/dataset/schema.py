@@ -23,6 +23,10 @@ ATTRIBUTE_FIELDS = ("lesion_type", "location", "segment", "diameter_mm", "shape"
                     "enhancement", "density", "size", "position", "count", "notes")
 EXPRESSION_KINDS = ("type", "location", "position", "size", "shape", "boundary", "enhancement", "density",
                     "count", "diameter")
+# Expression kinds that describe a 3-D lesion as a whole, so they hold on each of its slices. Size ranks,
+# positions on the slice, counts, shapes and diameters are judged on one cross-section: on a lesion's other
+# slices than the one the words were read on they may be false (``words_hold``).
+LESION_WIDE_KINDS = frozenset({"type", "location", "boundary", "enhancement", "density"})
 _ID = re.compile(r"^[A-Za-z0-9_-]{4,64}$")
 _KEY = re.compile(r"^[A-Za-z0-9:_./-]{1,128}$")
 
@@ -116,3 +120,16 @@ def check_record(record: Any) -> list[str]:
         if issue:
             problems.append(f"provenance.proposal {issue}")
     return problems
+
+
+def words_hold(record: dict[str, Any]) -> bool:
+    """Whether a record's words describe its mask on its own slice: always for a 2-D annotation and for the
+    seed slice of a 3-D lesion (``source.seed_slice``, where the user read them); on the lesion's other
+    slices only when every kind of the expression is lesion-wide (``LESION_WIDE_KINDS``; words of unknown
+    kinds: no). Training and evaluation of expressions use only these; the lesion finder, which reads "all
+    lesions", learns from every slice's mask."""
+    source = record.get("source") or {}
+    if "lesion_id" not in source or source.get("slice_index") == source.get("seed_slice"):
+        return True
+    kinds = set(record.get("expression_kinds") or ())
+    return bool(kinds) and kinds <= LESION_WIDE_KINDS

@@ -23,6 +23,7 @@ import json
 import os
 import stat
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -30,7 +31,7 @@ import numpy as np
 import orjson
 
 from ..atomic import atomic_write_bytes
-from .schema import FORMAT_NAME, FORMAT_VERSION, SPLITS, check_record
+from .schema import FORMAT_NAME, FORMAT_VERSION, SPLITS, check_record, words_hold
 
 MANIFEST = "annotations.jsonl"
 INFO = "dataset.json"
@@ -332,8 +333,10 @@ class AnnotationDataset:
     def __len__(self) -> int:
         return len(self.records)
 
-    def select(self, split: str | None = None) -> list[dict[str, Any]]:
-        """The records of ``split`` (all for None), for training, evaluation and export.
+    def select(self, split: str | None = None, expressions: bool = False) -> list[dict[str, Any]]:
+        """The records of ``split`` (all for None), for training, evaluation and export. ``expressions``:
+        only those whose words hold on their slice (``schema.words_hold``: not the other slices of a 3-D
+        lesion whose words were read on one slice), for whatever learns or scores the words.
 
         Raises DatasetError, naming the manifest line, when any line is not a valid annotation (a line
         that is not JSON, or a record ``check_record`` refuses: a field missing or of the wrong type...):
@@ -341,7 +344,8 @@ class AnnotationDataset:
         TypeError deep inside training. Lines are checked once, as they are read.
         """
         self.check_lines()
-        return [r for r in self.records if split is None or r.get("split") == split]
+        return [r for r in self.records if (split is None or r.get("split") == split)
+                and (not expressions or words_hold(r))]
 
     def check_lines(self) -> None:
         """DatasetError naming the first manifest line that is not a valid annotation, and how many there are."""
@@ -454,6 +458,38 @@ class AnnotationDataset:
         when that id is not in the dataset.
         Returns the record written. Raises DatasetError, writing nothing, if it is invalid.
         """
+        pending = self._prepare(image, mask, text, split_group=split_group, modality=modality, units=units,
+                                patient_key=patient_key, split=split, spacing_mm=spacing_mm, window=window,
+                                attributes=attributes, expression_kinds=expression_kinds, source=source, model=model,
+                                proposal=proposal, user=user, annotation_id=annotation_id, identifiers=identifiers,
+                                include_identifiers=include_identifiers, instance=instance, origin=origin,
+                                replaces=replaces)
+        return self._commit([pending], replaces=[replaces] if replaces is not None else [])[0]
+
+    def add_many(self, annotations: list[dict[str, Any]], replacing: list[str] | tuple[str, ...] = ()
+                 ) -> list[dict[str, Any]]:
+        """Save several annotations together (the slices of one 3-D lesion): each dict holds ``add``'s
+        arguments (``image``, ``mask``, ``text`` and its keywords, without ``replaces``). Every one is
+        checked before anything is written; then their files are written and their lines appended in one
+        write under the lock. ``replacing``: ids of earlier annotations to remove in the same atomic
+        rewrite of the manifest (the new lines are appended after the others; the old files go when no line
+        uses them). Returns the records written; DatasetError, writing nothing, if one is invalid."""
+        if not annotations:
+            raise DatasetError("nothing to save: no annotation given")
+        pending = [self._prepare(**dict(entry)) for entry in annotations]
+        return self._commit(pending, replaces=list(replacing), append_after_rewrite=True)
+
+    def _prepare(self, image: np.ndarray, mask: np.ndarray, text: str, *, split_group: str, modality: str,
+                 units: str, patient_key: str | None = None, split: str | None = None,
+                 spacing_mm: tuple[float, float] | None = None, window: dict | None = None,
+                 attributes: dict[str, Any] | None = None, expression_kinds: list[str] | None = None,
+                 source: dict[str, Any] | None = None, model: dict[str, str] | None = None,
+                 proposal: np.ndarray | None = None, user: str | None = None,
+                 annotation_id: str | None = None, identifiers: dict[str, str] | None = None,
+                 include_identifiers: bool = False, instance: int | None = None, origin: str | None = None,
+                 replaces: str | None = None) -> "_Pending":
+        """One annotation's record (its split still to resolve under the lock) and the files it needs;
+        DatasetError for pixels or masks that cannot be saved. Writes nothing."""
         pixels = compact_pixels(image)
         mask = np.asarray(mask)
         if pixels.ndim != 2:
@@ -495,47 +531,70 @@ class AnnotationDataset:
             record["instance"] = int(instance)
         if include_identifiers and identifiers:
             record["identifiers"] = {str(k): str(v) for k, v in identifiers.items()}
+        files = [(image_rel, image_bytes, True), (record["mask"], encode_mask_png(mask), False)]
+        if proposal is not None:
+            files.append((provenance["proposal"], encode_mask_png(proposal), False))
+        return _Pending(record, split, files)
+
+    def _commit(self, pending: list["_Pending"], replaces: list[str], append_after_rewrite: bool = False
+                ) -> list[dict[str, Any]]:
+        """Under the lock: resolve splits, check every record, write the files, then append the lines (one
+        write) or rewrite the manifest (``replaces``: each old id's line takes the first new line in place,
+        or, with ``append_after_rewrite``, every old line goes and the new ones follow the others)."""
         with _exclusive_lock(self.root / LOCK):
             self._sweep_temporary_files()
             self._read_new_lines()
-            if record_id in self._ids:
-                raise DatasetError(f"annotation id {record_id} already exists in {self.root}")
-            if replaces is not None and replaces not in self._ids:
-                raise DatasetError(f"annotation {replaces} is not in {self.root} (removed or replaced meanwhile?): "
-                                   "nothing to update; save this one as a new annotation")
-            known = self._group_split.get(split_group)
-            if split is None:
-                record["split"] = known or _split_for_new_group(split_group, self.split_fractions())
-            elif known is not None and known != split:
-                raise DatasetError(f"group {split_group!r} is already in split {known!r}; splits are fixed per "
-                                   "patient so that no patient is in two splits")
-            problems = check_record(record)
-            if problems:
-                raise DatasetError(f"invalid annotation: {'; '.join(problems)}")
-            try:
-                line = json.dumps(record, ensure_ascii=False, sort_keys=True, allow_nan=False)
-            except (TypeError, ValueError) as exc:  # NaN/inf or a non-JSON value in a nested field
-                raise DatasetError(f"invalid annotation: {exc}") from exc
-            image_path = self.path(image_rel)
-            new_image = not image_path.exists()
-            if new_image:
-                atomic_write_bytes(image_path, image_bytes)
-            atomic_write_bytes(self.path(record["mask"]), encode_mask_png(mask))
-            if proposal is not None:
-                atomic_write_bytes(self.path(provenance["proposal"]), encode_mask_png(proposal))
-            if replaces is None:
-                self._append_line(line)
-            else:
+            lines = []
+            groups: dict[str, str] = {}
+            for item in pending:
+                record = item.record
+                if record["id"] in self._ids or any(line_id == record["id"] for line_id, _ in lines):
+                    raise DatasetError(f"annotation id {record['id']} already exists in {self.root}")
+                group = record["split_group"]
+                known = self._group_split.get(group) or groups.get(group)
+                if item.split is None:
+                    record["split"] = known or _split_for_new_group(group, self.split_fractions())
+                elif known is not None and known != item.split:
+                    raise DatasetError(f"group {group!r} is already in split {known!r}; splits are fixed per "
+                                       "patient so that no patient is in two splits")
+                groups[group] = record["split"]
+                problems = check_record(record)
+                if problems:
+                    raise DatasetError(f"invalid annotation: {'; '.join(problems)}")
                 try:
-                    old = self._rewrite_manifest({replaces: line.encode()})[replaces]
-                except BaseException:  # the old line stands: the new files would only be orphans
-                    written = [record["mask"], provenance["proposal"]] + ([image_rel] if new_image else [])
-                    for relative in filter(None, written):
-                        with contextlib.suppress(OSError):
-                            self.path(relative).unlink()
-                    raise
-                self._remove_unused_files(old)
-        return record
+                    line = json.dumps(record, ensure_ascii=False, sort_keys=True, allow_nan=False)
+                except (TypeError, ValueError) as exc:  # NaN/inf or a non-JSON value in a nested field
+                    raise DatasetError(f"invalid annotation: {exc}") from exc
+                lines.append((record["id"], line))
+            for old_id in replaces:
+                if old_id not in self._ids:
+                    raise DatasetError(f"annotation {old_id} is not in {self.root} (removed or replaced meanwhile?): "
+                                       "nothing to update; save this one as a new annotation")
+            written = []
+            for relative, data, shared in (f for item in pending for f in item.files):
+                path = self.path(relative)
+                if shared and path.exists():
+                    continue  # an image shared by content is never rewritten
+                atomic_write_bytes(path, data)
+                written.append(relative)
+            if not replaces:
+                self._append_lines([line for _, line in lines])
+                return [item.record for item in pending]
+            if append_after_rewrite:
+                new_lines = {old_id: None for old_id in replaces}
+                appended = [line.encode() for _, line in lines]
+            else:
+                new_lines, appended = {replaces[0]: lines[0][1].encode()}, []
+            try:
+                old = self._rewrite_manifest(new_lines, appended)
+            except BaseException:  # the old lines stand: the new files would only be orphans
+                for relative in written:
+                    with contextlib.suppress(OSError):
+                        self.path(relative).unlink()
+                raise
+            for record in old.values():
+                self._remove_unused_files(record)
+        return [item.record for item in pending]
 
     def set_group_split(self, group: str, split: str) -> int:
         """Move every annotation of split group ``group`` to ``split`` (one atomic manifest rewrite);
@@ -565,11 +624,12 @@ class AnnotationDataset:
                 self._rewrite_manifest(changed)
         return len(changed)
 
-    def _rewrite_manifest(self, new_lines: dict[str, bytes]) -> dict[str, dict[str, Any]]:
-        """Replace the lines of the ids in ``new_lines`` (id -> new line, no newline) by one atomic
-        rename of a complete new manifest; every other line is kept byte for byte (a torn tail, a
-        crashed save's, is dropped). Returns the old records by id. Call under the lock, after
-        ``_read_new_lines``."""
+    def _rewrite_manifest(self, new_lines: dict[str, bytes | None], appended: list[bytes] | None = None
+                          ) -> dict[str, dict[str, Any]]:
+        """Replace the lines of the ids in ``new_lines`` (id -> new line without newline, or None to remove
+        it) and add ``appended`` lines at the end, by one atomic rename of a complete new manifest; every
+        other line is kept byte for byte (a torn tail, a crashed save's, is dropped). Returns the old
+        records by id. Call under the lock, after ``_read_new_lines``."""
         data = _read_regular(self.manifest)
         lines = data.split(b"\n")
         tail = lines.pop()  # b"" after the final newline, an unterminated line, or a torn tail
@@ -590,6 +650,7 @@ class AnnotationDataset:
         missing = sorted(set(new_lines) - set(old))
         if missing:
             raise DatasetError(f"annotation(s) {', '.join(missing)} are not in {self.manifest}")
+        lines = [line for line in lines if line is not None] + list(appended or [])
         atomic_write_bytes(self.manifest, b"\n".join(lines) + b"\n")
         self._read_new_lines()  # the new file: everything is read again
         return old
@@ -621,9 +682,9 @@ class AnnotationDataset:
                         with contextlib.suppress(FileNotFoundError):
                             os.unlink(entry.path)
 
-    def _append_line(self, line: str) -> None:
-        """Append one manifest line in a single write, after cutting a torn tail a crash left."""
-        data = (line + "\n").encode()
+    def _append_lines(self, lines: list[str]) -> None:
+        """Append manifest lines in a single write, after cutting a torn tail a crash left."""
+        data = "".join(line + "\n" for line in lines).encode()
         if self._unterminated:  # the last line is complete but lacks its newline: end it, never cut it
             data = b"\n" + data
         fd = open_regular(self.manifest, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
@@ -640,6 +701,16 @@ class AnnotationDataset:
         finally:
             os.close(fd)
         self._read_new_lines()
+
+
+@dataclass
+class _Pending:
+    """An annotation about to be saved: its record, the split asked for (None: the group's, or drawn) and
+    its files as (relative path, bytes, shared by content: written only when absent)."""
+
+    record: dict[str, Any]
+    split: str | None
+    files: list[tuple[str, bytes, bool]]
 
 
 def _is_json(text: bytes) -> bool:

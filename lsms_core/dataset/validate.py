@@ -174,6 +174,28 @@ def validate_dataset(root: str | os.PathLike, deep: bool = False) -> list[Proble
             if orphans:
                 problems.append(Problem(f"{len(orphans)} file(s) in {folder}/ belong to no annotation (an "
                                         f"interrupted save?), e.g. {orphans[0]}", None, "warning"))
+    return problems + _lesion_problems(dataset)
+
+
+def _lesion_problems(dataset: AnnotationDataset) -> list[Problem]:
+    """Problems of the 3-D lesions (volumes.jsonl, lsms_core.dataset.volumes): a record that does not match
+    its slice lines is an error; slice lines of a lesion without a record (an interrupted save) a warning."""
+    from .volumes import VOLUMES, check_volume_record, read_volume_records
+
+    try:
+        volumes = read_volume_records(dataset)
+    except (DatasetError, OSError) as exc:
+        return [Problem(f"{VOLUMES}: {exc}")]
+    by_id = {r.get("id"): r for r in dataset.records if isinstance(r, dict)}
+    problems = [Problem(f"{VOLUMES} line {number}: {issue}") for number, volume in enumerate(volumes, start=1)
+                for issue in check_volume_record(volume, by_id)]
+    recorded = {v.get("id") for v in volumes if isinstance(v, dict)}
+    unrecorded = sorted({(r.get("source") or {}).get("lesion_id") for r in dataset.records
+                         if isinstance(r.get("source"), dict) and "lesion_id" in r["source"]} - recorded)
+    if unrecorded:
+        problems.append(Problem(f"{len(unrecorded)} 3-D lesion(s) have slice lines but no record in {VOLUMES} (an "
+                                f"interrupted save?), e.g. {unrecorded[0]}: their slices train as 2-D annotations",
+                                None, "warning"))
     return problems
 
 

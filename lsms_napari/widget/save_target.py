@@ -68,20 +68,21 @@ def save_target(labels: Labels, proposals: Proposals, images: ImagePicker, typed
         annotation = Annotation.from_proposal(proposal)
         if proposal.request.text:
             return SaveTarget(annotation, source, pixels)
-        text, attributes, dropped = _typed_words(typed, fields)  # clicks and boxes alone: the words are typed
+        text, attributes, dropped = typed_words(typed, fields)  # clicks and boxes alone: the words are typed
         annotation.text, annotation.attributes, annotation.kinds = text, attributes, ex.expression_kinds(attributes)
         return SaveTarget(annotation, source, pixels, dropped)
     if key is not None:
         raise ValueError(f'the proposal behind "{labels.name}" is no longer kept (the widget keeps those of the '
                          "layers last used): press Segment again to save it with its proposal")
     source, pixels, index = hand_drawn_image(labels, images)
-    text, attributes, dropped = _typed_words(typed, fields)
+    text, attributes, dropped = typed_words(typed, fields)
     annotation = Annotation(text, attributes, ex.expression_kinds(attributes), index, pixels_sha(pixels))
     return SaveTarget(annotation, source, np.asarray(pixels), dropped)
 
 
-def _typed_words(typed: str, fields: dict) -> tuple[str, dict, bool]:
-    """The Expression box's words for a mask drawn without them (ExpressionError NO_WORDS when empty)."""
+def typed_words(typed: str, fields: dict) -> tuple[str, dict, bool]:
+    """The Expression box's words (text, attributes, fields dropped) for a mask drawn without them
+    (ExpressionError NO_WORDS when empty)."""
     try:
         return ex.text_and_attributes(typed, fields)
     except ExpressionError as error:

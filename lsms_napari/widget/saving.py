@@ -122,7 +122,7 @@ def save_annotation(dataset_dir: str | Path, annotation: Annotation | Proposal, 
         dataset = AnnotationDataset.create(dataset_dir, exist_ok=True, modality=info.modality,
                                            window=window.to_record())
         earlier = dataset.split_of_group(group)
-        split = _split_keeping_slices(dataset, pixels, group, split)
+        split = split_keeping_slices(dataset, pixels, group, split)
         moved = dataset.set_group_split(group, split) if split and earlier and earlier != split else 0
         record = dataset.add(pixels, mask, annotation.text, split_group=group, patient_key=group, split=split,
                              modality=info.modality, units="HU" if info.hounsfield else "raw",
@@ -136,7 +136,7 @@ def save_annotation(dataset_dir: str | Path, annotation: Annotation | Proposal, 
         raise DatasetError(explain_write_error(error, dataset_dir)) from error
 
 
-def _split_keeping_slices(dataset: AnnotationDataset, pixels: np.ndarray, group: str, split: str | None
+def split_keeping_slices(dataset: AnnotationDataset, pixels: np.ndarray, group: str, split: str | None
                           ) -> str | None:
     """The split to save with so that these pixels stay in one split: ``split`` (the choice, None for
     auto); for a new group on auto, the split where other groups already hold this slice. DatasetError

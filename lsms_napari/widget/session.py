@@ -138,6 +138,8 @@ class FollowOutcome:
     result: FollowResult
     image_unchanged: bool
     mask_sha: str
+    model: dict | None = None  # the identity of the model that proposed the slices (provenance of a save)
+    volume_sha: str = ""  # pixels_sha of the volume followed (a save checks the image is still that one)
 
 
 MAX_PROPOSALS = 32  # proposals kept (each holds its slice: 1 MB for 512x512 float32), most recently used
@@ -313,8 +315,9 @@ class WidgetSession:
                 yield updates.get(timeout=0.05)
             except queue.Empty:
                 pass
-        result = future.result()
-        return FollowOutcome(result, pixels_sha(request.volume) == before, pixels_sha(result.mask.astype(np.uint8)))
+        result, model = future.result()
+        return FollowOutcome(result, pixels_sha(request.volume) == before, pixels_sha(result.mask.astype(np.uint8)),
+                             model, before)
 
     def _follow(self, request: FollowRequest, cancel: threading.Event, report):
         from lsms_core.follow import follow_lesion
@@ -328,8 +331,10 @@ class WidgetSession:
         window = (request.window.center, request.window.width) if request.window is not None else None
         propose = make_proposer(request.engine, request.volume, request.hounsfield, segmenter, request.text,
                                 prompt_segmenter, window)
-        return follow_lesion(request.volume.shape, request.seed_slice, request.seed_mask, propose,
-                             progress=lambda done, expected: report((done, expected)), cancelled=cancel.is_set)
+        result = follow_lesion(request.volume.shape, request.seed_slice, request.seed_mask, propose,
+                               progress=lambda done, expected: report((done, expected)), cancelled=cancel.is_set)
+        model = (segmenter or prompt_segmenter).identity
+        return result, {**model, "engine": f"follow: {request.engine}"}
 
     def close(self) -> None:
         """Let the model thread end once its current job is done (nothing new is started)."""

@@ -446,6 +446,8 @@ class ReferringLesionSegmentWidget(QWidget):
         if not dataset:
             self._fail_data("choose a dataset folder first")
             return None
+        if FOLLOWED in labels.metadata:  # a followed 3-D lesion: every slice it covers, and its volume record
+            return self.follow_panel.save(labels, dataset)
         try:
             target = save_target(labels, self.session.proposals, self.images, self.expression.text(), self.fields())
         except (ExpressionError, ValueError) as error:

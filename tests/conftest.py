@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import random
+import tempfile
 
 import numpy as np
 import pytest
@@ -10,6 +12,12 @@ import torch
 
 from lsms_core.config import LSMSConfig, PreprocessConfig, preset
 from lsms_core.dataset import AnnotationDataset
+
+# The compiled (ONNX Runtime) path has its own tests (tests/test_compiled.py, which ask for it). Everywhere else
+# each new checkpoint would be exported in the widget's background (10-15 s of CPU each), so the suite runs
+# eager, CLI subprocesses included, and no test writes to the user's ~/.cache.
+os.environ["LSMS_COMPILED"] = "off"
+os.environ["LSMS_CACHE_DIR"] = tempfile.mkdtemp(prefix="lsms-test-cache-")
 
 
 @pytest.fixture(scope="session")

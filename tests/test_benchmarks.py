@@ -23,8 +23,10 @@ def test_forward_reports_every_model_and_counts_macs_like_lsms_info(tmp_path):
     out = tmp_path / "forward.json"
     assert forward.main(["--sizes", "64", "--runs", "1", "--json", str(out)]) == 0
     rows = {r["model"]: r for r in _rows(out)}
-    assert set(rows) == {"lsms", "lsms + text encoding", "lsms before speed work", "lsms text-free", "lsms-budget",
-                         "U-Net (MONAI BasicUNet)", "CLIPSeg", "SegFormer-B0", "matmul 2048x2048 fp32"}
+    assert set(rows) == {"lsms", "lsms + text encoding", "lsms compiled (ONNX Runtime)", "lsms before speed work",
+                         "lsms text-free", "lsms-budget", "U-Net (MONAI BasicUNet)", "CLIPSeg", "SegFormer-B0",
+                         "matmul 2048x2048 fp32"}
+    assert rows["lsms compiled (ONNX Runtime)"]["gmacs"] == rows["lsms"]["gmacs"]  # the same function
     assert all(r["ms"] > 0 and r["gmacs"] > 0 for r in rows.values())
     expected = count_model(preset("lsms", text_dim=384), image_size=64, tokens=forward.TOKENS)
     assert rows["lsms"]["gmacs"] == pytest.approx(expected.gmacs_executed, rel=1e-6)

@@ -36,14 +36,20 @@ class NMF2D(nn.Module):
         self.train_steps = train_steps
         self.eval_steps = eval_steps
         self.eval_seed = eval_seed
+        # (dim, device) -> the eval bases (1,D,R): drawn once, then a constant, so that an exported graph
+        # (lsms_core.compiled) holds them as a tensor instead of a random generator it cannot trace
+        self._eval_bases: dict[tuple[int, str], torch.Tensor] = {}
 
     def _initial_bases(self, batch: int, dim: int, device: torch.device) -> torch.Tensor:
         if self.training:
-            bases = torch.rand(batch, dim, self.rank, device=device)
-        else:
-            generator = torch.Generator().manual_seed(self.eval_seed)
-            bases = torch.rand(1, dim, self.rank, generator=generator).expand(batch, -1, -1).to(device)
-        return F.normalize(bases, dim=1)
+            return F.normalize(torch.rand(batch, dim, self.rank, device=device), dim=1)
+        key = (dim, str(device))
+        if key not in self._eval_bases:
+            with torch.inference_mode(False), torch.no_grad():  # a plain tensor, usable outside inference mode
+                generator = torch.Generator().manual_seed(self.eval_seed)
+                bases = torch.rand(1, dim, self.rank, generator=generator)
+                self._eval_bases[key] = F.normalize(bases, dim=1).to(device)
+        return self._eval_bases[key].expand(batch, -1, -1)
 
     @staticmethod
     def _update_coef(pixels: torch.Tensor, bases: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:

@@ -219,6 +219,7 @@ class WidgetSession:
         self._predictions = _PredictionCache()  # a click added re-runs the prompts: only the new one is predicted
         self.proposals = Proposals()
         self._model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lsms-model")
+        self.compiling: threading.Thread | None = None  # the model's graph being built (Segmenter.compile_in_background)
 
     def _on_model_thread(self, func, *args):
         if threading.current_thread().name.startswith("lsms-model"):
@@ -233,7 +234,11 @@ class WidgetSession:
         key = (checkpoint, device)
         if key not in self._segmenters:
             self._segmenters.clear()  # one model in memory at a time
-            self._segmenters[key] = Segmenter(checkpoint, device=device)
+            segmenter = Segmenter(checkpoint, device=device)
+            # once per checkpoint on this machine: its ONNX graph is built meanwhile (lsms_core.compiled); the
+            # calls run eager until it is there, then ~2x faster on the CPU (docs/benchmarks.md)
+            self.compiling = segmenter.compile_in_background()
+            self._segmenters[key] = segmenter
         return self._segmenters[key]
 
     def is_loaded(self, checkpoint: str, device: str) -> bool:

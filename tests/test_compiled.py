@@ -1,0 +1,99 @@
+"""The compiled inference path (lsms_core.compiled: LSMS through ONNX Runtime on the CPU): the same masks as
+eager PyTorch on real LiTS slices, cached per checkpoint and input size, rebuilt for another checkpoint, a
+damaged cache refused, built in the background while eager serves, eager where ONNX Runtime is missing."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lsms_core import compiled
+from lsms_core.inference import Segmenter
+
+SLICES = (40, 64, 100)
+TEXTS = ("all lesions", "the largest lesion", "the smallest lesion", "the lesion in the upper left part of the liver")
+
+
+@pytest.fixture(scope="module")
+def default_pair(tmp_path_factory):
+    """(eager, compiled) Segmenters of the default model; the graph built into a fresh cache."""
+    cache = tmp_path_factory.mktemp("cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("LSMS_CACHE_DIR", str(cache))
+        eager = Segmenter("default", "cpu", compiled="off")
+        built = Segmenter("default", "cpu", compiled="build")
+    return eager, built, cache
+
+
+def test_the_compiled_default_model_gives_the_eager_masks_on_real_slices(default_pair, lits):
+    eager, built, cache = default_pair
+    assert (eager.runtime, built.runtime) == ("pytorch", "onnxruntime")
+    assert built.describe()["runtime"] == "onnxruntime"
+    size = built.checkpoint.config.preprocess.image_size
+    assert [p.name for p in (cache / "compiled").iterdir()] == [compiled.artefact_path(built.checkpoint.sha256,
+                                                                                      size).name]
+    equal = total = 0
+    worst = 0.0
+    for z in SLICES:
+        for text in TEXTS:  # the default model: its finder's pass, then the selector on the candidates
+            a = eager.segment(lits.hu[z], text, hounsfield=True)
+            b = built.segment(lits.hu[z], text, hounsfield=True)
+            equal += int((a.mask == b.mask).sum())
+            total += a.mask.size
+            worst = max(worst, float(np.abs(a.probability - b.probability).max()))
+    assert equal / total >= 0.999 and worst <= 1e-3  # measured: every pixel equal, 2.6e-6
+
+
+def test_the_cache_serves_its_checkpoint_and_no_other(default_pair, tiny_checkpoint, monkeypatch, lits):
+    eager, built, cache = default_pair
+    monkeypatch.setenv("LSMS_CACHE_DIR", str(cache))
+    monkeypatch.delenv("LSMS_COMPILED")
+    assert Segmenter("default", "cpu").runtime == "onnxruntime"  # "auto": the cached graph, nothing built
+    monkeypatch.setenv("LSMS_COMPILED", "off")
+    assert Segmenter("default", "cpu").runtime == "pytorch"
+    monkeypatch.delenv("LSMS_COMPILED")
+    assert Segmenter(tiny_checkpoint, "cpu").runtime == "pytorch"  # another checkpoint: not cached yet
+    tiny = Segmenter(tiny_checkpoint, "cpu", compiled="build")
+    assert tiny.runtime == "onnxruntime" and len(list((cache / "compiled").glob("*.onnx"))) == 2
+    reference = Segmenter(tiny_checkpoint, "cpu", compiled="off").segment(lits.hu[64], "a lesion", hounsfield=True)
+    np.testing.assert_allclose(tiny.segment(lits.hu[64], "a lesion", hounsfield=True).probability,
+                               reference.probability, atol=1e-3)
+    with pytest.raises(ValueError, match="one 128x128 image"):
+        import torch
+
+        tiny._compiled(torch.zeros(1, 3, 64, 64), torch.zeros(1, 4, 384), torch.ones(1, 4))
+
+
+def test_a_damaged_cached_graph_falls_back_to_eager_and_is_removed(tiny_checkpoint, tmp_path, monkeypatch):
+    monkeypatch.setenv("LSMS_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv("LSMS_COMPILED")
+    eager = Segmenter(tiny_checkpoint, "cpu", compiled="off")
+    path = compiled.artefact_path(eager.checkpoint.sha256, 128)
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"not an onnx graph")
+    with pytest.warns(UserWarning, match="running eager PyTorch"):
+        segmenter = Segmenter(tiny_checkpoint, "cpu")
+    assert segmenter.runtime == "pytorch" and not path.exists()
+
+
+def test_the_graph_is_built_in_the_background_while_eager_serves(tiny_checkpoint, tmp_path, monkeypatch, lits):
+    monkeypatch.setenv("LSMS_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv("LSMS_COMPILED")
+    segmenter = Segmenter(tiny_checkpoint, "cpu")
+    before = segmenter.segment(lits.hu[64], "a lesion", hounsfield=True)
+    thread = segmenter.compile_in_background()
+    assert thread is not None and segmenter.runtime == "pytorch"
+    segmenter.segment(lits.hu[70], "a lesion", hounsfield=True)  # served eager meanwhile
+    thread.join(timeout=300)
+    assert segmenter.runtime == "onnxruntime" and segmenter.compile_in_background() is None
+    after = segmenter.segment(lits.hu[64], "a lesion", hounsfield=True)
+    np.testing.assert_allclose(after.probability, before.probability, atol=1e-3)
+
+
+def test_without_onnx_runtime_it_stays_eager(tiny_checkpoint, tmp_path, monkeypatch):
+    monkeypatch.setenv("LSMS_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(compiled, "available", lambda build=False: False)
+    segmenter = Segmenter(tiny_checkpoint, "cpu", compiled="build")
+    assert segmenter.runtime == "pytorch" and segmenter.compile_in_background() is None
+    with pytest.raises(ValueError, match="compiled must be one of"):
+        Segmenter(tiny_checkpoint, "cpu", compiled="fast")

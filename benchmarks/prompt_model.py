@@ -1,6 +1,7 @@
 """The prompt model (LiteMedSAM, lsms_core.prompt), warm, on a real LiTS CT slice resized to the
 given size: ``set_image`` (windowing + the TinyViT image encoder; the cache bypassed by clearing
-it, so every run really encodes) and ``predict`` with a box, with one click, and with a click and a
+it, so every run really encodes; eager PyTorch, and the encoder through ONNX Runtime as the widget runs it
+once its graph is built) and ``predict`` with a box, with one click, and with a click and a
 box (prompt encoder + mask decoder + the mask resized back to the slice). Medians and quartiles
 of ``--runs`` calls after one warm-up call, in wall time and in this process's CPU time (on a shared
 machine the wall time also counts the waits for a core; the CPU time does not).
@@ -42,13 +43,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512])
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--no-compiled", action="store_true",
+                        help="leave out set_image with the image encoder through ONNX Runtime (lsms_core.compiled)")
     parser.add_argument("--json", help="write the figures here (default benchmarks/results/prompt_model.json)")
     args = parser.parse_args(argv)
     import torch
 
     from lsms_core.prompt import PromptSegmenter
 
-    segmenter = PromptSegmenter(device=args.device)
+    segmenter = PromptSegmenter(device=args.device, compiled="off")
+    compiled_segmenter = None
+    if torch.device(args.device).type == "cpu" and not args.no_compiled:
+        import os
+        import tempfile
+
+        os.environ["LSMS_CACHE_DIR"] = tempfile.mkdtemp(prefix="lsms-bench-")
+        compiled_segmenter = PromptSegmenter(device=args.device, compiled="build")
+        if compiled_segmenter.runtime != "onnxruntime":
+            compiled_segmenter = None
     rows = []
     for size in args.sizes:
         pixels, box, click = lits_slice(size)
@@ -57,8 +69,13 @@ def main(argv: list[str] | None = None) -> int:
             segmenter._cache.clear()  # every call runs the image encoder
             segmenter.set_image(pixels, True)
 
+        def encode_compiled() -> None:
+            compiled_segmenter._cache.clear()
+            compiled_segmenter.set_image(pixels, True)
+
         encode()
         calls = {f"set_image {size}x{size}": encode,
+                 **({f"set_image {size}x{size}, compiled encoder": encode_compiled} if compiled_segmenter else {}),
                  f"predict box {size}x{size}": lambda: segmenter.predict(box=box),
                  f"predict click {size}x{size}": lambda: segmenter.predict(points=[click], labels=[1]),
                  f"predict click+box {size}x{size}": lambda: segmenter.predict(points=[click], labels=[1], box=box)}

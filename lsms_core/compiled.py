@@ -37,10 +37,12 @@ def cache_dir() -> Path:
     return (Path(root) if root else Path.home() / ".cache" / "lsms-napari") / "compiled"
 
 
-def artefact_path(checkpoint_sha256: str, image_size: int) -> Path:
-    """Where the graph of this checkpoint (its weights' sha256) at this input size is cached."""
+def artefact_path(weights_sha256: str, image_size: int, part: str = "") -> Path:
+    """Where the graph of these weights (their sha256) at this input size is cached; ``part`` names a part of
+    the model exported alone (e.g. "image-encoder" of the prompt model), "" for the whole LSMS."""
     version = torch.__version__.split("+")[0]
-    return cache_dir() / f"{checkpoint_sha256[:16]}-{image_size}-torch{version}-v{FORMAT}.onnx"
+    name = f"{weights_sha256[:16]}{'-' + part if part else ''}-{image_size}-torch{version}-v{FORMAT}.onnx"
+    return cache_dir() / name
 
 
 class _Graph(torch.nn.Module):
@@ -63,16 +65,14 @@ def model_copy(model):
     return copied
 
 
-def export_onnx(model, image_size: int, path: Path) -> Path:
-    """Export ``model`` (an LSMS that reads text) at ``image_size`` to ``path`` (written atomically), from a
-    copy unless it is one already (``model_copy``). About 10-15 s on this project's 2-core CPU."""
+def export_module(module: torch.nn.Module, example: tuple[torch.Tensor, ...], path: Path, input_names: list[str],
+                  output_names: list[str], dynamic_shapes: dict | None = None) -> Path:
+    """Export ``module`` (eval mode, CPU, float32) called on ``example`` to an ONNX file at ``path``, written
+    atomically (a temporary file renamed into place). The module is run once first, so that state it draws on
+    first use (the NMF's eval bases) is a constant of the graph."""
     import logging
     import warnings
 
-    graph = _Graph(model if getattr(model, "_export_copy", False) else model_copy(model))
-    text_dim = model.config.text_dim
-    example = (torch.randn(1, 3, image_size, image_size), torch.randn(1, 8, text_dim), torch.ones(1, 8))
-    tokens = torch.export.Dim("tokens", min=1, max=512)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(handle)
@@ -82,17 +82,40 @@ def export_onnx(model, image_size: int, path: Path) -> Path:
     try:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
-            graph(*example)  # draws the NMF's eval bases once: the graph then holds them as a constant
-            torch.onnx.export(graph, example, temporary, input_names=["image", "words", "word_mask"],
-                              output_names=["logits", "embedding"], dynamo=True, verbose=False,
-                              dynamic_shapes={"image": None, "words": {1: tokens}, "word_mask": {1: tokens}},
-                              external_data=False)
+            module(*example)
+            torch.onnx.export(module, example, temporary, input_names=input_names, output_names=output_names,
+                              dynamo=True, verbose=False, dynamic_shapes=dynamic_shapes, external_data=False)
         os.replace(temporary, path)
     finally:
         quiet.setLevel(level)
         if os.path.exists(temporary):
             os.unlink(temporary)
     return path
+
+
+def export_onnx(model, image_size: int, path: Path) -> Path:
+    """Export ``model`` (an LSMS that reads text) at ``image_size`` to ``path``, from a copy unless it is one
+    already (``model_copy``). About 10-15 s on this project's 2-core CPU."""
+    graph = _Graph(model if getattr(model, "_export_copy", False) else model_copy(model))
+    example = (torch.randn(1, 3, image_size, image_size), torch.randn(1, 8, model.config.text_dim), torch.ones(1, 8))
+    tokens = torch.export.Dim("tokens", min=1, max=512)
+    return export_module(graph, example, path, ["image", "words", "word_mask"], ["logits", "embedding"],
+                         {"image": None, "words": {1: tokens}, "word_mask": {1: tokens}})
+
+
+def ort_session(path: Path, threads: int | None = None):
+    """An ONNX Runtime CPU session of the graph at ``path``, with as many threads as PyTorch uses.
+
+    ONNX Runtime's threads busy-wait a moment after each run (its default, kept): that costs the PyTorch work
+    that follows a few milliseconds (the selector: 2.3 -> 6.3 ms) but without it a new slice took 78 ms, not 64
+    (benchmarks/compiled.py)."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads or torch.get_num_threads()
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 class CompiledLSMS:
@@ -102,16 +125,7 @@ class CompiledLSMS:
     and ``selector`` are the eager model's."""
 
     def __init__(self, model, path: Path, threads: int | None = None) -> None:
-        import onnxruntime
-
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = threads or torch.get_num_threads()
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3
-        # ONNX Runtime's threads busy-wait a moment after each run (its default, kept): that costs the selector's
-        # few PyTorch milliseconds that follow (2.3 -> 6.3 ms) but without it a new slice took 78 ms, not 64
-        # (benchmarks/compiled.py).
-        self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.session = ort_session(path, threads)
         self.path = path
         self.config = model.config
         self.selector = model.selector
@@ -142,3 +156,34 @@ def load_compiled(model, checkpoint_sha256: str, image_size: int, build: bool = 
             return None
         export_onnx(model, image_size, path)
     return CompiledLSMS(model, path)
+
+
+class CompiledEncoder:
+    """An image encoder (one (1,3,S,S) image -> one feature map) through ONNX Runtime: the prompt model's
+    TinyViT (lsms_core.prompt). CPU tensors in and out."""
+
+    def __init__(self, path: Path, threads: int | None = None) -> None:
+        self.session = ort_session(path, threads)
+        self.path = path
+        self.image_size = int(self.session.get_inputs()[0].shape[-1])
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        if tuple(image.shape) != (1, 3, self.image_size, self.image_size):
+            raise ValueError(f"this compiled encoder takes one 3x{self.image_size}x{self.image_size} image, got "
+                             f"{tuple(image.shape)}")
+        return torch.from_numpy(self.session.run(None, {"image": np.ascontiguousarray(image.float().cpu().numpy())})[0])
+
+
+def load_compiled_encoder(encoder: torch.nn.Module, weights_sha256: str, image_size: int, part: str,
+                          build: bool = False) -> CompiledEncoder | None:
+    """``encoder``'s graph from the cache (``build``: exported from a copy first when absent); None when ONNX
+    Runtime (or, to build, the exporter) is missing or nothing is cached and ``build`` is False."""
+    if not available(build):
+        return None
+    path = artefact_path(weights_sha256, image_size, part)
+    if not path.exists():
+        if not build:
+            return None
+        export_module(model_copy(encoder), (torch.randn(1, 3, image_size, image_size),), path, ["image"],
+                      ["embedding"])
+    return CompiledEncoder(path)

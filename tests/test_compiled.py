@@ -97,3 +97,31 @@ def test_without_onnx_runtime_it_stays_eager(tiny_checkpoint, tmp_path, monkeypa
     assert segmenter.runtime == "pytorch" and segmenter.compile_in_background() is None
     with pytest.raises(ValueError, match="compiled must be one of"):
         Segmenter(tiny_checkpoint, "cpu", compiled="fast")
+
+
+def test_the_prompt_models_encoder_compiled_gives_the_same_masks(tmp_path, monkeypatch, lits):
+    from lsms_core.prompt import PromptSegmenter
+    from lsms_core.prompt.prompt_model import ENCODER_PART, IMAGE_SIZE
+
+    monkeypatch.setenv("LSMS_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv("LSMS_COMPILED")
+    eager = PromptSegmenter(device="cpu", compiled="off")
+    assert PromptSegmenter(device="cpu").runtime == "pytorch"  # nothing cached yet
+    thread = eager.compile_in_background()
+    assert thread is None  # "off" builds nothing
+    built = PromptSegmenter(device="cpu")
+    thread = built.compile_in_background()
+    thread.join(timeout=300)
+    assert built.runtime == "onnxruntime"
+    assert compiled.artefact_path(built.identity["sha256"], IMAGE_SIZE, ENCODER_PART).exists()
+    assert PromptSegmenter(device="cpu").runtime == "onnxruntime"  # from the cache
+    equal = total = 0
+    for z, box in ((64, (40, 50, 70, 80)), (100, (30, 30, 90, 90))):
+        for segmenter in (eager, built):
+            segmenter.set_image(lits.hu[z], hounsfield=True)
+        a, pa = eager.predict(box=box)
+        b, pb = built.predict(box=box)
+        equal += int((a == b).sum())
+        total += a.size
+        assert float(np.abs(pa - pb).max()) <= 1e-3
+    assert equal / total >= 0.999

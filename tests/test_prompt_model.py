@@ -190,13 +190,15 @@ def test_eval_prompt_and_refine_modes_on_a_tiny_dataset(mini_dataset, tiny_check
     assert both.returncode == 2 and "not allowed with argument" in both.stderr
 
 
-def test_the_benchmark_runs_and_reports_every_call(tmp_path):
+def test_the_benchmark_runs_and_reports_every_call(tmp_path, monkeypatch):
     from benchmarks import prompt_model
 
+    monkeypatch.setenv("LSMS_CACHE_DIR", str(tmp_path))  # the benchmark points it at its own folder: restored after
     out = tmp_path / "prompt.json"
     assert prompt_model.main(["--sizes", "64", "--runs", "1", "--json", str(out)]) == 0
     rows = {row["call"]: row for row in json.loads(out.read_text())["rows"]}
-    assert set(rows) == {"set_image 64x64", "predict box 64x64", "predict click 64x64", "predict click+box 64x64"}
+    assert set(rows) == {"set_image 64x64", "set_image 64x64, compiled encoder", "predict box 64x64",
+                         "predict click 64x64", "predict click+box 64x64"}
     assert all(row["ms"] > 0 for row in rows.values())
 
 

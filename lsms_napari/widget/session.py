@@ -219,7 +219,9 @@ class WidgetSession:
         self._predictions = _PredictionCache()  # a click added re-runs the prompts: only the new one is predicted
         self.proposals = Proposals()
         self._model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lsms-model")
-        self.compiling: threading.Thread | None = None  # the model's graph being built (Segmenter.compile_in_background)
+        # the graphs being built in the background (Segmenter / PromptSegmenter.compile_in_background)
+        self.compiling: threading.Thread | None = None
+        self.compiling_prompts: threading.Thread | None = None
 
     def _on_model_thread(self, func, *args):
         if threading.current_thread().name.startswith("lsms-model"):
@@ -264,6 +266,7 @@ class WidgetSession:
 
         if self._prompt_segmenter is None:
             self._prompt_segmenter = PromptSegmenter(device=device)
+            self.compiling_prompts = self._prompt_segmenter.compile_in_background()  # its encoder, once per machine
         elif self._prompt_segmenter.device != resolve_device(device):
             self._prompt_segmenter.to(device)
         return self._prompt_segmenter

@@ -15,6 +15,8 @@ import copy
 import importlib.util
 import os
 import tempfile
+import threading
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -71,7 +73,6 @@ def export_module(module: torch.nn.Module, example: tuple[torch.Tensor, ...], pa
     atomically (a temporary file renamed into place). The module is run once first, so that state it draws on
     first use (the NMF's eval bases) is a constant of the graph."""
     import logging
-    import warnings
 
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -144,20 +145,6 @@ class CompiledLSMS:
         return LSMSOutput(logits, torch.from_numpy(embedding), None) if features else logits
 
 
-def load_compiled(model, checkpoint_sha256: str, image_size: int, build: bool = False) -> CompiledLSMS | None:
-    """The compiled forward of ``model`` from the cache; with ``build``, exported first when it is not
-    there. None when ONNX Runtime (or, to build, the exporter) is not installed, when the model reads no text,
-    or when there is nothing cached and ``build`` is False."""
-    if not model.uses_text or not available(build):
-        return None
-    path = artefact_path(checkpoint_sha256, image_size)
-    if not path.exists():
-        if not build:
-            return None
-        export_onnx(model, image_size, path)
-    return CompiledLSMS(model, path)
-
-
 class CompiledEncoder:
     """An image encoder (one (1,3,S,S) image -> one feature map) through ONNX Runtime: the prompt model's
     TinyViT (lsms_core.prompt). CPU tensors in and out."""
@@ -174,16 +161,65 @@ class CompiledEncoder:
         return torch.from_numpy(self.session.run(None, {"image": np.ascontiguousarray(image.float().cpu().numpy())})[0])
 
 
-def load_compiled_encoder(encoder: torch.nn.Module, weights_sha256: str, image_size: int, part: str,
-                          build: bool = False) -> CompiledEncoder | None:
-    """``encoder``'s graph from the cache (``build``: exported from a copy first when absent); None when ONNX
-    Runtime (or, to build, the exporter) is missing or nothing is cached and ``build`` is False."""
-    if not available(build):
-        return None
-    path = artefact_path(weights_sha256, image_size, part)
-    if not path.exists():
-        if not build:
+MODES = ("auto", "build", "off")
+
+
+def resolve_mode(mode: str) -> str:
+    """``mode`` checked ("auto": use a cached graph; "build": build it when absent; "off": never); "auto" is
+    "off" when the environment says ``LSMS_COMPILED=off`` (or 0)."""
+    if mode not in MODES:
+        raise ValueError(f"compiled must be one of {', '.join(MODES)}, got {mode!r}")
+    off = os.environ.get("LSMS_COMPILED", "").lower() in ("off", "0")
+    return "off" if mode == "auto" and off else mode
+
+
+class CompiledPart:
+    """The compiled graph of one part of a model (LSMS, the prompt model's image encoder) and how it is kept:
+    ``runner`` is the graph's callable while in use, else None (eager). ``copy()`` returns the module to export
+    (taken when a build starts, so the original keeps serving), ``export(module, path)`` writes the graph,
+    ``load(path)`` opens it; ``what`` names it in warnings."""
+
+    def __init__(self, mode: str, path: Path, copy, export, load, what: str) -> None:
+        self.mode = resolve_mode(mode)
+        self.path = path
+        self._copy, self._export, self._load, self.what = copy, export, load, what
+        self.runner = None
+
+    def use(self, build: bool = False) -> bool:
+        """Open the cached graph (``build``: exported first when absent); True when in use. A graph that does not
+        load, or a build that fails, leaves eager in use with a warning, and a bad cached file is removed."""
+        self.runner = None
+        if self.mode == "off" or not available(build):
+            return False
+        try:
+            if not self.path.exists():
+                if not build:
+                    return False
+                self._export(self._copy(), self.path)
+            self.runner = self._load(self.path)
+        except Exception as error:  # noqa: BLE001 - a damaged cache or an exporter failure: eager still works
+            from .pixels import one_line
+
+            warnings.warn(f"compiled {self.what} unavailable, running eager PyTorch ({one_line(error)})",
+                          stacklevel=3)
+            self.path.unlink(missing_ok=True)
+        return self.runner is not None
+
+    def in_background(self) -> threading.Thread | None:
+        """Build (when absent) and open the graph in a daemon thread, then put it in use; the thread, or None
+        when there is nothing to do (in use already, "off", the exporter's packages missing)."""
+        if self.runner is not None or self.mode == "off" or not available(build=True):
             return None
-        export_module(model_copy(encoder), (torch.randn(1, 3, image_size, image_size),), path, ["image"],
-                      ["embedding"])
-    return CompiledEncoder(path)
+        module = self._copy()
+
+        def build() -> None:
+            try:
+                if not self.path.exists():
+                    self._export(module, self.path)
+                self.runner = self._load(self.path)
+            except Exception as error:  # noqa: BLE001 - eager keeps working; say why once
+                warnings.warn(f"compiling {self.what} failed, staying with eager PyTorch ({error})", stacklevel=2)
+
+        thread = threading.Thread(target=build, name="lsms-compile", daemon=True)
+        thread.start()
+        return thread

@@ -25,12 +25,8 @@ from .checkpoint import Checkpoint, load_model
 from .device import autocast, resolve_device
 from .expressions import MAX_EXPRESSION_CHARS, ExpressionError, clean_expression  # noqa: F401 - re-exported
 from .image_io import Slice
-from .pixels import one_line
 from .preprocessing import to_model_input, to_output_mask, to_unit_grey
 from .selection import ALL_LESIONS_TEXT, Candidates, lesion_candidates
-
-COMPILED_MODES = ("auto", "build", "off")
-
 
 @dataclass
 class SegmentationResult:
@@ -74,8 +70,6 @@ class Segmenter:
         is cached ("auto", the default), after building it now if it is not ("build"), or never ("off"; "auto"
         too when the environment says ``LSMS_COMPILED=off``). Eager PyTorch otherwise, and always on CUDA.
         ``compile_in_background`` builds the graph without making the caller wait."""
-        if compiled not in COMPILED_MODES:
-            raise ValueError(f"compiled must be one of {', '.join(COMPILED_MODES)}, got {compiled!r}")
         self._device = resolve_device(device)
         if self._device.type == "cpu":
             reuse_freed_memory()  # ~1/3 faster CPU passes (lsms_core/allocator.py)
@@ -85,9 +79,7 @@ class Segmenter:
         self._cache_size = cache_size
         self.text_encodings = 0  # how many expressions were really encoded (cache misses)
         self._candidates: tuple[tuple, Candidates] | None = None
-        off = os.environ.get("LSMS_COMPILED", "").lower() in ("off", "0")
-        self._compiled_mode = "off" if compiled == "auto" and off else compiled
-        self._compiled = None  # lsms_core.compiled.CompiledLSMS while in use
+        self._compiled = self._compiled_part(compiled)
         self._move(self._device)
 
     # --- set-up ---------------------------------------------------------------------------
@@ -127,63 +119,36 @@ class Segmenter:
         self._device = device
         self._cache.clear()
         self._candidates = None
-        self._compiled = None
-        if device.type == "cpu" and self._compiled_mode != "off":
-            self.use_compiled(build=self._compiled_mode == "build")
+        self._compiled.runner = None
+        if device.type == "cpu" and self._compiled.mode != "off":
+            self._compiled.use(build=self._compiled.mode == "build")
 
-    def use_compiled(self, build: bool = False) -> bool:
-        """Switch LSMS's forward to the compiled graph of this checkpoint (CPU only): from the cache, or, with
-        ``build``, exported first (10-15 s once per checkpoint and input size). True when it is in use; False
-        (eager) when ONNX Runtime is missing, nothing is cached, or the cached file does not load (it is then
-        removed, to be built again)."""
+    def _compiled_part(self, mode: str):
+        """The compiled graph of this checkpoint's LSMS at its input size (lsms_core.compiled)."""
         from . import compiled
 
-        if self._device.type != "cpu" or self._compiled_mode == "off":
-            return False
         size = self.checkpoint.config.preprocess.image_size
-        try:
-            self._compiled = compiled.load_compiled(self.model, self.checkpoint.sha256, size, build=build)
-        except Exception as error:  # noqa: BLE001 - a damaged cache or an exporter failure: eager still works
-            warnings.warn(f"compiled LSMS unavailable, running eager PyTorch ({one_line(error)})", stacklevel=2)
-            compiled.artefact_path(self.checkpoint.sha256, size).unlink(missing_ok=True)
-            self._compiled = None
-        return self._compiled is not None
+        return compiled.CompiledPart(
+            mode if self.uses_text else "off", compiled.artefact_path(self.checkpoint.sha256, size),
+            copy=lambda: compiled.model_copy(self.model), export=lambda module, path: compiled.export_onnx(
+                module, size, path), load=lambda path: compiled.CompiledLSMS(self.model, path), what="LSMS")
 
     def compile_in_background(self) -> threading.Thread | None:
-        """Build this checkpoint's graph in a daemon thread, from a copy of the model taken now (so calls keep
-        running eager meanwhile), and switch to it once built. None when there is nothing to do: already
-        compiled, not on the CPU, ``compiled="off"``, or the exporter's packages are missing."""
-        from . import compiled
-
-        if (self._compiled is not None or self._device.type != "cpu" or self._compiled_mode == "off"
-                or not self.uses_text or not compiled.available(build=True)):
-            return None
-        size = self.checkpoint.config.preprocess.image_size
-        path = compiled.artefact_path(self.checkpoint.sha256, size)
-        copy = compiled.model_copy(self.model)
-
-        def build() -> None:
-            try:
-                if not path.exists():
-                    compiled.export_onnx(copy, size, path)
-                if self._device.type == "cpu":
-                    self._compiled = compiled.CompiledLSMS(self.model, path)
-            except Exception as error:  # noqa: BLE001 - eager keeps working; say why once
-                warnings.warn(f"compiling LSMS failed, staying with eager PyTorch ({one_line(error)})", stacklevel=2)
-
-        thread = threading.Thread(target=build, name="lsms-compile", daemon=True)
-        thread.start()
-        return thread
+        """Build this checkpoint's graph in a daemon thread (from a copy of the model taken now: calls keep
+        running eager meanwhile) and switch to it once built; None when there is nothing to do (compiled already,
+        not on the CPU, ``compiled="off"``, the exporter's packages missing). 10-20 s once per checkpoint."""
+        return self._compiled.in_background() if self._device.type == "cpu" else None
 
     @property
     def runtime(self) -> str:
         """What runs LSMS's forward: "onnxruntime" or "pytorch"."""
-        return "onnxruntime" if self._compiled is not None else "pytorch"
+        return "onnxruntime" if self._lsms is not self.model else "pytorch"
 
     @property
     def _lsms(self):
-        """LSMS's forward as called here: the compiled graph when in use, else the eager model."""
-        return self._compiled if self._compiled is not None else self.model
+        """LSMS's forward as called here: the compiled graph when in use (on the CPU), else the eager model."""
+        runner = self._compiled.runner  # read once: a background build may put it in place meanwhile
+        return runner if runner is not None and self._device.type == "cpu" else self.model
 
     @property
     def device(self) -> torch.device:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from lsms_core import compiled
 from lsms_core.inference import Segmenter
@@ -59,9 +60,7 @@ def test_the_cache_serves_its_checkpoint_and_no_other(default_pair, tiny_checkpo
     np.testing.assert_allclose(tiny.segment(lits.hu[64], "a lesion", hounsfield=True).probability,
                                reference.probability, atol=1e-3)
     with pytest.raises(ValueError, match="one 128x128 image"):
-        import torch
-
-        tiny._compiled(torch.zeros(1, 3, 64, 64), torch.zeros(1, 4, 384), torch.ones(1, 4))
+        tiny._compiled.runner(torch.zeros(1, 3, 64, 64), torch.zeros(1, 4, 384), torch.ones(1, 4))
 
 
 def test_a_damaged_cached_graph_falls_back_to_eager_and_is_removed(tiny_checkpoint, tmp_path, monkeypatch):

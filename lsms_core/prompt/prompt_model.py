@@ -182,11 +182,6 @@ class PromptSegmenter:
         """compiled: on the CPU, run the image encoder through ONNX Runtime (lsms_core.compiled, about 2x
         faster here) when its graph is cached ("auto"), after building it now ("build"), or never ("off";
         "auto" too with ``LSMS_COMPILED=off``), as ``Segmenter`` does for LSMS."""
-        if compiled not in ("auto", "build", "off"):
-            raise ValueError(f"compiled must be one of auto, build, off, got {compiled!r}")
-        off = os.environ.get("LSMS_COMPILED", "").lower() in ("off", "0")
-        self._compiled_mode = "off" if compiled == "auto" and off else compiled
-        self._compiled = None  # lsms_core.compiled.CompiledEncoder while in use
         self.model, self._identity = load_prompt_model(weights)
         self._cache: OrderedDict[str, _Encoded] = OrderedDict()
         self._cache_size = max(1, int(cache_size))
@@ -195,6 +190,7 @@ class PromptSegmenter:
         # Inference only: batch norms folded into their convolutions, channels-last maps (oneDNN's
         # convolutions are faster in NHWC on the CPU): 30 % less CPU time per set_image, same masks.
         fuse_batch_norms(self.model.image_encoder)
+        self._compiled = self._compiled_part(compiled)
         self._device = resolve_device(device)
         self._move(self._device)
 
@@ -203,62 +199,30 @@ class PromptSegmenter:
         self._device = device
         self._cache.clear()
         self._current = None
-        self._compiled = None
-        if device.type == "cpu" and self._compiled_mode != "off":
-            self.use_compiled(build=self._compiled_mode == "build")
+        self._compiled.runner = None
+        if device.type == "cpu" and self._compiled.mode != "off":
+            self._compiled.use(build=self._compiled.mode == "build")
 
-    def use_compiled(self, build: bool = False) -> bool:
-        """Switch the image encoder to its compiled graph (CPU only), from the cache or, with ``build``, exported
-        first (about 15 s once). True when in use; False when ONNX Runtime is missing, nothing is cached, or the
-        cached file does not load (it is then removed)."""
+    def _compiled_part(self, mode: str):
+        """The compiled graph of the image encoder (lsms_core.compiled), keyed by the weights' hash."""
         from .. import compiled
 
-        if self._device.type != "cpu" or self._compiled_mode == "off":
-            return False
-        try:
-            self._compiled = compiled.load_compiled_encoder(self.model.image_encoder, self._identity["sha256"],
-                                                            IMAGE_SIZE, ENCODER_PART, build=build)
-        except Exception as error:  # noqa: BLE001 - a damaged cache or an exporter failure: eager still works
-            from ..pixels import one_line
-
-            warnings.warn(f"compiled image encoder unavailable, running eager PyTorch ({one_line(error)})",
-                          stacklevel=2)
-            compiled.artefact_path(self._identity["sha256"], IMAGE_SIZE, ENCODER_PART).unlink(missing_ok=True)
-            self._compiled = None
-        return self._compiled is not None
+        return compiled.CompiledPart(
+            mode, compiled.artefact_path(self._identity["sha256"], IMAGE_SIZE, ENCODER_PART),
+            copy=lambda: compiled.model_copy(self.model.image_encoder),
+            export=lambda module, path: compiled.export_module(
+                module, (torch.randn(1, 3, IMAGE_SIZE, IMAGE_SIZE),), path, ["image"], ["embedding"]),
+            load=compiled.CompiledEncoder, what="image encoder")
 
     def compile_in_background(self):
         """Build the image encoder's graph in a daemon thread from a copy taken now and switch to it once built
         (``set_image`` runs eager meanwhile); the thread, or None when there is nothing to do."""
-        import threading
-
-        from .. import compiled
-
-        if (self._compiled is not None or self._device.type != "cpu" or self._compiled_mode == "off"
-                or not compiled.available(build=True)):
-            return None
-        path = compiled.artefact_path(self._identity["sha256"], IMAGE_SIZE, ENCODER_PART)
-        copy = compiled.model_copy(self.model.image_encoder)
-
-        def build() -> None:
-            try:
-                if not path.exists():
-                    compiled.export_module(copy, (torch.randn(1, 3, IMAGE_SIZE, IMAGE_SIZE),), path, ["image"],
-                                           ["embedding"])
-                if self._device.type == "cpu":
-                    self._compiled = compiled.CompiledEncoder(path)
-            except Exception as error:  # noqa: BLE001 - eager keeps working; say why once
-                warnings.warn(f"compiling the image encoder failed, staying with eager PyTorch ({error})",
-                              stacklevel=2)
-
-        thread = threading.Thread(target=build, name="lsms-compile-prompt", daemon=True)
-        thread.start()
-        return thread
+        return self._compiled.in_background() if self._device.type == "cpu" else None
 
     @property
     def runtime(self) -> str:
         """What runs the image encoder: "onnxruntime" or "pytorch"."""
-        return "onnxruntime" if self._compiled is not None else "pytorch"
+        return "onnxruntime" if self._compiled.runner is not None and self._device.type == "cpu" else "pytorch"
 
     @property
     def device(self) -> torch.device:
@@ -309,8 +273,8 @@ class PromptSegmenter:
         return key
 
     def _encode(self, model_input: torch.Tensor) -> torch.Tensor:
-        encoder = self._compiled  # read once: a background build may swap it in meanwhile
-        if encoder is not None:
+        encoder = self._compiled.runner  # read once: a background build may put it in place meanwhile
+        if encoder is not None and self._device.type == "cpu":
             return encoder(model_input[None]).contiguous()
         try:
             with torch.inference_mode(), autocast(self._device):

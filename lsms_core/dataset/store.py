@@ -18,6 +18,7 @@ import errno
 import gc
 import getpass
 import hashlib
+import inspect
 import io
 import json
 import os
@@ -458,12 +459,8 @@ class AnnotationDataset:
         when that id is not in the dataset.
         Returns the record written. Raises DatasetError, writing nothing, if it is invalid.
         """
-        pending = self._prepare(image, mask, text, split_group=split_group, modality=modality, units=units,
-                                patient_key=patient_key, split=split, spacing_mm=spacing_mm, window=window,
-                                attributes=attributes, expression_kinds=expression_kinds, source=source, model=model,
-                                proposal=proposal, user=user, annotation_id=annotation_id, identifiers=identifiers,
-                                include_identifiers=include_identifiers, instance=instance, origin=origin,
-                                replaces=replaces)
+        arguments = {name: value for name, value in locals().items() if name != "self"}
+        pending = self._prepare(arguments)
         return self._commit([pending], replaces=[replaces] if replaces is not None else [])[0]
 
     def add_many(self, annotations: list[dict[str, Any]], replacing: list[str] | tuple[str, ...] = ()
@@ -476,20 +473,19 @@ class AnnotationDataset:
         uses them). Returns the records written; DatasetError, writing nothing, if one is invalid."""
         if not annotations:
             raise DatasetError("nothing to save: no annotation given")
-        pending = [self._prepare(**dict(entry)) for entry in annotations]
+        signature = inspect.signature(AnnotationDataset.add)
+        pending = []
+        for entry in annotations:
+            bound = signature.bind(self, **entry)  # TypeError for a missing or unknown argument, as add gives
+            bound.apply_defaults()
+            pending.append(self._prepare({k: v for k, v in bound.arguments.items() if k != "self"}))
         return self._commit(pending, replaces=list(replacing), append_after_rewrite=True)
 
-    def _prepare(self, image: np.ndarray, mask: np.ndarray, text: str, *, split_group: str, modality: str,
-                 units: str, patient_key: str | None = None, split: str | None = None,
-                 spacing_mm: tuple[float, float] | None = None, window: dict | None = None,
-                 attributes: dict[str, Any] | None = None, expression_kinds: list[str] | None = None,
-                 source: dict[str, Any] | None = None, model: dict[str, str] | None = None,
-                 proposal: np.ndarray | None = None, user: str | None = None,
-                 annotation_id: str | None = None, identifiers: dict[str, str] | None = None,
-                 include_identifiers: bool = False, instance: int | None = None, origin: str | None = None,
-                 replaces: str | None = None) -> "_Pending":
-        """One annotation's record (its split still to resolve under the lock) and the files it needs;
-        DatasetError for pixels or masks that cannot be saved. Writes nothing."""
+    def _prepare(self, arguments: dict[str, Any]) -> "_Pending":
+        """One annotation's record (its split still to resolve under the lock) and the files it needs, from
+        ``add``'s arguments (by name); DatasetError for pixels or masks that cannot be saved. Writes nothing."""
+        a = arguments
+        image, mask, proposal, replaces = a["image"], a["mask"], a["proposal"], a["replaces"]
         pixels = compact_pixels(image)
         mask = np.asarray(mask)
         if pixels.ndim != 2:
@@ -505,7 +501,7 @@ class AnnotationDataset:
             raise DatasetError(f"the image has values up to {float(np.abs(pixels).max()):.3g} in magnitude, beyond "
                                f"what 32-bit floats hold ({_FLOAT32_MAX:.3g}; training reads float32): the image is "
                                "damaged or wrongly scaled")
-        record_id = annotation_id or uuid.uuid4().hex[:16]
+        record_id = a["annotation_id"] or uuid.uuid4().hex[:16]
         image_bytes = encode_npy(pixels)
         image_rel = _image_name(image_bytes)
         edit_dice = None
@@ -513,28 +509,31 @@ class AnnotationDataset:
             from ..metrics import dice_iou
 
             edit_dice = round(dice_iou(np.asarray(proposal, bool), mask.astype(bool))[0], 6)
-        provenance = {"model": model, "proposal": f"masks/{record_id}.proposal.png" if proposal is not None else None,
-                      "edit_dice": edit_dice, "user": user or _user_name(), "saved_at": now_iso(),
-                      "tool": "lsms-napari"}
-        if origin is not None:
-            provenance["origin"] = origin
+        proposal_path = f"masks/{record_id}.proposal.png" if proposal is not None else None
+        provenance = {"model": a["model"], "proposal": proposal_path, "edit_dice": edit_dice,
+                      "user": a["user"] or _user_name(), "saved_at": now_iso(), "tool": "lsms-napari"}
+        if a["origin"] is not None:
+            provenance["origin"] = a["origin"]
         if replaces is not None:
             provenance["replaces"] = replaces
         record = {"id": record_id, "image": image_rel, "mask": f"masks/{record_id}.png",
-                  "height": int(pixels.shape[0]), "width": int(pixels.shape[1]), "text": " ".join(text.split()),
-                  "attributes": {k: v for k, v in (attributes or {}).items() if v not in (None, "")},
-                  "expression_kinds": list(expression_kinds or []), "modality": modality, "units": units,
-                  "spacing_mm": [float(v) for v in spacing_mm] if spacing_mm is not None else None,
-                  "window": window, "split": split or "", "split_group": split_group,
-                  "patient_key": patient_key or split_group, "source": source or {}, "provenance": provenance}
-        if instance is not None:
-            record["instance"] = int(instance)
-        if include_identifiers and identifiers:
-            record["identifiers"] = {str(k): str(v) for k, v in identifiers.items()}
+                  "height": int(pixels.shape[0]), "width": int(pixels.shape[1]),
+                  "text": " ".join(a["text"].split()),
+                  "attributes": {k: v for k, v in (a["attributes"] or {}).items() if v not in (None, "")},
+                  "expression_kinds": list(a["expression_kinds"] or []), "modality": a["modality"],
+                  "units": a["units"],
+                  "spacing_mm": [float(v) for v in a["spacing_mm"]] if a["spacing_mm"] is not None else None,
+                  "window": a["window"], "split": a["split"] or "", "split_group": a["split_group"],
+                  "patient_key": a["patient_key"] or a["split_group"], "source": a["source"] or {},
+                  "provenance": provenance}
+        if a["instance"] is not None:
+            record["instance"] = int(a["instance"])
+        if a["include_identifiers"] and a["identifiers"]:
+            record["identifiers"] = {str(k): str(v) for k, v in a["identifiers"].items()}
         files = [(image_rel, image_bytes, True), (record["mask"], encode_mask_png(mask), False)]
         if proposal is not None:
             files.append((provenance["proposal"], encode_mask_png(proposal), False))
-        return _Pending(record, split, files)
+        return _Pending(record, a["split"], files)
 
     def _commit(self, pending: list["_Pending"], replaces: list[str], append_after_rewrite: bool = False
                 ) -> list[dict[str, Any]]:

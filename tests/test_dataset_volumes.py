@@ -119,3 +119,16 @@ def test_bad_lesions_are_refused_and_the_validator_finds_broken_records(tmp_path
     problems = validate_dataset(tmp_path / "d")
     assert [p for p in problems if p.severity == "error"] == []
     assert any("no record in volumes.jsonl" in str(p) for p in problems)
+
+
+@pytest.mark.parametrize("field, value", [("annotations", [["a"]]), ("slices", ["26"]), ("id", ["x"]),
+                                          ("split", "holdout"), ("seed_slice", 3), ("shape", None), ("text", 7)])
+def test_a_volume_record_of_the_wrong_content_is_an_error_not_a_crash(tmp_path, tumour, field, value):
+    volume, mask, seed = tumour
+    dataset = AnnotationDataset.create(tmp_path / "d")
+    saved = _save(dataset, volume, mask, seed)
+    (tmp_path / "d" / VOLUMES).write_text(json.dumps({**saved.volume, field: value}) + "\n")
+    errors = [str(p) for p in validate_dataset(tmp_path / "d") if p.severity == "error"]
+    assert errors and all(VOLUMES in e for e in errors)
+    with pytest.raises(DatasetError, match=f"lesion {saved.volume['id'] if field != 'id' else ''}"):
+        lesion_mask(dataset, read_volume_records(dataset)[0])

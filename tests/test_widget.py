@@ -132,10 +132,10 @@ def test_a_crash_between_two_saves_loses_nothing(qtbot, setup, tmp_path, monkeyp
         pass
     from lsms_core.dataset import store
 
-    def crash(self, line):
+    def crash(self, lines):
         raise OSError("simulated crash while appending")
 
-    monkeypatch.setattr(store.AnnotationDataset, "_append_line", crash)
+    monkeypatch.setattr(store.AnnotationDataset, "_append_lines", crash)
     _segment(qtbot, viewer, widget, "all lesions")
     with qtbot.waitSignal(widget.save().finished, timeout=60_000):
         pass

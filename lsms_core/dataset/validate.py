@@ -186,12 +186,12 @@ def _lesion_problems(dataset: AnnotationDataset) -> list[Problem]:
         volumes = read_volume_records(dataset)
     except (DatasetError, OSError) as exc:
         return [Problem(f"{VOLUMES}: {exc}")]
-    by_id = {r.get("id"): r for r in dataset.records if isinstance(r, dict)}
+    by_id = {r["id"]: r for r in dataset.records if isinstance(r.get("id"), str)}  # a broken id: reported above
     problems = [Problem(f"{VOLUMES} line {number}: {issue}") for number, volume in enumerate(volumes, start=1)
                 for issue in check_volume_record(volume, by_id)]
-    recorded = {v.get("id") for v in volumes if isinstance(v, dict)}
-    unrecorded = sorted({(r.get("source") or {}).get("lesion_id") for r in dataset.records
-                         if isinstance(r.get("source"), dict) and "lesion_id" in r["source"]} - recorded)
+    recorded = {v.get("id") for v in volumes if isinstance(v.get("id"), str)}
+    lesions = {r["source"].get("lesion_id") for r in dataset.records if isinstance(r.get("source"), dict)}
+    unrecorded = sorted({lesion for lesion in lesions if isinstance(lesion, str)} - recorded)
     if unrecorded:
         problems.append(Problem(f"{len(unrecorded)} 3-D lesion(s) have slice lines but no record in {VOLUMES} (an "
                                 f"interrupted save?), e.g. {unrecorded[0]}: their slices train as 2-D annotations",

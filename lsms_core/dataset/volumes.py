@@ -173,6 +173,9 @@ def check_volume_record(volume: Any, by_id: dict[str, dict]) -> list[str]:
                 if not isinstance(volume.get(name), kind) or isinstance(volume.get(name), bool)]
     if problems:
         return problems
+    if not all(isinstance(a, str) for a in volume["annotations"]) or not all(
+            isinstance(z, int) and not isinstance(z, bool) for z in volume["slices"]):
+        return ["'annotations' must be annotation ids and 'slices' slice numbers"]
     if volume["split"] not in SPLITS:
         problems.append(f"split {volume['split']!r} must be one of {', '.join(SPLITS)}")
     if len(volume["annotations"]) != len(volume["slices"]):

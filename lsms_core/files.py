@@ -24,6 +24,15 @@ _NOT_REGULAR = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a charac
                 (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
 
 
+def array_sha256(array) -> str:
+    """SHA-256 (hex) of an array's pixels, shape and dtype: the one content hash of a slice or volume (the widget
+    ties proposals to their pixels with it; a 3-D lesion's series key is made from it)."""
+    import numpy as np
+
+    array = np.ascontiguousarray(array)
+    return hashlib.sha256(array.tobytes() + str(array.shape).encode() + str(array.dtype).encode()).hexdigest()
+
+
 def check_regular_file(path: Path, wanted: str = "a file") -> None:
     """ImageError, naming the path, unless it is a regular file: says whether it is missing, a dangling
     symlink, a symlink loop, a folder (``wanted`` says what to give instead), a FIFO or a device."""

@@ -10,7 +10,6 @@ interrupted has slice lines (valid annotations) but no record, which the validat
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import uuid
@@ -21,6 +20,7 @@ import numpy as np
 import orjson
 
 from ..atomic import atomic_write_bytes
+from ..files import array_sha256
 from .schema import LESION_WIDE_KINDS, SPLITS, words_hold  # noqa: F401 (re-exported)
 from .store import LOCK, AnnotationDataset, DatasetError, _exclusive_lock, _read_regular, now_iso, open_regular
 
@@ -32,13 +32,11 @@ VOLUME_FIELDS = {"id": str, "series_key": str, "text": str, "attributes": dict, 
                  "patient_key": str, "provenance": dict}
 
 
-def volume_key(pixels: np.ndarray) -> str:
-    """The series key of a (Z,H,W) volume: ``v-`` + 16 hex of the SHA-256 of its shape, dtype and pixels (the
-    same series opened again gets the same key; no identifier goes into it)."""
-    array = np.ascontiguousarray(pixels)
-    digest = hashlib.sha256(f"{array.shape}{array.dtype.str}".encode())
-    digest.update(memoryview(array).cast("B"))
-    return f"v-{digest.hexdigest()[:16]}"
+def volume_key(pixels: np.ndarray | None = None, sha256: str | None = None) -> str:
+    """The series key of a (Z,H,W) volume: ``v-`` + 16 hex of its ``array_sha256`` (pass ``sha256`` when it is
+    known already: hashing a series takes a while). The same series opened again gets the same key; no
+    identifier goes into it."""
+    return f"v-{(sha256 or array_sha256(pixels))[:16]}"
 
 
 @dataclass

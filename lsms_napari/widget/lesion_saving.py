@@ -58,7 +58,8 @@ def save_followed_lesion(dataset_dir: str | Path, mask: np.ndarray, volume: np.n
     """
     mask = np.asarray(mask) > 0
     volume = np.asarray(volume)
-    if followed.get("volume_sha") and pixels_sha(volume) != followed["volume_sha"]:
+    sha = pixels_sha(volume)
+    if followed.get("volume_sha") and sha != followed["volume_sha"]:
         raise WrongImageError("the image under this lesion changed since it was followed (another image or edited "
                               "pixels): follow it again before saving")
     seed = int(followed["seed_slice"])
@@ -66,7 +67,7 @@ def save_followed_lesion(dataset_dir: str | Path, mask: np.ndarray, volume: np.n
     if seed not in slices:
         raise DatasetError(f"the lesion is empty on slice {seed}, where its words were read: draw it there, or "
                            "follow it again from a slice that shows it")
-    series_key = volume_key(volume)
+    series_key = volume_key(sha256=sha)
     sources: list[dict | None] = [None] * len(volume)
     identifiers: list[dict | None] = [None] * len(volume)
     for z in slices:

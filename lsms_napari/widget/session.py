@@ -7,7 +7,6 @@ saved against a different image, even if the user switched layers or slices mean
 
 from __future__ import annotations
 
-import hashlib
 import queue
 import threading
 import time
@@ -20,6 +19,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
+from lsms_core.files import array_sha256
 from lsms_core.follow import FollowResult
 from lsms_core.inference import Segmenter
 from lsms_core.prompt.combine import Click, PromptedMask, needs_prompt_model, prompted_mask
@@ -29,9 +29,7 @@ LSMS_ENGINE = "LSMS"
 PROMPT_ENGINE = "LiteMedSAM"
 
 
-def pixels_sha(pixels: np.ndarray) -> str:
-    array = np.ascontiguousarray(pixels)
-    return hashlib.sha256(array.tobytes() + str(array.shape).encode() + str(array.dtype).encode()).hexdigest()
+pixels_sha = array_sha256  # the core's one content hash: proposals are tied to their pixels by it
 
 
 @dataclass

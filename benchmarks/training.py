@@ -3,10 +3,13 @@
 Each configuration runs in a fresh child process (so its peak memory is its own): the default
 ``lsms`` preset with text (C_l 384, 20 tokens of cached word features, as ``lsms-train`` feeds
 them), the full LSMS loss (focal + band-weighted Dice + contrastive) and AdamW, ``--warmup``
-steps, then ``--steps`` timed steps. ``--channels-last`` adds the same configurations in NHWC
-(lsms-train's ``--channels-last``) to see whether it pays on this CPU.
+steps, then ``--steps`` timed steps. ``--layouts`` chooses NCHW and/or NHWC (channels_last,
+lsms-train's default) and ``--optimisers`` AdamW's ``foreach`` and/or ``fused`` implementation (lsms-train's
+default where the device has it); ``--repeats`` runs the whole set that many times, interleaved, so the
+machine's drift shows between repeats rather than between configurations.
 
-    .venv/bin/python -m benchmarks.training [--sizes 128 256 480] [--batches 1 4 16] [--json FILE]
+    .venv/bin/python -m benchmarks.training [--sizes 128 256 480] [--batches 1 4 16]
+        [--layouts NCHW NHWC] [--optimisers foreach fused] [--repeats 2] [--json FILE]
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ from .harness import peak_rss_mb, print_table, write_results
 TOKENS = 20
 
 
-def run_one(size: int, batch: int, steps: int, warmup: int, channels_last: bool, device: str) -> dict:
+def run_one(size: int, batch: int, steps: int, warmup: int, channels_last: bool, device: str,
+            fused: bool = False) -> dict:
     """One configuration in this process (called in the child)."""
     import torch
 
@@ -39,7 +43,7 @@ def run_one(size: int, batch: int, steps: int, warmup: int, channels_last: bool,
     if channels_last:
         model.to(memory_format=torch.channels_last)
     loss = LSMSLoss(LossConfig())
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01, fused=fused or None)
     image = torch.randn(batch, 3, size, size, device=device)
     if channels_last:
         image = image.contiguous(memory_format=torch.channels_last)
@@ -65,8 +69,50 @@ def run_one(size: int, batch: int, steps: int, warmup: int, channels_last: bool,
         torch.cuda.synchronize()
     seconds = (time.perf_counter() - start) / steps
     return {"size": size, "batch": batch, "layout": "NHWC" if channels_last else "NCHW",
+            "optimiser": "fused" if fused else "foreach",
             "s_per_step": seconds, "samples_per_s": batch / seconds,
             "peak_rss_mb": peak_rss_mb(), "rss_added_mb": peak_rss_mb() - baseline_rss}
+
+
+def optimiser_ab(size: int, batch: int, steps: int) -> list[dict]:
+    """AdamW foreach vs fused in one process: two identical NHWC models step in turn (so both see the same
+    machine), median of ``steps`` steps after one warm-up; the optimiser's own step timed apart."""
+    import torch
+
+    from lsms_core.allocator import reuse_freed_memory
+    from lsms_core.config import preset
+    from lsms_core.losses import LossConfig, LSMSLoss
+    from lsms_core.model import build_model
+
+    reuse_freed_memory()
+    loss = LSMSLoss(LossConfig())
+    runs = {}
+    for name in ("foreach", "fused"):
+        torch.manual_seed(0)
+        model = build_model(preset("lsms", text_dim=384)).train().to(memory_format=torch.channels_last)
+        optimiser = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01, fused=name == "fused" or None)
+        runs[name] = (model, optimiser, [])
+    image = torch.randn(batch, 3, size, size).contiguous(memory_format=torch.channels_last)
+    target = torch.zeros(batch, 1, size, size)
+    target[:, :, size // 4: size // 2, size // 3: size // 2] = 1
+    words, mask = torch.randn(batch, TOKENS, 384), torch.ones(batch, TOKENS)
+    for step in range(steps + 1):
+        for model, optimiser, times in runs.values():
+            start = time.perf_counter()
+            terms = loss(model(image, words, mask, features=True), target)
+            optimiser.zero_grad(set_to_none=True)
+            terms["total"].backward()
+            stepping = time.perf_counter()
+            optimiser.step()
+            end = time.perf_counter()
+            if step:
+                times.append((end - start, end - stepping))
+    rows = []
+    for name, (_, _, times) in runs.items():
+        total, optimiser_s = (sorted(t[i] for t in times)[len(times) // 2] for i in (0, 1))
+        rows.append({"size": size, "batch": batch, "optimiser": name, "s_per_step": total,
+                     "optimiser_ms": optimiser_s * 1000, "samples_per_s": batch / total})
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -75,29 +121,43 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--channels-last", action="store_true", help="also run every configuration in NHWC")
+    parser.add_argument("--layouts", nargs="+", choices=["NCHW", "NHWC"], default=["NCHW", "NHWC"])
+    parser.add_argument("--optimisers", nargs="+", choices=["foreach", "fused"], default=["foreach", "fused"])
+    parser.add_argument("--repeats", type=int, default=1, help="run every configuration this many times, interleaved")
+    parser.add_argument("--optimiser-ab", action="store_true",
+                        help="instead: foreach vs fused AdamW in one process, models stepping in turn (NHWC)")
     parser.add_argument("--json", help="where to write the figures (default benchmarks/results/training.json)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        size, batch, channels_last = json.loads(args.child)
-        print("RESULT " + json.dumps(run_one(size, batch, args.steps, args.warmup, channels_last, "cpu")))
+        size, batch, channels_last, fused = json.loads(args.child)
+        print("RESULT " + json.dumps(run_one(size, batch, args.steps, args.warmup, channels_last, "cpu", fused)))
+        return 0
+    if args.optimiser_ab:
+        rows = [row for size in args.sizes for batch in args.batches
+                for row in optimiser_ab(size, batch, max(args.steps, 5))]
+        print("\nAdamW foreach vs fused, one process, NHWC, median step")
+        print_table(rows, [("size", "size", ""), ("batch", "batch", ""), ("optimiser", "AdamW", ""),
+                           ("s_per_step", "s/step", ".3f"), ("optimiser_ms", "optimiser ms", ".1f"),
+                           ("samples_per_s", "samples/s", ".2f")])
+        write_results("training-optimiser", {"rows": rows}, args.json)
         return 0
     rows = []
-    layouts = [False, True] if args.channels_last else [False]
-    for size in args.sizes:
-        for batch in args.batches:
-            for channels_last in layouts:
-                done = subprocess.run([sys.executable, "-m", "benchmarks.training", "--steps", str(args.steps),
-                                       "--warmup", str(args.warmup), "--child",
-                                       json.dumps([size, batch, channels_last])],
-                                      check=True, capture_output=True, text=True)
-                line = next(x for x in done.stdout.splitlines() if x.startswith("RESULT "))
-                rows.append(json.loads(line[len("RESULT "):]))
-                print(f"  {size}x{size} batch {batch} {rows[-1]['layout']}: {rows[-1]['samples_per_s']:.2f} "
-                      "samples/s", flush=True)
+    configurations = [(size, batch, layout == "NHWC", optimiser == "fused") for size in args.sizes
+                      for batch in args.batches for layout in args.layouts for optimiser in args.optimisers]
+    for repeat in range(1, args.repeats + 1):
+        for configuration in configurations:
+            done = subprocess.run([sys.executable, "-m", "benchmarks.training", "--steps", str(args.steps),
+                                   "--warmup", str(args.warmup), "--child", json.dumps(configuration)],
+                                  check=True, capture_output=True, text=True)
+            line = next(x for x in done.stdout.splitlines() if x.startswith("RESULT "))
+            rows.append({**json.loads(line[len("RESULT "):]), "repeat": repeat})
+            row = rows[-1]
+            print(f"  {row['size']}x{row['size']} batch {row['batch']} {row['layout']} {row['optimiser']}"
+                  f" (repeat {repeat}): {row['samples_per_s']:.2f} samples/s", flush=True)
     print(f"\nTraining step (lsms, fp32, CPU, forward + loss + backward + AdamW), mean of {args.steps} steps")
     print_table(rows, [("size", "size", ""), ("batch", "batch", ""), ("layout", "layout", ""),
+                       ("optimiser", "AdamW", ""), ("repeat", "repeat", ""),
                        ("s_per_step", "s/step", ".2f"), ("samples_per_s", "samples/s", ".2f"),
                        ("peak_rss_mb", "peak RSS MiB", ".0f"), ("rss_added_mb", "added by training MiB", ".0f")])
     write_results("training", {"steps": args.steps, "warmup": args.warmup, "rows": rows}, args.json)

@@ -319,3 +319,29 @@ def test_fine_tuning_the_shipped_model_keeps_its_selector_and_trains_its_lesion_
     assert all(torch.equal(written.model_state[k].float(), v.float()) for k, v in selector.items())
     changed = written.model_state["decode_head.conv_seg.weight"].float()
     assert not torch.equal(changed, shipped["decode_head.conv_seg.weight"].float())  # the finder trained
+
+
+def test_channels_last_trains_the_same_model(mini_dataset, tmp_path):
+    """NHWC (the default) only changes the memory layout: from one seed, the losses along the run, the
+    validation Dice and the trained model's probabilities equal NCHW's up to float rounding."""
+    runs = {}
+    for layout, channels_last in (("nchw", False), ("nhwc", True)):
+        config = TrainConfig(dataset=str(mini_dataset), output=str(tmp_path / layout), preset="lsms-tiny",
+                             image_size=64, epochs=2, batch_size=4, lr=1e-3, channels_last=channels_last)
+        trainer = Trainer(config, show_progress=False)
+        assert trainer.optimizer.defaults["fused"]  # lsms-train's AdamW on this CPU
+        trainer.run()
+        runs[layout] = _log(tmp_path / layout)
+    nchw, nhwc = ([r for r in runs[k] if r["event"] == "epoch"] for k in ("nchw", "nhwc"))
+    for a, b in zip(nchw, nhwc):
+        assert b["train_total"] == pytest.approx(a["train_total"], rel=1e-3)
+        assert b["val_dice"] == pytest.approx(a["val_dice"], abs=0.02)
+    dataset = AnnotationDataset.open(mini_dataset)
+    image = dataset.read_image(dataset.select("val")[0])
+    nchw_out, nhwc_out = (Segmenter(tmp_path / k / "last.safetensors", device="cpu", compiled="off").segment(
+        image, "the largest lesion", hounsfield=True) for k in ("nchw", "nhwc"))
+    # Adam turns rounding differences of ~1e-7 into weight differences of up to ~lr per step: a few 0.01 of
+    # probability after 8 steps at lr 1e-3; a layout bug would change the function itself.
+    assert abs(nchw_out.probability - nhwc_out.probability).max() < 0.05
+    assert (nchw_out.mask == nhwc_out.mask).mean() >= 0.99
+    assert TrainConfig(dataset="d", output="o").channels_last

@@ -93,6 +93,16 @@ def read_state(directory: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]
     return tensors, metadata
 
 
+def _match_parameter_layouts(optimizer: torch.optim.Optimizer) -> None:
+    """Give each restored state tensor its parameter's strides. The state is saved contiguous, while a
+    channels_last model's 4-D weights are NHWC; the fused AdamW kernel pairs elements by memory position, so
+    a state in another layout than its parameter silently corrupts every update (torch 2.13)."""
+    for parameter, values in optimizer.state.items():
+        for name, value in values.items():
+            if torch.is_tensor(value) and value.shape == parameter.shape and value.stride() != parameter.stride():
+                values[name] = torch.empty_like(parameter).copy_(value)
+
+
 def restore_state(tensors: dict[str, torch.Tensor], metadata: dict[str, str], optimizer: torch.optim.Optimizer,
                   scaler: torch.amp.GradScaler | None = None) -> Progress:
     state: dict[int, dict[str, torch.Tensor]] = {}
@@ -106,6 +116,7 @@ def restore_state(tensors: dict[str, torch.Tensor], metadata: dict[str, str], op
         for name, value in values.items():
             values[name] = value if name == "step" else value.to(device)
     optimizer.load_state_dict({"state": state, "param_groups": groups})
+    _match_parameter_layouts(optimizer)
     torch.set_rng_state(tensors["rng.cpu"])
     if torch.cuda.is_available():
         cuda = [tensors[k] for k in sorted(k for k in tensors if k.startswith("rng.cuda"))]

@@ -62,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=defaults.seed)
     p.add_argument("--device", default=defaults.device, help="auto, cpu, cuda")
     p.add_argument("--no-amp", action="store_true", help="no bf16/fp16 autocast on CUDA")
-    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=defaults.channels_last,
+                   help="NHWC activations (default; the same model, faster: docs/benchmarks.md)")
     p.add_argument("--save-every-steps", type=int, default=defaults.save_every_steps)
     p.add_argument("--model-name", default=defaults.model_name, help="name stored in the checkpoints")
     p.add_argument("--half-checkpoints", action="store_true", help="store best/last weights in fp16")

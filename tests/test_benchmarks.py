@@ -47,10 +47,19 @@ def test_data_scale_opens_validates_and_appends(tmp_path):
 def test_training_benchmark_runs_a_child_per_configuration(tmp_path):
     out = tmp_path / "training.json"
     assert training.main(["--sizes", "64", "--batches", "1", "2", "--steps", "1", "--warmup", "0",
-                          "--json", str(out)]) == 0
+                          "--layouts", "NHWC", "--optimisers", "fused", "--json", str(out)]) == 0
     rows = _rows(out)
-    assert [(r["size"], r["batch"]) for r in rows] == [(64, 1), (64, 2)]
+    assert [(r["size"], r["batch"], r["layout"], r["optimiser"]) for r in rows] == [(64, 1, "NHWC", "fused"),
+                                                                                   (64, 2, "NHWC", "fused")]
     assert all(r["samples_per_s"] > 0 and r["peak_rss_mb"] > 100 for r in rows)
+
+
+def test_training_benchmark_compares_the_optimisers_in_one_process(tmp_path):
+    out = tmp_path / "optimiser.json"
+    assert training.main(["--optimiser-ab", "--sizes", "64", "--batches", "1", "--json", str(out)]) == 0
+    rows = _rows(out)
+    assert [r["optimiser"] for r in rows] == ["foreach", "fused"]
+    assert all(r["optimiser_ms"] > 0 and r["s_per_step"] * 1000 > r["optimiser_ms"] for r in rows)
 
 
 def test_gpu_benchmark_says_when_there_is_no_gpu_and_runs_its_code_on_the_cpu(tmp_path, monkeypatch):

@@ -4,7 +4,8 @@
 
 VARIANTS: JSON {name: [indices of the NEW extra columns kept]}; HCOLS: extra columns that change sign under
 the left-right mirroring. Env: NOISE (share of each column's s.d. added as Gaussian noise while training), ADD
-(comma-separated pickles of more training slices). Prints Dice / hit / leak / best-single-candidate hit."""
+(comma-separated pickles of more training slices), DROP (comma-separated geometry columns 0-16, zeroed in
+every set: what the selector may not read). Prints Dice / hit / leak / best-single-candidate hit."""
 import json
 import os
 import pickle
@@ -30,6 +31,7 @@ kind = sys.argv[5] if len(sys.argv) > 5 else "film"
 new_columns = int(sys.argv[6]) if len(sys.argv) > 6 else 8
 horizontal = json.loads(sys.argv[7]) if len(sys.argv) > 7 else [4]
 noise = float(os.environ.get("NOISE", "0"))
+dropped = [int(c) for c in os.environ.get("DROP", "").split(",") if c]
 sets = pickle.load(open(path, "rb"))
 for extra in filter(None, os.environ.get("ADD", "").split(",")):
     sets.setdefault("added", []).extend(pickle.load(open(extra, "rb")))
@@ -44,6 +46,8 @@ def keep_columns(slices, keep):
         f = s.candidates.features
         geometry, new, rest = f[:, -GEOMETRY_FEATURES:], f[:, -GEOMETRY_FEATURES - new_columns:-GEOMETRY_FEATURES], \
             f[:, :-GEOMETRY_FEATURES - new_columns]
+        geometry = geometry.clone()
+        geometry[:, dropped] = 0
         features = torch.cat([rest, new[:, keep], geometry], 1)
         out.append(selector_training.SliceSamples(Candidates(s.candidates.labels, s.candidates.probability, features),
                                                   s.instances, s.expressions))

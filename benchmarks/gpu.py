@@ -16,9 +16,7 @@ import argparse
 import sys
 import time
 
-from .harness import median_ms, print_table, write_results
-
-TOKENS = 20
+from .harness import lsms_model, median_ms, print_table, random_batch, write_results
 
 
 def _sync(device) -> None:
@@ -26,29 +24,6 @@ def _sync(device) -> None:
 
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def _model(device, channels_last: bool, train: bool = False):
-    import torch
-
-    from lsms_core.config import preset
-    from lsms_core.model import build_model
-
-    torch.manual_seed(0)
-    model = build_model(preset("lsms", text_dim=384)).to(device)
-    model.train(train)
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
-    return model
-
-
-def _inputs(device, batch: int, size: int, channels_last: bool):
-    import torch
-
-    image = torch.randn(batch, 3, size, size, device=device)
-    if channels_last:
-        image = image.contiguous(memory_format=torch.channels_last)
-    return image, torch.randn(batch, TOKENS, 384, device=device), torch.ones(batch, TOKENS, device=device)
 
 
 def forward_rows(device, size: int, rounds: int, compile_model: bool) -> list[dict]:
@@ -67,9 +42,9 @@ def forward_rows(device, size: int, rounds: int, compile_model: bool) -> list[di
     for batch in (1, 16):
         for name, channels_last, benchmark, compiled in variants:
             torch.backends.cudnn.benchmark = benchmark
-            model = _model(device, channels_last).eval()
+            model = lsms_model(device, channels_last).eval()
             run = torch.compile(model) if compiled else model
-            image, words, mask = _inputs(device, batch, size, channels_last)
+            image, words, mask = random_batch(device, batch, size, channels_last)
             times = []
             with torch.inference_mode(), autocast(device):
                 for i in range(rounds + 3):  # 3 warm-up calls (cudnn autotuning, compilation)
@@ -93,11 +68,11 @@ def training_row(device, size: int, batch: int, steps: int, channels_last: bool)
     from lsms_core.losses import LossConfig, LSMSLoss
 
     torch.backends.cudnn.benchmark = True
-    model = _model(device, channels_last, train=True)
+    model = lsms_model(device, channels_last, train=True)
     loss = LSMSLoss(LossConfig())
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01)
     scaler = torch.amp.GradScaler("cuda") if autocast_dtype(device) == torch.float16 else None
-    image, words, mask = _inputs(device, batch, size, channels_last)
+    image, words, mask = random_batch(device, batch, size, channels_last)
     target = torch.zeros(batch, 1, size, size, device=device)
     target[:, :, size // 4: size // 2, size // 3: size // 2] = 1
     if device.type == "cuda":

@@ -66,6 +66,34 @@ def params_m(module) -> float:
     return sum(p.numel() for p in module.parameters()) / 1e6
 
 
+WORD_TOKENS = 20  # word features per expression, as lsms-train's frozen-encoder cache feeds them
+
+
+def lsms_model(device, channels_last: bool, train: bool = False):
+    """The default ``lsms`` preset with text (C_l 384), seeded, on ``device``, NHWC when ``channels_last``."""
+    import torch
+
+    from lsms_core.config import preset
+    from lsms_core.model import build_model
+
+    torch.manual_seed(0)
+    model = build_model(preset("lsms", text_dim=384)).to(device)
+    model.train(train)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    return model
+
+
+def random_batch(device, batch: int, size: int, channels_last: bool):
+    """A random (B,3,S,S) image (NHWC when ``channels_last``), (B,WORD_TOKENS,384) word features and their mask."""
+    import torch
+
+    image = torch.randn(batch, 3, size, size, device=device)
+    if channels_last:
+        image = image.contiguous(memory_format=torch.channels_last)
+    return image, torch.randn(batch, WORD_TOKENS, 384, device=device), torch.ones(batch, WORD_TOKENS, device=device)
+
+
 def peak_rss_mb() -> float:
     """Peak resident memory of this process so far, MiB.
 

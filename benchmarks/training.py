@@ -20,9 +20,25 @@ import subprocess
 import sys
 import time
 
-from .harness import peak_rss_mb, print_table, write_results
+from .harness import lsms_model, peak_rss_mb, print_table, random_batch, write_results
 
-TOKENS = 20
+
+def _model_and_optimiser(device, channels_last: bool, fused: bool):
+    """The benchmarks' lsms model in training mode and its AdamW (``fused`` or foreach)."""
+    import torch
+
+    model = lsms_model(device, channels_last, train=True)
+    return model, torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01, fused=fused or None)
+
+
+def _inputs(size: int, batch: int, device, channels_last: bool):
+    """``harness.random_batch`` and a (B,1,S,S) target with one square lesion: image, target, words, mask."""
+    import torch
+
+    image, words, mask = random_batch(device, batch, size, channels_last)
+    target = torch.zeros(batch, 1, size, size, device=device)
+    target[:, :, size // 4: size // 2, size // 3: size // 2] = 1
+    return image, target, words, mask
 
 
 def run_one(size: int, batch: int, steps: int, warmup: int, channels_last: bool, device: str,
@@ -31,25 +47,14 @@ def run_one(size: int, batch: int, steps: int, warmup: int, channels_last: bool,
     import torch
 
     from lsms_core.allocator import reuse_freed_memory
-    from lsms_core.config import preset
     from lsms_core.losses import LossConfig, LSMSLoss
-    from lsms_core.model import build_model
 
-    torch.manual_seed(0)
     device = torch.device(device)
     if device.type == "cpu":
         reuse_freed_memory()  # as lsms-train's Trainer does on the CPU
-    model = build_model(preset("lsms", text_dim=384)).to(device).train()
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
+    model, optimizer = _model_and_optimiser(device, channels_last, fused)
     loss = LSMSLoss(LossConfig())
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01, fused=fused or None)
-    image = torch.randn(batch, 3, size, size, device=device)
-    if channels_last:
-        image = image.contiguous(memory_format=torch.channels_last)
-    target = torch.zeros(batch, 1, size, size, device=device)
-    target[:, :, size // 4: size // 2, size // 3: size // 2] = 1
-    words, mask = torch.randn(batch, TOKENS, 384, device=device), torch.ones(batch, TOKENS, device=device)
+    image, target, words, mask = _inputs(size, batch, device, channels_last)
     baseline_rss = peak_rss_mb()
 
     def step() -> None:
@@ -80,22 +85,13 @@ def optimiser_ab(size: int, batch: int, steps: int) -> list[dict]:
     import torch
 
     from lsms_core.allocator import reuse_freed_memory
-    from lsms_core.config import preset
     from lsms_core.losses import LossConfig, LSMSLoss
-    from lsms_core.model import build_model
 
     reuse_freed_memory()
+    cpu = torch.device("cpu")
     loss = LSMSLoss(LossConfig())
-    runs = {}
-    for name in ("foreach", "fused"):
-        torch.manual_seed(0)
-        model = build_model(preset("lsms", text_dim=384)).train().to(memory_format=torch.channels_last)
-        optimiser = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01, fused=name == "fused" or None)
-        runs[name] = (model, optimiser, [])
-    image = torch.randn(batch, 3, size, size).contiguous(memory_format=torch.channels_last)
-    target = torch.zeros(batch, 1, size, size)
-    target[:, :, size // 4: size // 2, size // 3: size // 2] = 1
-    words, mask = torch.randn(batch, TOKENS, 384), torch.ones(batch, TOKENS)
+    runs = {name: (*_model_and_optimiser(cpu, True, name == "fused"), []) for name in ("foreach", "fused")}
+    image, target, words, mask = _inputs(size, batch, cpu, True)
     for step in range(steps + 1):
         for model, optimiser, times in runs.values():
             start = time.perf_counter()

@@ -44,7 +44,10 @@ class ModelConfig:
     select_lesions: bool = False
     selector_hidden: int = 128
     selector_features: str = "geometry"  # "geometry", or "all": also the decoder features on/around each candidate
-    selector_kind: str = "film"  # "film" (mean sentence, FiLM) or "attention" (candidates attend to each word)
+    # "film" (mean sentence, FiLM), "attention" (candidates attend to each word) or "additive" (the sentence
+    # shapes one function per descriptor column; their sum is the logit); "film+additive": a mixed ensemble,
+    # the members taking the kinds in turn
+    selector_kind: str = "film"
     selector_layers: int = 2  # attention blocks of the "attention" selector
     selector_members: int = 1  # > 1: an ensemble of that many selectors, their logits averaged
     selector_clusters: bool = False  # describe candidates with their cluster of nearby fragments too
@@ -80,8 +83,13 @@ class ModelConfig:
         _check_range("selector_hidden", self.selector_hidden, 8, 1024)
         _check_range("selector_layers", self.selector_layers, 1, 12)
         _check_range("selector_members", self.selector_members, 1, 16)
-        if self.selector_kind not in ("film", "attention"):
-            raise ConfigError(f"selector_kind must be 'film' or 'attention', got {self.selector_kind!r}")
+        kinds = self.selector_kind.split("+")
+        if any(kind not in ("film", "attention", "additive") for kind in kinds):
+            raise ConfigError("selector_kind must be 'film', 'attention' or 'additive', or several joined by '+' "
+                              f"(a mixed ensemble), got {self.selector_kind!r}")
+        if len(kinds) > self.selector_members:
+            raise ConfigError(f"selector_kind {self.selector_kind!r} mixes {len(kinds)} kinds: selector_members must "
+                              f"be at least {len(kinds)}, got {self.selector_members}")
         if self.selector_features not in ("geometry", "all"):
             raise ConfigError(f"selector_features must be 'geometry' or 'all', got {self.selector_features!r}")
         if self.select_lesions and not self.use_text:

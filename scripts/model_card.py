@@ -54,12 +54,16 @@ def main(run: Path) -> None:
 
     domain = model_domain(weights)
     model = shipped.config.model
-    kind = {"film": "FiLM", "attention": "attention"}[model.selector_kind]
-    members = (f"{model.selector_members} {kind} selectors trained side by side, their logits averaged"
+    names = {"film": "FiLM", "attention": "attention", "additive": "additive"}
+    selector_kinds = model.selector_kind.split("+")
+    kind = " and ".join(names[k] for k in selector_kinds)
+    in_turn = " (the kinds in turn)" if len(selector_kinds) > 1 else ""
+    members = (f"{model.selector_members} {kind} selectors trained side by side{in_turn}, their logits averaged"
                if model.selector_members > 1 else f"one {kind} selector")
     clusters = " and the cluster of nearby fragments it belongs to" if model.selector_clusters else ""
     selector_flags = (" --clusters" if start.get("clusters") else "") + (
-        f" --members {start['members']}" if start.get("members", 1) > 1 else "")
+        f" --members {start['members']}" if start.get("members", 1) > 1 else "") + (
+        f" --kind {start['kind']}" if start.get("kind", "film") != "film" else "")
 
     def referring(r: dict) -> str:
         return f"{r['hit_rate']:.3f} | {r['pointing']:.3f} | {r['leak']:.3f}" if r.get("n_referring") else "- | - | -"

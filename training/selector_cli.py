@@ -14,6 +14,17 @@ import sys
 from lsms_core.cli.common import run_cli
 
 
+SELECTOR_KINDS = ("film", "attention", "additive")  # as lsms_core.model.selector's (which imports torch)
+
+
+def _selector_kind(value: str) -> str:
+    """argparse type: one selector kind, or several joined by '+'."""
+    if not value or any(kind not in SELECTOR_KINDS for kind in value.split("+")):
+        raise argparse.ArgumentTypeError(f"{value!r}: use {', '.join(SELECTOR_KINDS)}, or several joined by '+' "
+                                         "(e.g. film+additive)")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lsms-train-selector", description=__doc__,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -30,9 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="what the selector reads of each candidate: its geometry and intensity (size, position, "
                         "contrast, shape, each also relative to the slice's others), or that and the decoder's "
                         "features on and around it")
-    p.add_argument("--kind", choices=("film", "attention"), default="film",
+    p.add_argument("--kind", type=_selector_kind, default="film",
                    help="film: the mean of the sentence's word features scales and shifts each candidate; "
-                        "attention: the candidates attend to each other and to every word (docs/model.md)")
+                        "attention: the candidates attend to each other and to every word; additive: the "
+                        "sentence shapes one function per descriptor column, summed; kinds joined by '+' "
+                        "(film+additive, with --members >= 2): a mixed ensemble (docs/model.md)")
     p.add_argument("--layers", type=int, default=2, help="attention blocks of --kind attention")
     p.add_argument("--members", type=int, default=1,
                    help="train this many selectors side by side (different initialisations, the same batches) "

@@ -15,11 +15,12 @@ belongs to the answer where its logit is > 0.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..selection import sentence_feature
 
-SELECTOR_KINDS = ("film", "attention")
+SELECTOR_KINDS = ("film", "attention", "additive")
 
 
 def _descriptor_embedding(width: int, hidden: int) -> nn.Sequential:
@@ -106,6 +107,93 @@ class AttentionSelector(nn.Module):
         return logits.masked_fill(~valid, float("-inf"))
 
 
+class _ColumnStandardiser(nn.Module):
+    """Each descriptor column standardised on its own, by running statistics of the real candidates
+    seen in training (a masked BatchNorm without the affine: columns never mix). The statistics move
+    only in a training step (train mode, gradients on): a selector called in train mode under
+    ``torch.no_grad`` (an evaluation) or kept frozen while its LSMS trains keeps them."""
+
+    def __init__(self, width: int, momentum: float = 0.02) -> None:
+        super().__init__()
+        self.momentum = momentum
+        self.register_buffer("mean", torch.zeros(width))
+        self.register_buffer("var", torch.ones(width))
+        self.register_buffer("seen", torch.zeros((), dtype=torch.long))
+
+    def forward(self, features: torch.Tensor, valid: torch.Tensor, learning: bool) -> torch.Tensor:
+        """``learning``: this call is a training step of the selector (update the statistics)."""
+        if learning and valid.any():
+            with torch.no_grad():
+                real = features[valid].float()
+                mean, var = real.mean(0), real.var(0, unbiased=False)
+                if int(self.seen) == 0:  # the first batch sets the scale: no slow climb from (0, 1)
+                    self.mean.copy_(mean)
+                    self.var.copy_(var)
+                else:
+                    self.mean.lerp_(mean, self.momentum)
+                    self.var.lerp_(var, self.momentum)
+                self.seen += 1
+        return (features - self.mean) / (self.var + 1e-5).sqrt()
+
+
+def _ranks_within_slice(features: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B,K,F) descriptors -> two (B,K,F): how many of the slice's real candidates have a smaller
+    value in each column, and how many a larger one (/ 4, as ``selection._ranks``). Padding counts for
+    nothing."""
+    other = valid[:, None, :, None]  # (B,1,K,1): candidate l is real
+    x, y = features[:, :, None, :], features[:, None, :, :]  # (B,K,1,F) against (B,1,K,F)
+    below = ((y < x) & other).sum(2).to(features.dtype)
+    above = ((y > x) & other).sum(2).to(features.dtype)
+    return below / 4, above / 4
+
+
+class AdditiveSelector(nn.Module):
+    """The additive selector ("additive"): a candidate's logit is a sum of one-dimensional functions,
+    one per descriptor column, whose shapes the sentence sets: logit_k = b(s) + sum_j f_j(x_kj; s).
+    Each f_j is piecewise linear in the standardised column (``knots`` hat functions on [-3, 3]); the
+    sentence's mean word feature gives all their heights. No column meets another inside the network,
+    so it cannot learn a training slice's tumours by a conjunction of their size and place: it can only
+    learn, per sentence, which attributes matter and which way ("the second largest" puts weight
+    on the size-rank column's value 1, "upper left" on low row and column). Comparisons come from the
+    relative columns of the descriptor (ranks, differences to the slice's extremes and mean)."""
+
+    def __init__(self, feature_dim: int, text_dim: int, hidden: int = 128, geometry_only: int | None = None,
+                 knots: int = 13, ranks: bool = False, compete: bool = False) -> None:
+        """``ranks``: each column also enters as the candidate's rank in it among the slice's candidates,
+        from either end (every attribute becomes a comparison, not only those the descriptor ranks).
+        ``compete``: the sentence also sets how strongly candidates compete, lambda(s) >= 0, and each
+        logit becomes logit - lambda(s) * (the slice's best logit - logit): "the largest" can keep one
+        candidate, "all lesions" every one (independent scores alone keep every candidate above zero)."""
+        super().__init__()
+        self.geometry_only = geometry_only
+        self.ranks = ranks
+        self.compete = nn.Sequential(nn.Linear(text_dim, hidden), nn.GELU(), nn.Linear(hidden, 1)) if compete else None
+        width = (geometry_only or feature_dim) * (3 if ranks else 1)
+        self.standardise = _ColumnStandardiser(width)
+        self.register_buffer("knots", torch.linspace(-3.0, 3.0, knots))
+        self.shapes = nn.Sequential(nn.Linear(text_dim, hidden), nn.GELU(), nn.Linear(hidden, width * knots + 1))
+
+    def forward(self, features: torch.Tensor, valid: torch.Tensor, words: torch.Tensor,
+                word_mask: torch.Tensor) -> torch.Tensor:
+        if self.geometry_only:
+            features = features[..., -self.geometry_only:]
+        if self.ranks:
+            features = torch.cat([features, *_ranks_within_slice(features, valid)], dim=-1)
+        learning = self.training and torch.is_grad_enabled() and self.shapes[0].weight.requires_grad
+        z = self.standardise(features, valid, learning).clamp(-3.0, 3.0)  # (B,K,J)
+        spacing = self.knots[1] - self.knots[0]
+        hats = (1 - (z.unsqueeze(-1) - self.knots).abs() / spacing).clamp(min=0)  # (B,K,J,N): sums to 1
+        sentence = sentence_feature(words, word_mask).to(z.dtype)
+        heights = self.shapes(sentence)  # (B, J*N + 1)
+        bias, heights = heights[:, :1], heights[:, 1:].view(z.shape[0], 1, -1)
+        logits = (hats.flatten(2) * heights).sum(-1) + bias
+        if self.compete is not None:
+            strength = F.softplus(self.compete(sentence))  # (B,1)
+            best = logits.masked_fill(~valid, float("-inf")).amax(1, keepdim=True)
+            logits = logits - strength * (best.where(valid.any(1, keepdim=True), torch.zeros_like(best)) - logits)
+        return logits.masked_fill(~valid, float("-inf"))
+
+
 class SelectorEnsemble(nn.Module):
     """Several selectors of one kind, trained side by side on the same batches from different random
     initialisations; a candidate's logit is the mean of theirs. One selector's choice varies with its
@@ -127,12 +215,19 @@ class SelectorEnsemble(nn.Module):
 
 def build_selector(kind: str, feature_dim: int, text_dim: int, hidden: int, geometry_only: int | None,
                    layers: int = 2, members: int = 1) -> nn.Module:
-    """The selector of ``kind`` (one of SELECTOR_KINDS); ``members`` > 1: an ensemble of that many."""
+    """The selector of ``kind`` (one of SELECTOR_KINDS); ``members`` > 1: an ensemble of that many. Kinds
+    joined by "+" ("film+additive") make a mixed ensemble whose members take the kinds in turn: selectors
+    that read the candidates differently err on different cases, so their mean errs less (docs/model.md)."""
+    kinds = kind.split("+")
+    if len(kinds) > members:
+        raise ValueError(f"{kind!r} mixes {len(kinds)} selector kinds: use at least {len(kinds)} members")
     if members > 1:
-        return SelectorEnsemble([build_selector(kind, feature_dim, text_dim, hidden, geometry_only, layers)
-                                 for _ in range(members)])
+        return SelectorEnsemble([build_selector(kinds[i % len(kinds)], feature_dim, text_dim, hidden, geometry_only,
+                                                layers) for i in range(members)])
     if kind == "film":
         return LesionSelector(feature_dim, text_dim, hidden, geometry_only)
     if kind == "attention":
         return AttentionSelector(feature_dim, text_dim, hidden, geometry_only, layers)
+    if kind == "additive":
+        return AdditiveSelector(feature_dim, text_dim, hidden, geometry_only)
     raise ValueError(f"unknown selector kind {kind!r}: use one of {', '.join(SELECTOR_KINDS)}")

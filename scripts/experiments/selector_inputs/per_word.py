@@ -12,14 +12,7 @@ sel = model.selector
 enc = TextEncoder(st.config.text).eval(); words = TextFeatureCache(enc, torch.device("cpu"))
 sets = pickle.load(open(EXP / "candidates.pkl", "rb"))
 print({k: len(v) for k, v in sets.items()}, flush=True)
-KEYS = ["second largest", "largest", "smallest", "most hypodense", "hypodense", "hyperdense", "isodense", "round",
-        "irregular", "upper", "lower", "left", "right", "at the liver surface", "deep inside the liver"]
-def keys_of(text):
-    t = text.lower(); out = []
-    for k in KEYS:
-        if k in t:
-            out.append(k); t = t.replace(k, "#")
-    return tuple(sorted(out))
+from per_word_keys import keys_of
 for name in ("ref_test", "syn_test"):
     tab = collections.defaultdict(collections.Counter)
     for s in sets[name]:

@@ -1,6 +1,7 @@
-"""The two lesion selector heads (lsms_core/model/selector.py): one call for both, candidates scored
+"""The lesion selector heads (lsms_core/model/selector.py): one call for all, candidates scored
 independently of their order, padding (of candidates and of words) never changes a score, rows with no
-candidate give no answer, and the attention head reads single words that the mean of the words blurs."""
+candidate give no answer, the attention head reads single words that the mean of the words blurs, and the
+additive head is additive, learns rules that hold on new slices and keeps its statistics outside training."""
 
 from __future__ import annotations
 

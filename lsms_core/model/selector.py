@@ -6,7 +6,7 @@ it, where it is, how large, dark and round it is, each also relative to the slic
 candidates), and a selector decides which candidates the words name. Trained by
 ``lsms-train-selector``.
 
-Both selectors share one call: ``selector(features, valid, words, word_mask)`` with candidate
+All selectors share one call: ``selector(features, valid, words, word_mask)`` with candidate
 descriptors (B,K,F), a (B,K) bool mask of real candidates, the text encoder's word features
 (B,T,C_l) and their (B,T) mask -> membership logits (B,K), -inf where not valid. A candidate
 belongs to the answer where its logit is > 0.

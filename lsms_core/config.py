@@ -12,6 +12,8 @@ import json
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+SELECTOR_KINDS = ("film", "attention", "additive")  # lsms_core/model/selector.py builds them
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -84,7 +86,7 @@ class ModelConfig:
         _check_range("selector_layers", self.selector_layers, 1, 12)
         _check_range("selector_members", self.selector_members, 1, 16)
         kinds = self.selector_kind.split("+")
-        if any(kind not in ("film", "attention", "additive") for kind in kinds):
+        if any(kind not in SELECTOR_KINDS for kind in kinds):
             raise ConfigError("selector_kind must be 'film', 'attention' or 'additive', or several joined by '+' "
                               f"(a mixed ensemble), got {self.selector_kind!r}")
         if len(kinds) > self.selector_members:

@@ -12,9 +12,7 @@ import json
 import sys
 
 from lsms_core.cli.common import run_cli
-
-
-SELECTOR_KINDS = ("film", "attention", "additive")  # as lsms_core.model.selector's (which imports torch)
+from lsms_core.config import SELECTOR_KINDS
 
 
 def _selector_kind(value: str) -> str:

@@ -18,9 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import SELECTOR_KINDS
 from ..selection import sentence_feature
-
-SELECTOR_KINDS = ("film", "attention", "additive")
 
 
 def _descriptor_embedding(width: int, hidden: int) -> nn.Sequential:
@@ -195,9 +194,10 @@ class AdditiveSelector(nn.Module):
 
 
 class SelectorEnsemble(nn.Module):
-    """Several selectors of one kind, trained side by side on the same batches from different random
-    initialisations; a candidate's logit is the mean of theirs. One selector's choice varies with its
-    seed by several points of hit rate (docs/model.md); the mean varies less and is better than most."""
+    """Several selectors (of one kind, or of several kinds in turn), trained side by side on the same
+    batches from different random initialisations; a candidate's logit is the mean of theirs. One
+    selector's choice varies with its seed by several points of hit rate (docs/model.md); the mean varies
+    less and is better than most."""
 
     def __init__(self, members: list[nn.Module]) -> None:
         super().__init__()

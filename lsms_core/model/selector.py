@@ -15,7 +15,6 @@ belongs to the answer where its logit is > 0.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..config import SELECTOR_KINDS
@@ -135,17 +134,6 @@ class _ColumnStandardiser(nn.Module):
         return (features - self.mean) / (self.var + 1e-5).sqrt()
 
 
-def _ranks_within_slice(features: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B,K,F) descriptors -> two (B,K,F): how many of the slice's real candidates have a smaller
-    value in each column, and how many a larger one (/ 4, as ``selection._ranks``). Padding counts for
-    nothing."""
-    other = valid[:, None, :, None]  # (B,1,K,1): candidate l is real
-    x, y = features[:, :, None, :], features[:, None, :, :]  # (B,K,1,F) against (B,1,K,F)
-    below = ((y < x) & other).sum(2).to(features.dtype)
-    above = ((y > x) & other).sum(2).to(features.dtype)
-    return below / 4, above / 4
-
-
 class AdditiveSelector(nn.Module):
     """The additive selector ("additive"): a candidate's logit is a sum of one-dimensional functions,
     one per descriptor column, whose shapes the sentence sets: logit_k = b(s) + sum_j f_j(x_kj; s).
@@ -157,17 +145,10 @@ class AdditiveSelector(nn.Module):
     relative columns of the descriptor (ranks, differences to the slice's extremes and mean)."""
 
     def __init__(self, feature_dim: int, text_dim: int, hidden: int = 128, geometry_only: int | None = None,
-                 knots: int = 13, ranks: bool = False, compete: bool = False) -> None:
-        """``ranks``: each column also enters as the candidate's rank in it among the slice's candidates,
-        from either end (every attribute becomes a comparison, not only those the descriptor ranks).
-        ``compete``: the sentence also sets how strongly candidates compete, lambda(s) >= 0, and each
-        logit becomes logit - lambda(s) * (the slice's best logit - logit): "the largest" can keep one
-        candidate, "all lesions" every one (independent scores alone keep every candidate above zero)."""
+                 knots: int = 13) -> None:
         super().__init__()
         self.geometry_only = geometry_only
-        self.ranks = ranks
-        self.compete = nn.Sequential(nn.Linear(text_dim, hidden), nn.GELU(), nn.Linear(hidden, 1)) if compete else None
-        width = (geometry_only or feature_dim) * (3 if ranks else 1)
+        width = geometry_only or feature_dim
         self.standardise = _ColumnStandardiser(width)
         self.register_buffer("knots", torch.linspace(-3.0, 3.0, knots))
         self.shapes = nn.Sequential(nn.Linear(text_dim, hidden), nn.GELU(), nn.Linear(hidden, width * knots + 1))
@@ -176,8 +157,6 @@ class AdditiveSelector(nn.Module):
                 word_mask: torch.Tensor) -> torch.Tensor:
         if self.geometry_only:
             features = features[..., -self.geometry_only:]
-        if self.ranks:
-            features = torch.cat([features, *_ranks_within_slice(features, valid)], dim=-1)
         learning = self.training and torch.is_grad_enabled() and self.shapes[0].weight.requires_grad
         z = self.standardise(features, valid, learning).clamp(-3.0, 3.0)  # (B,K,J)
         spacing = self.knots[1] - self.knots[0]
@@ -186,10 +165,6 @@ class AdditiveSelector(nn.Module):
         heights = self.shapes(sentence)  # (B, J*N + 1)
         bias, heights = heights[:, :1], heights[:, 1:].view(z.shape[0], 1, -1)
         logits = (hats.flatten(2) * heights).sum(-1) + bias
-        if self.compete is not None:
-            strength = F.softplus(self.compete(sentence))  # (B,1)
-            best = logits.masked_fill(~valid, float("-inf")).amax(1, keepdim=True)
-            logits = logits - strength * (best.where(valid.any(1, keepdim=True), torch.zeros_like(best)) - logits)
         return logits.masked_fill(~valid, float("-inf"))
 
 

@@ -5,7 +5,7 @@
 VARIANTS: JSON {name: [indices of the NEW extra columns kept]}; HCOLS: extra columns that change sign under
 the left-right mirroring. Env: NOISE (share of each column's s.d. added as Gaussian noise while training), ADD
 (comma-separated pickles of more training slices), DROP (comma-separated geometry columns 0-16, zeroed in
-every set: what the selector may not read), ADDITIVE (JSON keyword arguments of AdditiveSelector for KIND additive), MEMBERS (an ensemble
+every set: what the selector may not read), ADDITIVE (JSON keyword arguments of additive_variants.build_additive for KIND additive), MEMBERS (an ensemble
 of that many). Prints Dice / hit / leak / best-single-candidate hit."""
 import json
 import os
@@ -18,7 +18,8 @@ import torch
 from common import EXP, shipped_model
 
 import training.selector_training as selector_training
-from lsms_core.model.selector import AdditiveSelector, SelectorEnsemble, build_selector
+from additive_variants import build_additive
+from lsms_core.model.selector import SelectorEnsemble, build_selector
 from lsms_core.selection import GEOMETRY_FEATURES, Candidates
 from lsms_core.text_encoder import TextEncoder
 from training.data import TextFeatureCache
@@ -78,8 +79,8 @@ for name, keep in variants.items():
         torch.manual_seed(seed)
         members = int(os.environ.get("MEMBERS", "1"))
         if kind == "additive" and os.environ.get("ADDITIVE"):  # e.g. '{"ranks": true, "knots": 7}'
-            made = [AdditiveSelector(dim, config.text_dim, 128, dim - 2 * config.decoder_channels,
-                                     **json.loads(os.environ["ADDITIVE"])) for _ in range(members)]
+            made = [build_additive(dim, config.text_dim, 128, dim - 2 * config.decoder_channels,
+                                   **json.loads(os.environ["ADDITIVE"])) for _ in range(members)]
             selector = made[0] if members == 1 else SelectorEnsemble(made)
         else:
             selector = build_selector(kind, dim, config.text_dim, 128, dim - 2 * config.decoder_channels, 2,

@@ -5,8 +5,7 @@
 VARIANTS: JSON {name: [indices of the NEW extra columns kept]}; HCOLS: extra columns that change sign under
 the left-right mirroring. Env: NOISE (share of each column's s.d. added as Gaussian noise while training), ADD
 (comma-separated pickles of more training slices), DROP (comma-separated geometry columns 0-16, zeroed in
-every set: what the selector may not read), KEEP (a JSON file {"train": [...], "extra": [...]}: train only on
-those slices of the two training sets, e.g. crossfit_candidates.py's .replaced.json), ADDITIVE (JSON keyword arguments of additive_variants.build_additive for KIND additive), MEMBERS (an ensemble
+every set: what the selector may not read), ADDITIVE (JSON keyword arguments of additive_variants.build_additive for KIND additive), MEMBERS (an ensemble
 of that many). Prints Dice / hit / leak / best-single-candidate hit."""
 import json
 import os
@@ -36,9 +35,6 @@ horizontal = json.loads(sys.argv[7]) if len(sys.argv) > 7 else [4]
 noise = float(os.environ.get("NOISE", "0"))
 dropped = [int(c) for c in os.environ.get("DROP", "").split(",") if c]
 sets = pickle.load(open(path, "rb"))
-if os.environ.get("KEEP"):
-    kept = json.load(open(os.environ["KEEP"]))
-    sets.update({name: [sets[name][i] for i in kept[name]] for name in ("train", "extra")})
 for extra in filter(None, os.environ.get("ADD", "").split(",")):
     sets.setdefault("added", []).extend(pickle.load(open(extra, "rb")))
 words = TextFeatureCache(encoder, torch.device("cpu"))

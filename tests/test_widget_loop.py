@@ -311,20 +311,22 @@ def test_a_long_expression_is_elided_and_the_status_cleared_on_another_image(qtb
 
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads process states from /proc (Linux)")
-def test_lsms_train_exits_when_the_process_that_started_it_dies(mini_dataset, tmp_path):
-    """--exit-with-parent (the widget passes it): a napari killed outright leaves no orphan run behind."""
+@pytest.mark.parametrize("launcher_lives_s", [3.0, 0.0], ids=["dies-while-training", "dies-before-the-child-starts"])
+def test_lsms_train_exits_when_the_process_that_started_it_dies(mini_dataset, tmp_path, launcher_lives_s):
+    """--exit-with-parent PID (the widget passes its own PID): a napari killed outright leaves no orphan
+    run behind, also when it dies before the child's Python has started (a slow machine's start-up)."""
     import os
     import subprocess
     import sys
     import time
 
     log = tmp_path / "child.err"
-    launcher = (f"import subprocess, sys\n"
+    launcher = (f"import subprocess, sys, os\n"
                 f"child = subprocess.Popen([sys.executable, '-m', 'training.train_cli', {str(mini_dataset)!r}, '-o', "
-                f"{str(tmp_path / 'run')!r}, '--no-progress', '--exit-with-parent', *{TINY!r}, '--epochs', '500'], "
-                f"stdout=subprocess.DEVNULL, stderr=open({str(log)!r}, 'w'))\n"
+                f"{str(tmp_path / 'run')!r}, '--no-progress', '--exit-with-parent', str(os.getpid()), *{TINY!r}, "
+                f"'--epochs', '500'], stdout=subprocess.DEVNULL, stderr=open({str(log)!r}, 'w'))\n"
                 f"print(child.pid, flush=True)\n"
-                f"import time; time.sleep(3); import os; os._exit(0)  # dies without stopping its child\n")
+                f"import time; time.sleep({launcher_lives_s}); os._exit(0)  # dies without stopping its child\n")
     done = subprocess.run([sys.executable, "-c", launcher], capture_output=True, text=True, timeout=120)
     pid = int(done.stdout.split()[0])
 

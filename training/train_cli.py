@@ -68,9 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-name", default=defaults.model_name, help="name stored in the checkpoints")
     p.add_argument("--half-checkpoints", action="store_true", help="store best/last weights in fp16")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (the JSON log still grows)")
-    p.add_argument("--exit-with-parent", action="store_true",
-                   help="stop when the process that started this one ends (the napari widget passes it, so a "
-                        "closed or crashed napari never leaves an orphan run; resume it with --resume)")
+    p.add_argument("--exit-with-parent", nargs="?", type=int, const=0, default=None, metavar="PID",
+                   help="stop when the process that started this one ends (the napari widget passes it with its "
+                        "own PID, so a closed or crashed napari never leaves an orphan run, even one that died "
+                        "while this one was starting; resume it with --resume). Without PID: the parent at start-up")
     return p
 
 
@@ -113,31 +114,44 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         keep_selector=not args.drop_selector, expression_kinds=tuple(args.expression_kinds))
 
 
-def exit_with_parent(interval_s: float = 1.0) -> None:
+def exit_with_parent(parent: int = 0, interval_s: float = 1.0) -> None:
     """Watch, in a daemon thread, for the parent process to end (this process is then re-parented)
     and exit at once: the state saved last (every --save-every-steps iterations and at each
-    epoch's end, written atomically) is what --resume continues from."""
+    epoch's end, written atomically) is what --resume continues from.
+
+    ``parent``: the PID of the process that started this one, as that process knows it (0: take
+    ``os.getppid()`` now, which misses a parent that died before this line ran, e.g. on a slow
+    machine where Python's start-up takes seconds)."""
     import os
     import threading
     import time
 
-    parent = os.getppid()
+    parent = parent or os.getppid()
+
+    def orphaned() -> bool:
+        return os.getppid() != parent
+
+    def stop() -> None:
+        print("lsms-train: the process that started this run ended; stopping (continue with --resume)",
+              file=sys.stderr, flush=True)
+        os._exit(143)
+
+    if orphaned():
+        stop()
 
     def watch() -> None:
         while True:
             time.sleep(interval_s)
-            if os.getppid() != parent:
-                print("lsms-train: the process that started this run ended; stopping (continue with --resume)",
-                      file=sys.stderr, flush=True)
-                os._exit(143)
+            if orphaned():
+                stop()
 
     threading.Thread(target=watch, name="lsms-train-exit-with-parent", daemon=True).start()
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.exit_with_parent:
-        exit_with_parent()
+    if args.exit_with_parent is not None:
+        exit_with_parent(args.exit_with_parent)
 
     def train() -> int:
         from .trainer import Trainer

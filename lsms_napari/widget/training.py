@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import atexit
 import json
+import os
 import subprocess
 import sys
 import time
@@ -104,7 +105,7 @@ class TrainingProcess:
         if "--save-every-steps" not in args:
             args += ["--save-every-steps", str(SAVE_EVERY_STEPS)]
         command = [sys.executable, "-m", "training.train_cli", str(dataset), "-o", str(self.run_dir), "--no-progress",
-                   "--exit-with-parent", *(["--resume"] if self.resumed else []), *args]
+                   "--exit-with-parent", str(os.getpid()), *(["--resume"] if self.resumed else []), *args]
         self._stderr = open(self.stderr_path, "a")
         self._stdout = open(self.run_dir / "stdout.log", "a")
         try:

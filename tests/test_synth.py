@@ -1,7 +1,7 @@
 """Synthetic referring data (lsms-data build-synth): checked on what it wrote, by measuring again.
 
-The output labels of a synthetic slice are rebuilt from the real LiTS labels of its background and
-the masks it stored ("all lesions" is every tumour pixel), then every lesion is measured here,
+The output labels of a synthetic slice are rebuilt from the real LiTS labels of its background (the
+axial slice, or with --vary-backgrounds the image rebuilt from the stored parameters) and the masks it stored ("all lesions" is every tumour pixel), then every lesion is measured here,
 independently of the fact engine, and every expression is checked against those measurements.
 """
 
@@ -20,6 +20,7 @@ from fact_check import fits, measure_lesions
 
 from lsms_core.dataset import AnnotationDataset
 from lsms_core.lits import LIVER, TUMOUR
+from training.background_variation import render_background
 from training.reflits import block_splits
 from training.synthetic_lesions import SynthConfig
 
@@ -33,29 +34,42 @@ def _build(root, *args: str) -> str:
     return done.stdout
 
 
-@pytest.fixture(scope="module")
-def synth(tmp_path_factory):
+@pytest.fixture(scope="module", params=["axial", "varied"])
+def synth(request, tmp_path_factory):
+    """A small build; "varied": training backgrounds drawn with --vary-backgrounds (test stays axial)."""
     root = tmp_path_factory.mktemp("synth") / "synth"
-    stdout = _build(root, "--train", "30", "--val", "0", "--test", "10", "--seed", "0", "--per-lesion", "3")
+    extra = ["--vary-backgrounds"] if request.param == "varied" else []
+    stdout = _build(root, "--train", "30", "--val", "0", "--test", "10", "--seed", "0", "--per-lesion", "3", *extra)
     return root, stdout
+
+
+def _background(source: dict, lits) -> tuple[np.ndarray, np.ndarray, str]:
+    """HU, labels and a name of the background a synthetic slice was drawn on."""
+    if "axial_slice" in source:
+        z = source["axial_slice"]
+        return lits.hu[z], lits.labels[z], f"z={z}"
+    hu, labels = render_background(lits, source["background"])
+    return hu, labels, f"varied background in z {source['background']['block_z']}"
 
 
 @pytest.fixture(scope="module")
 def slices(synth, lits):
-    """Per stored image: its records, the rebuilt output labels, the output HU and the background z."""
+    """Per stored image: its records, the rebuilt output labels, the output HU and its background."""
     dataset = AnnotationDataset.open(synth[0])
     by_image = defaultdict(list)
     for record in dataset.records:
         by_image[record["image"]].append(record)
     out = []
     for records in by_image.values():
-        z = records[0]["source"]["axial_slice"]
-        assert all(r["source"]["axial_slice"] == z for r in records)
+        where = {k: v for k, v in records[0]["source"].items() if k in ("axial_slice", "background")}
+        assert len(where) == 1 and all(r["source"].get(k) == v for r in records for k, v in where.items())
+        background_hu, background_labels, name = _background(records[0]["source"], lits)
         masks = [dataset.read_mask(r) for r in records]
-        labels = lits.labels[z].copy()
+        labels = background_labels.copy()
         labels[np.logical_or.reduce(masks)] = TUMOUR
         out.append({"records": records, "masks": masks, "labels": labels, "hu": dataset.read_image(records[0]),
-                    "z": z, "synthetic": records[0]["source"]["synthetic"]})
+                    "z": name, "background_hu": background_hu, "background_labels": background_labels,
+                    "synthetic": records[0]["source"]["synthetic"]})
     return out
 
 
@@ -136,10 +150,10 @@ def test_every_expression_fits_its_lesion_and_no_other(slices):
     assert checked > 100 and absent > 0
 
 
-def test_synthetic_lesions_lie_inside_the_liver_and_nothing_else_changes(slices, lits):
+def test_synthetic_lesions_lie_inside_the_liver_and_nothing_else_changes(slices):
     for item in slices:
         z, labels, hu = item["z"], item["labels"], item["hu"]
-        source = lits.labels[z]
+        source = item["background_labels"]
         synthetic = (labels == TUMOUR) & (source != TUMOUR)
         assert synthetic.sum() == sum(s["area_px"] for s in item["synthetic"]), "rebuilt labels miss a lesion"
         inner = ndimage.binary_erosion(source >= LIVER, EIGHT)
@@ -149,8 +163,8 @@ def test_synthetic_lesions_lie_inside_the_liver_and_nothing_else_changes(slices,
         _, n_all = ndimage.label(labels == TUMOUR, structure=EIGHT)
         assert n_all == n_real + len(item["synthetic"])
         untouched = source != LIVER  # background and real tumours keep their exact values
-        np.testing.assert_array_equal(hu[untouched], lits.hu[z][untouched])
-        assert not np.array_equal(hu, lits.hu[z])
+        np.testing.assert_array_equal(hu[untouched], item["background_hu"][untouched])
+        assert not np.array_equal(hu, item["background_hu"])
 
 
 def test_backgrounds_come_from_their_splits_blocks_only(slices, synth):
@@ -159,6 +173,14 @@ def test_backgrounds_come_from_their_splits_blocks_only(slices, synth):
     held_out = [z for z, (s, _) in splits.items() if s != "train"]
     seen = defaultdict(set)
     for record in dataset.records:
+        if "background" in record["source"]:  # a varied training background: every voxel it reads lies in one block
+            assert record["split"] == "train"
+            low, high = record["source"]["background"]["block_z"]
+            block = range(low, high + 1)
+            assert {splits.get(z) for z in block} == {splits[low]} and splits[low][0] == "train"
+            assert splits.get(low - 1) != splits[low] and splits.get(high + 1) != splits[low], "not a whole block"
+            seen["train"].add(record["source"]["background"]["z_centre"])
+            continue
         z = record["source"]["axial_slice"]
         assert splits.get(z, (None,))[0] == record["split"], f"{record['split']} slice from z={z}"
         seen[record["split"]].add(z)
@@ -191,11 +213,11 @@ def test_same_seed_same_dataset(tmp_path):
     assert images[0] == images[1] and images[0].isdisjoint(images[2])
 
 
-def test_density_shift_measured_on_the_output(slices, lits):
+def test_density_shift_measured_on_the_output(slices):
     measured = defaultdict(list)
     for item in slices:
         hu, labels = item["hu"], item["labels"]
-        synthetic = (labels == TUMOUR) & (lits.labels[item["z"]] != TUMOUR)
+        synthetic = (labels == TUMOUR) & (item["background_labels"] != TUMOUR)
         components, count = ndimage.label(synthetic, structure=EIGHT)
         centres = ndimage.center_of_mass(synthetic, components, range(1, count + 1))
         for lesion in item["synthetic"]:  # found by its recorded centre (2 decimals) and area

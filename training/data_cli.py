@@ -55,6 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="about this share of expressions fit no lesion (empty target)")
     synth.add_argument("--mass-effect", type=float, default=0.3, help="probability of a mass effect per lesion")
     synth.add_argument("--capsule", type=float, default=0.2, help="probability of a capsule rim per lesion")
+    synth.add_argument("--vary-backgrounds", action="store_true",
+                       help="training backgrounds: each a new image (a slightly tilted plane inside a training "
+                            "block, rotated, zoomed, shifted and elastically deformed) instead of an axial slice; "
+                            "validation and test stay axial (docs/training.md)")
     synth.add_argument("--densities", type=float, nargs=3, default=None, metavar=("HYPO", "HYPER", "ISO"),
                        help="relative shares of hypodense, hyperdense and isodense synthetic lesions "
                             "(default 0.65 0.15 0.20); e.g. 0.3 0.35 0.35 for a finder that must learn the rarer kinds")
@@ -155,6 +159,7 @@ def _build_synth(args: argparse.Namespace) -> int:
     from lsms_core.lits import load_lits_volume
 
     from .reflits import SOFT_TISSUE_WINDOW
+    from .background_variation import BackgroundVariation
     from .synth import build_synth
     from .synthetic_lesions import SynthConfig
 
@@ -180,7 +185,8 @@ def _build_synth(args: argparse.Namespace) -> int:
     with bar:
         counts = build_synth(load_lits_volume(), dataset.add, {"train": args.train, "val": args.val, "test": args.test},
                              seed=args.seed, per_lesion=args.per_lesion, progress=update, min_area=args.min_area,
-                             gap=args.gap, absent_share=args.absent_share, config=config)
+                             gap=args.gap, absent_share=args.absent_share, config=config,
+                             variation=BackgroundVariation() if args.vary_backgrounds else None)
     print(f"{'split':<6} {'slices':>7} {'lesions':>8} {'expressions':>12} {'absent':>7}")
     for split, row in counts.items():
         print(f"{split:<6} {row['slices']:>7} {row['lesions']:>8} {row['expressions']:>12} {row['absent']:>7}")

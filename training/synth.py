@@ -18,6 +18,7 @@ import numpy as np
 
 from lsms_core.lits import LIVER, LitsVolume
 
+from .background_variation import BackgroundVariation, draw_background, render_background
 from .reflits import (SOFT_TISSUE_WINDOW, absent_expressions, block_splits, expressions_for_slice,
                       measure_lesions)
 from .synthetic_lesions import SynthConfig, insert_lesions
@@ -40,7 +41,8 @@ def background_slices(volume: LitsVolume, gap: int = 5, min_liver_area: int = 80
 def build_synth(volume: LitsVolume, add: Callable[..., dict], slices_per_split: dict[str, int], seed: int = 0,
                 per_lesion: int = 3, progress: Callable[[int, int], None] | None = None, *, min_area: int = 20,
                 distractor_area: int = 6, gap: int = 5, min_liver_area: int = 800, absent_share: float = 0.1,
-                config: SynthConfig = SynthConfig(), max_attempts_per_slice: int = 50) -> dict:
+                config: SynthConfig = SynthConfig(), max_attempts_per_slice: int = 50,
+                variation: BackgroundVariation | None = None) -> dict:
     """Write ``slices_per_split[split]`` synthetic slices per split through ``add``
     (``AnnotationDataset.add``); returns, per split, the numbers of slices, lesions named by an
     expression, expressions (absent ones included), absent expressions and synthetic lesions.
@@ -49,10 +51,18 @@ def build_synth(volume: LitsVolume, add: Callable[..., dict], slices_per_split: 
     alike), so each names its lesion and fits no other. A slice also gets one "absent" expression
     (fits no lesion, empty mask) with probability min(1, n * s / (1 - s)), n its other expressions
     and s = ``absent_share``: about that share of all expressions.
+
+    ``variation``: training backgrounds are then new images (``draw_background``: a tilted plane
+    inside the drawn slice's block, rotated, scaled, shifted and elastically deformed) rather than
+    the axial slices themselves; validation and test stay axial.
     """
     if gap < 5:
         raise ValueError(f"gap must be at least 5 slices so neighbouring slices do not leak, got {gap}")
     backgrounds = background_slices(volume, gap=gap, min_liver_area=min_liver_area)
+    blocks: dict[int, list[int]] = {}
+    for z, (_split, block) in block_splits(len(volume.hu), gap=gap).items():
+        blocks.setdefault(block, []).append(z)
+    block_of = {z: block for block, zs in blocks.items() for z in zs}
     wanted = {s: int(slices_per_split.get(s, 0)) for s in SPLIT_ORDER}
     for split, n in wanted.items():
         if n < 0:
@@ -69,7 +79,15 @@ def build_synth(volume: LitsVolume, add: Callable[..., dict], slices_per_split: 
                 rng = np.random.default_rng([seed, split_number, attempt])
                 attempt += 1
                 z = backgrounds[split][int(rng.integers(len(backgrounds[split])))]
-                hu, labels, inserted = insert_lesions(volume.hu[z], volume.labels[z], rng, config,
+                if variation is not None and split == "train":
+                    drawn = draw_background(blocks[block_of[z]], volume.hu.shape[1:], rng, variation)
+                    background_hu, background_labels = render_background(volume, drawn)
+                    if int((background_labels >= LIVER).sum()) < min_liver_area:
+                        continue
+                    where = {"background": drawn}
+                else:
+                    background_hu, background_labels, where = volume.hu[z], volume.labels[z], {"axial_slice": z}
+                hu, labels, inserted = insert_lesions(background_hu, background_labels, rng, config,
                                                       distractor_area=distractor_area)
                 if not inserted:
                     continue
@@ -95,7 +113,7 @@ def build_synth(volume: LitsVolume, add: Callable[..., dict], slices_per_split: 
                     modality="CT", units="HU", window=SOFT_TISSUE_WINDOW, attributes=expression.attributes,
                     expression_kinds=expression.kinds, user=USER, annotation_id=f"{group}-{j:02d}",
                     source={"dataset": f"synthetic on LiTS case {volume.case.removeprefix('lits-')}",
-                            "axial_slice": z, "synthetic": synthetic, "lesion": expression.lesion_index},
+                            **where, "synthetic": synthetic, "lesion": expression.lesion_index},
                     instance=expression.lesion_index)
             row = counts[split]
             row["slices"] += 1

@@ -2,6 +2,7 @@
 lesions) whose named lesion has a hitting candidate (the selector's ceiling), and the mean candidates per slice.
 
     candidate_quality.py REPLACED.json A.pkl [B.pkl ...]
+    candidate_quality.py --list NAME.pkl [...]     (heldout_candidates.py's lists of slices, every slice)
 
 Measured on the slices REPLACED.json lists (crossfit_candidates.py), so that the shipped finder's and a fold
 finder's candidates of the same slices compare; the test sets of A.pkl as the reference for new slices."""
@@ -24,6 +25,10 @@ def ceiling(slices) -> tuple[float, int, float]:
     return float(np.mean(hits)), len(hits), float(np.mean([s.candidates.count for s in slices]))
 
 
+if sys.argv[1] == "--list":
+    for path in sys.argv[2:]:
+        print(path, "ceiling %.3f of %d, %.2f candidates per slice" % ceiling(pickle.load(open(path, "rb"))))
+    sys.exit()
 replaced = json.load(open(sys.argv[1]))
 for index, path in enumerate(sys.argv[2:]):
     sets = pickle.load(open(path, "rb"))

@@ -1,0 +1,41 @@
+"""Synthetic training slices on the *crowded* training backgrounds only (>= MIN real tumours of >= 6 px):
+
+    crowded_backgrounds.py OUT TRAIN SEED MIN
+
+Tests whether the validation-background probe of docs/model.md ("Tried: training candidates from a finder that
+never saw the slice, and more backgrounds") gained from new backgrounds or from crowded ones (the validation
+block's 12 backgrounds hold 7-12 real tumours each, the training blocks' 47 a mean of 6). The same generator as
+`lsms-data build-synth --val 0 --test 0`, its training backgrounds filtered; then
+`heldout_candidates.py NAME train OUT` and `ADD=$EXP/NAME.pkl train_selectors.py ...`."""
+import sys
+
+import numpy as np
+from common import ROOT
+from scipy import ndimage
+
+from lsms_core.dataset import AnnotationDataset
+from lsms_core.lits import TUMOUR, load_lits_volume
+from training import synth
+from training.reflits import SOFT_TISSUE_WINDOW
+
+out, train, seed, least = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+volume = load_lits_volume()
+every = synth.background_slices
+
+
+def real_tumours(z: int) -> int:
+    components, count = ndimage.label(volume.labels[z] == TUMOUR, structure=np.ones((3, 3), bool))
+    return int((np.bincount(components.ravel())[1:] >= 6).sum())
+
+
+def crowded(*args, **kwargs):
+    chosen = every(*args, **kwargs)
+    chosen["train"] = [z for z in chosen["train"] if real_tumours(z) >= least]
+    return chosen
+
+
+synth.background_slices = crowded
+print(len(crowded(volume)["train"]), "training backgrounds with >=", least, "real tumours", flush=True)
+dataset = AnnotationDataset.create(ROOT / out, modality="CT", window=SOFT_TISSUE_WINDOW,
+                                   description=f"synthetic lesions on training backgrounds with >= {least} tumours")
+print(synth.build_synth(volume, dataset.add, {"train": train}, seed=seed))

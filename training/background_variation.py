@@ -3,11 +3,11 @@ tilted plane inside one training block, rotated, scaled, shifted and elastically
 one interpolation (``lsms-data build-synth --vary-backgrounds``). ``source.background`` of each
 record holds the drawn parameters, from which :func:`render_background` rebuilds the image exactly.
 
-Why: a selector trained on synthetic lesions over the training blocks' ~60 axial slices learns
-those backgrounds (docs/model.md, "Tried: training candidates from a finder that never saw the
-slice, and more backgrounds"); 12 unseen backgrounds moved its hit rate, the same number of slices
-on the old backgrounds did not. The plane never leaves its block (z is clipped to the block's
-first and last slice), so no validation, test or gap slice contributes a voxel.
+Why: the selector trained on synthetic lesions over the training blocks' 47 axial backgrounds
+might learn those backgrounds; this makes every background new. Measured (docs/model.md, "Tried:
+varied and crowded backgrounds"): no effect beyond the seeds' spread, so the recipe does not use it.
+The plane never leaves its block (z is clipped to the block's first and last slice), so no
+validation, test or gap slice contributes a voxel.
 """
 
 from __future__ import annotations

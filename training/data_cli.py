@@ -158,8 +158,8 @@ def _build_synth(args: argparse.Namespace) -> int:
     from lsms_core.dataset import AnnotationDataset
     from lsms_core.lits import load_lits_volume
 
-    from .reflits import SOFT_TISSUE_WINDOW
     from .background_variation import BackgroundVariation
+    from .reflits import SOFT_TISSUE_WINDOW
     from .synth import build_synth
     from .synthetic_lesions import SynthConfig
 

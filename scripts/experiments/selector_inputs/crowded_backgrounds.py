@@ -9,28 +9,22 @@ block's 12 backgrounds hold 7-12 real tumours each, the training blocks' 47 a me
 `heldout_candidates.py NAME train OUT` and `ADD=$EXP/NAME.pkl train_selectors.py ...`."""
 import sys
 
-import numpy as np
 from common import ROOT
-from scipy import ndimage
 
 from lsms_core.dataset import AnnotationDataset
-from lsms_core.lits import TUMOUR, load_lits_volume
+from lsms_core.lits import load_lits_volume
 from training import synth
 from training.reflits import SOFT_TISSUE_WINDOW
+from training.synthetic_lesions import count_components
 
 out, train, seed, least = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 volume = load_lits_volume()
 every = synth.background_slices
 
 
-def real_tumours(z: int) -> int:
-    components, count = ndimage.label(volume.labels[z] == TUMOUR, structure=np.ones((3, 3), bool))
-    return int((np.bincount(components.ravel())[1:] >= 6).sum())
-
-
 def crowded(*args, **kwargs):
     chosen = every(*args, **kwargs)
-    chosen["train"] = [z for z in chosen["train"] if real_tumours(z) >= least]
+    chosen["train"] = [z for z in chosen["train"] if len(count_components(volume.labels[z], 6)) >= least]
     return chosen
 
 

@@ -267,3 +267,27 @@ def test_density_shares_choose_the_kinds_and_bad_shares_are_refused(tmp_path):
     done = subprocess.run([sys.executable, "-m", "training.data_cli", "build-synth", str(tmp_path / "bad"),
                            "--densities", "0", "0", "0"], capture_output=True, text=True, timeout=300)
     assert done.returncode == 2 and "--densities" in done.stderr and not (tmp_path / "bad").exists()
+
+
+def test_min_real_lesions_draws_only_crowded_training_backgrounds(tmp_path, lits):
+    import json
+
+    from training.synth import background_slices
+    from training.synthetic_lesions import count_components
+
+    assert background_slices(lits, min_real_lesions=7)["test"] == background_slices(lits)["test"]
+    _build(tmp_path / "crowded", "--train", "12", "--val", "0", "--test", "3", "--min-real-lesions", "7")
+    records = [json.loads(line) for line in (tmp_path / "crowded" / "annotations.jsonl").read_text().splitlines()]
+    used = defaultdict(set)
+    for record in records:
+        used[record["split"]].add(record["source"]["axial_slice"])
+    crowded = {z for z in background_slices(lits)["train"] if len(count_components(lits.labels[z], 6)) >= 7}
+    assert 5 < len(crowded) < len(background_slices(lits)["train"]), "the filter must keep some slices and drop others"
+    assert used["train"] and used["train"] <= crowded, f"uncrowded training backgrounds: {used['train'] - crowded}"
+    assert used["test"] <= set(background_slices(lits)["test"])  # held-out splits are not filtered
+    assert any(len(count_components(lits.labels[z], 6)) < 7 for z in background_slices(lits)["test"])
+    done = subprocess.run([sys.executable, "-m", "training.data_cli", "build-synth", str(tmp_path / "none"),
+                           "--train", "2", "--val", "0", "--test", "0", "--min-real-lesions", "40"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and ">= 40 real tumours" in done.stderr and "most crowded" in done.stderr
+    assert "Traceback" not in done.stderr and not (tmp_path / "none").exists()

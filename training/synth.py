@@ -21,20 +21,26 @@ from lsms_core.lits import LIVER, LitsVolume
 from .background_variation import BackgroundVariation, draw_background, render_background
 from .reflits import (SOFT_TISSUE_WINDOW, absent_expressions, block_splits, expressions_for_slice,
                       measure_lesions)
-from .synthetic_lesions import SynthConfig, insert_lesions
+from .synthetic_lesions import SynthConfig, count_components, insert_lesions
 
 SPLIT_ORDER = ("train", "val", "test")
 USER = "lsms-data build-synth"
 
 
-def background_slices(volume: LitsVolume, gap: int = 5, min_liver_area: int = 800) -> dict[str, list[int]]:
+def background_slices(volume: LitsVolume, gap: int = 5, min_liver_area: int = 800, min_real_lesions: int = 0,
+                      distractor_area: int = 6) -> dict[str, list[int]]:
     """Per split, the axial slices of that split's RefLiTS blocks whose liver covers at least
-    ``min_liver_area`` px."""
+    ``min_liver_area`` px; training slices also need ``min_real_lesions`` real tumours of
+    >= ``distractor_area`` px (crowded slices; validation and test are not filtered)."""
     splits = block_splits(len(volume.hu), gap=gap)
     chosen: dict[str, list[int]] = {s: [] for s in SPLIT_ORDER}
     for z, (split, _block) in sorted(splits.items()):
-        if int((volume.labels[z] >= LIVER).sum()) >= min_liver_area:
-            chosen[split].append(z)
+        if int((volume.labels[z] >= LIVER).sum()) < min_liver_area:
+            continue
+        if split == "train" and min_real_lesions > 0 and \
+                len(count_components(volume.labels[z], distractor_area)) < min_real_lesions:
+            continue
+        chosen[split].append(z)
     return chosen
 
 
@@ -42,7 +48,7 @@ def build_synth(volume: LitsVolume, add: Callable[..., dict], slices_per_split: 
                 per_lesion: int = 3, progress: Callable[[int, int], None] | None = None, *, min_area: int = 20,
                 distractor_area: int = 6, gap: int = 5, min_liver_area: int = 800, absent_share: float = 0.1,
                 config: SynthConfig = SynthConfig(), max_attempts_per_slice: int = 50,
-                variation: BackgroundVariation | None = None) -> dict:
+                variation: BackgroundVariation | None = None, min_real_lesions: int = 0) -> dict:
     """Write ``slices_per_split[split]`` synthetic slices per split through ``add``
     (``AnnotationDataset.add``); returns, per split, the numbers of slices, lesions named by an
     expression, expressions (absent ones included), absent expressions and synthetic lesions.
@@ -55,10 +61,15 @@ def build_synth(volume: LitsVolume, add: Callable[..., dict], slices_per_split: 
     ``variation``: training backgrounds are then new images (``draw_background``: a tilted plane
     inside the drawn slice's block, rotated, scaled, shifted and elastically deformed) rather than
     the axial slices themselves; validation and test stay axial.
+
+    ``min_real_lesions``: training backgrounds only from the slices that hold at least this many real
+    tumours of >= ``distractor_area`` px (crowded slices, where an expression must tell its lesion from
+    many); validation and test backgrounds are not filtered.
     """
     if gap < 5:
         raise ValueError(f"gap must be at least 5 slices so neighbouring slices do not leak, got {gap}")
-    backgrounds = background_slices(volume, gap=gap, min_liver_area=min_liver_area)
+    backgrounds = background_slices(volume, gap=gap, min_liver_area=min_liver_area,
+                                    min_real_lesions=min_real_lesions, distractor_area=distractor_area)
     blocks: dict[int, list[int]] = {}
     for z, (_split, block) in block_splits(len(volume.hu), gap=gap).items():
         blocks.setdefault(block, []).append(z)
@@ -68,7 +79,8 @@ def build_synth(volume: LitsVolume, add: Callable[..., dict], slices_per_split: 
         if n < 0:
             raise ValueError(f"{split}: a negative number of slices ({n})")
         if n and not backgrounds[split]:
-            raise ValueError(f"{split}: no slice of its blocks has a liver of >= {min_liver_area} px")
+            crowded = f" and >= {min_real_lesions} real tumours" if split == "train" and min_real_lesions > 0 else ""
+            raise ValueError(f"{split}: no slice of its blocks has a liver of >= {min_liver_area} px{crowded}")
     counts = {s: {"slices": 0, "lesions": 0, "expressions": 0, "absent": 0, "synthetic": 0} for s in SPLIT_ORDER}
     total, done = sum(wanted.values()), 0
     absent_odds = absent_share / max(1.0 - absent_share, 1e-9)

@@ -24,16 +24,18 @@ CLASSES = ("hit", "selector", "cut", "missed")
 FOUND_SHARE = 0.1  # below this share of the named lesion under candidates, the finder missed it
 
 
-def classify(samples, selector, words: tuple[torch.Tensor, torch.Tensor], named: int) -> str:
+def classify(samples, selector, words: tuple[torch.Tensor, torch.Tensor], named: int,
+             fallback: float | None = None) -> str:
     """The class of one referring case: ``samples`` is the slice's SliceSamples, ``words`` the
-    expression's (1,T,C_l) word features and (1,T) mask."""
+    expression's (1,T,C_l) word features and (1,T) mask, ``fallback`` the model's selector_fallback."""
     from lsms_core.referring import score_referring
+    from lsms_core.selection import accepted_candidates
 
     candidates, instances = samples.candidates, samples.instances
     count = candidates.count
     if count:
         logits = selector(candidates.features[None], torch.ones(1, count, dtype=torch.bool), *words)[0]
-        chosen = candidates.union((logits > 0).numpy())
+        chosen = candidates.union(accepted_candidates(logits.numpy(), fallback))
     else:
         chosen = np.zeros(instances.shape, dtype=bool)
     if score_referring(chosen, instances, named).hit:
@@ -76,7 +78,8 @@ def breakdown(checkpoint: str, dataset_path: str, split: str) -> dict:
         for record, expression in zip(records, samples.expressions):
             if expression.named is None:
                 continue
-            kind = classify(samples, model.selector, words.batch([expression.text]), expression.named)
+            kind = classify(samples, model.selector, words.batch([expression.text]), expression.named,
+                            stored.config.model.selector_fallback)
             overall[kind] += 1
             for name in record.get("expression_kinds") or ["unlabelled"]:
                 per_kind[name][kind] += 1

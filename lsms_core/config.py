@@ -53,6 +53,10 @@ class ModelConfig:
     selector_layers: int = 2  # attention blocks of the "attention" selector
     selector_members: int = 1  # > 1: an ensemble of that many selectors, their logits averaged
     selector_clusters: bool = False  # describe candidates with their cluster of nearby fragments too
+    # When no candidate's logit is > 0, keep the best one if its logit is >= this: the closest match (on
+    # slices it never saw the selector often rejects every candidate, the named one too). None: keep none.
+    # lsms-train-selector chooses it on validation (docs/model.md, "The closest match").
+    selector_fallback: float | None = None
     text_dim: int = 384  # C_l
     # Full-Scale Decoder (LightHamHead)
     fsd: bool = True  # False: no Hamburger (Table III c, "w/o FSD")
@@ -92,6 +96,10 @@ class ModelConfig:
         if len(kinds) > self.selector_members:
             raise ConfigError(f"selector_kind {self.selector_kind!r} mixes {len(kinds)} kinds: selector_members must "
                               f"be at least {len(kinds)}, got {self.selector_members}")
+        if self.selector_fallback is not None:
+            if isinstance(self.selector_fallback, bool) or not isinstance(self.selector_fallback, (int, float)):
+                raise ConfigError(f"selector_fallback must be a number or null, got {self.selector_fallback!r}")
+            _check_range("selector_fallback", self.selector_fallback, -1000.0, 0.0)
         if self.selector_features not in ("geometry", "all"):
             raise ConfigError(f"selector_features must be 'geometry' or 'all', got {self.selector_features!r}")
         if self.select_lesions and not self.use_text:

@@ -26,7 +26,7 @@ from .device import autocast, resolve_device
 from .expressions import MAX_EXPRESSION_CHARS, ExpressionError, clean_expression  # noqa: F401 - re-exported
 from .image_io import Slice
 from .preprocessing import to_model_input, to_output_mask, to_unit_grey
-from .selection import ALL_LESIONS_TEXT, Candidates, lesion_candidates
+from .selection import ALL_LESIONS_TEXT, Candidates, accepted_candidates, lesion_candidates
 
 @dataclass
 class SegmentationResult:
@@ -253,7 +253,9 @@ class Segmenter:
             logits = self.model.selector(found.features[None].to(self._device),
                                          torch.ones(1, found.count, dtype=torch.bool, device=self._device),
                                          words.float(), mask)[0].float().cpu()
-        chosen = (logits > 0).numpy()
+        chosen = accepted_candidates(logits.numpy(), self.checkpoint.config.model.selector_fallback)
+        if chosen.any() and not (logits > 0).any():
+            notes.append("no lesion matched the words clearly: the closest match is shown")
         selected = found.union(chosen)
         return selected, np.where(selected, found.probability, 0.0).astype(np.float32)
 

@@ -9,7 +9,9 @@ One implementation for inference (``Segmenter``) and training (``lsms-train-sele
    over a ring around it, and its geometry and intensity, each also relative to the other candidates
    of the slice (a word such as "largest" or "most hypodense" is a comparison).
 3. The selector (``lsms_core.model.selector``) scores each candidate against the sentence; the answer
-   is the union of the candidates it accepts, or nothing ("no such lesion on this slice").
+   is the union of the candidates it accepts (``accepted_candidates``: a positive score, or the closest
+   match when none has one and the model's ``selector_fallback`` allows it), or nothing ("no such lesion
+   on this slice").
 """
 
 from __future__ import annotations
@@ -64,6 +66,15 @@ class Candidates:
         keep = np.zeros(self.count + 1, dtype=bool)
         keep[1:] = chosen
         return keep[self.labels]
+
+
+def accepted_candidates(logits: np.ndarray, fallback: float | None = None) -> np.ndarray:
+    """(K,) bool: the candidates a selector's (K,) ``logits`` accept: those whose logit is > 0; when there
+    is none and ``fallback`` is set, the best candidate if its logit is >= ``fallback`` (the closest match)."""
+    chosen = np.asarray(logits) > 0
+    if fallback is not None and chosen.size and not chosen.any() and float(np.max(logits)) >= fallback:
+        chosen[int(np.argmax(logits))] = True
+    return chosen
 
 
 def components(mask: np.ndarray, min_area: int = MIN_CANDIDATE_PX) -> np.ndarray:

@@ -9,10 +9,13 @@ import sys
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage
 
 from lsms_core.checkpoint import read_checkpoint
 from lsms_core.inference import Segmenter
+from lsms_core.lits import TUMOUR
 from lsms_core.preprocessing import to_model_input
+from lsms_core.referring import score_referring
 from lsms_core.selection import (CLUSTER_FEATURES, GEOMETRY_FEATURES, candidate_features, cluster_features,
                                  components, feature_dim)
 
@@ -76,7 +79,8 @@ def test_candidate_descriptors_rank_size_and_darkness_among_the_slice():
 def test_the_shipped_model_keeps_whole_candidates_and_follows_the_words(lits):
     """The default model (LSMS + selector) on the README's sample slice: every lesion candidate is wholly
     in or out of the answer, and two expressions naming two lesions get two different candidates (a
-    regression guard of the shipped weights: on this slice "the smallest lesion" gets no answer)."""
+    regression guard of the shipped weights). "The second largest lesion" is one the selector rejects
+    with every candidate: the closest match (selector_fallback) is the right lesion, and the result says so."""
     segmenter = Segmenter("default", device="cpu")
     config = segmenter.checkpoint.config
     assert config.model.select_lesions
@@ -94,6 +98,13 @@ def test_the_shipped_model_keeps_whole_candidates_and_follows_the_words(lits):
     assert largest.mask.any() and lower_left.mask.any() and not (largest.mask & lower_left.mask).any()
     rows, cols = np.nonzero(lower_left.mask)
     assert rows.mean() > 64 and cols.mean() < 64  # lower left of the image
+    tumours, _ = ndimage.label(lits.labels[100] == TUMOUR, structure=np.ones((3, 3)))
+    by_size = np.argsort(-np.bincount(tumours.ravel())[1:]) + 1
+    assert score_referring(largest.mask, tumours, int(by_size[0])).hit
+    assert config.model.selector_fallback is not None
+    second = segmenter.segment(lits.hu[100], "the second largest lesion", hounsfield=True)
+    assert second.notes == ["no lesion matched the words clearly: the closest match is shown"]
+    assert score_referring(second.mask, tumours, int(by_size[1])).hit
 
 
 @pytest.fixture(scope="module")
@@ -123,6 +134,10 @@ def test_selector_training_learns_to_pick_the_named_lesion(small_synth, tmp_path
     assert log[0]["train_slices"] == 2 * len(slices) and log[0]["thresholds"] == [0.4, 0.5]  # one per threshold
     stored = read_checkpoint(tmp_path / "run" / "best.safetensors")
     assert stored.config.model.select_lesions and stored.extra["base"]["name"] == "lsms-reflits"
+    # each epoch chose its closest-match fallback on validation; the last checkpoint carries the last epoch's
+    epochs = [r for r in log if r["event"] == "epoch"]
+    assert all(r["fallback_table"][0]["fallback"] is None for r in epochs)
+    assert read_checkpoint(tmp_path / "run" / "last.safetensors").config.model.selector_fallback == epochs[-1]["fallback"]
     report = evaluate(str(tmp_path / "run" / "last.safetensors"), str(small_synth), split="train")
     neutral = evaluate(str(tmp_path / "run" / "last.safetensors"), str(small_synth), split="train",
                        text_mode="neutral")

@@ -47,6 +47,10 @@ def test_segment_adds_labels_on_the_source_and_a_second_keeps_the_first(qtbot, s
     assert "px" in widget.measurements.text() and "HU" in widget.measurements.text()
     second = _segment(qtbot, viewer, widget, "all lesions")
     assert _labels(viewer) == [first, second] and first.data.any()
+    # an expression the selector rejects every candidate for gets the closest match, and the user is told
+    closest = _segment(qtbot, viewer, widget, "the second largest lesion")
+    assert closest.data.any() and not (closest.data & first.data).any()
+    assert "closest match is shown" in widget.status.text()
 
 
 def test_all_model_work_runs_on_one_thread(qtbot, setup, monkeypatch):

@@ -23,6 +23,19 @@ def _selector_kind(value: str) -> str:
     return value
 
 
+def _fallback(value: str) -> float | str | None:
+    """argparse type: 'auto', 'none', or a logit in [-1000, 0]."""
+    if value in ("auto", "none"):
+        return None if value == "none" else value
+    try:
+        number = float(value)
+    except ValueError:
+        number = float("nan")
+    if not -1000 <= number <= 0:
+        raise argparse.ArgumentTypeError(f"{value!r}: use auto, none, or a logit between -1000 and 0 (e.g. -10)")
+    return number
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lsms-train-selector", description=__doc__,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -55,6 +68,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cut the training slices' candidates from the finder's probability at each of these "
                         "(e.g. 0.35 0.5 0.65: the selector also learns from split and merged candidates); "
                         "validation and inference use 0.5")
+    p.add_argument("--fallback", type=_fallback, default="auto",
+                   help="when the selector accepts no candidate, keep the best one if its logit is >= this (the "
+                        "closest match); 'auto' chooses it on the validation splits (highest Dice + hit rate), "
+                        "'none' keeps nothing (the behaviour before 2026-12-03)")
+    p.add_argument("--calibrate-only", action="store_true",
+                   help="do not train: choose the --checkpoint's own selector's fallback on the datasets' "
+                        "validation splits and write OUTPUT/calibrated.safetensors (same weights) and log.jsonl")
     p.add_argument("--no-flip", action="store_true", help="no left-right mirroring of the candidates and words")
     p.add_argument("--device", default="cpu", help="cpu or cuda (the candidates pass runs there)")
     p.add_argument("--model-name", default="lsms", help="name stored in the checkpoints")
@@ -70,7 +90,15 @@ def main(argv: list[str] | None = None) -> int:
     def train() -> int:
         from pathlib import Path
 
-        from .selector_training import train_selector
+        from .selector_training import calibrate_selector, train_selector
+
+        if args.calibrate_only:
+            if (Path(args.output) / "calibrated.safetensors").exists() and not args.overwrite:
+                raise FileExistsError(f"{args.output} holds calibrated.safetensors: pass --overwrite to replace it")
+            record = calibrate_selector(args.checkpoint, args.dataset, args.output, args.device, args.half_checkpoints,
+                                        progress=not args.no_progress)
+            print(json.dumps({k: record[k] for k in ("fallback", "before", "val_slices", "seconds")}))
+            return 0
 
         if args.epochs < 1 or args.batch_size < 1 or not 0 < args.lr <= 1:
             raise ValueError("--epochs and --batch-size must be >= 1 and --lr in (0, 1]")
@@ -87,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
                              args.weight_decay, args.seed, args.device, args.model_name, args.half_checkpoints,
                              progress=not args.no_progress, flip=not args.no_flip, features=args.features,
                              thresholds=tuple(args.thresholds), kind=args.kind, layers=args.layers,
-                             members=args.members, clusters=args.clusters)
+                             members=args.members, clusters=args.clusters, fallback=args.fallback)
         print(json.dumps(end))
         return 0
 

@@ -32,7 +32,7 @@ from lsms_core.model import build_model
 from lsms_core.preprocessing import to_model_input, to_unit_grey
 from lsms_core.referring import ReferringScores, instance_map, named_instance, score_referring
 from lsms_core.selection import (ALL_LESIONS_TEXT, GEOMETRY_FEATURES, HORIZONTAL_GEOMETRY, Candidates,
-                                 describe_candidates, finder_pass)
+                                 accepted_candidates, describe_candidates, finder_pass)
 
 from .data import TextFeatureCache, _swap_words
 
@@ -161,27 +161,66 @@ def selector_loss(logits: torch.Tensor, valid: torch.Tensor, target: torch.Tenso
 
 
 @torch.no_grad()
-def evaluate_selection(selector, slices: list[SliceSamples], words: TextFeatureCache) -> dict:
-    """Dice/IoU of the chosen union against each annotation's mask, and the referring figures."""
+def selection_logits(selector, slices: list[SliceSamples], words: TextFeatureCache) -> list[list[np.ndarray]]:
+    """The selector's (K,) logits for each expression of each slice (empty arrays where K = 0)."""
+    was_training = selector.training
     selector.eval()
-    scores, referring, oracle = Scores(), ReferringScores(), []
+    out = []
     for slice_ in slices:
         count = slice_.candidates.count
-        for expression in slice_.expressions:
-            if count:
-                logits = selector(slice_.candidates.features[None], torch.ones(1, count, dtype=torch.bool),
-                                  *words.batch([expression.text]))[0]
-                chosen = slice_.candidates.union((logits > 0).numpy())
-            else:
-                chosen = np.zeros(slice_.instances.shape, dtype=bool)
+        valid = torch.ones(1, count, dtype=torch.bool)
+        out.append([selector(slice_.candidates.features[None], valid, *words.batch([e.text]))[0].numpy()
+                    if count else np.zeros(0, dtype=np.float32) for e in slice_.expressions])
+    selector.train(was_training)
+    return out
+
+
+def score_selection(slices: list[SliceSamples], logits: list[list[np.ndarray]], fallback: float | None = None) -> dict:
+    """Dice/IoU of the chosen union against each annotation's mask, and the referring figures, for the
+    choices ``accepted_candidates(logits, fallback)`` makes."""
+    scores, referring = Scores(), ReferringScores()
+    for slice_, per_expression in zip(slices, logits):
+        for expression, expression_logits in zip(slice_.expressions, per_expression):
+            chosen = slice_.candidates.union(accepted_candidates(expression_logits, fallback))
             scores.add(chosen, expression.mask)
             if expression.named is not None:
                 referring.add(score_referring(chosen, slice_.instances, expression.named))
-                oracle.append(any(score_referring(slice_.candidates.labels == k + 1, slice_.instances,
-                                                  expression.named).hit for k in range(count)))
-    selector.train()
-    return {"dice": scores.dice, "miou": scores.miou, "n": scores.n, **referring.summary(),
-            "oracle_hit_rate": float(np.mean(oracle)) if oracle else None}  # the best single candidate
+    return {"dice": scores.dice, "miou": scores.miou, "n": scores.n, **referring.summary()}
+
+
+def oracle_hit_rate(slices: list[SliceSamples]) -> float | None:
+    """Share of the referring cases that some single candidate would hit: the selector's ceiling."""
+    oracle = [any(score_referring(slice_.candidates.labels == k + 1, slice_.instances, e.named).hit
+                  for k in range(slice_.candidates.count))
+              for slice_ in slices for e in slice_.expressions if e.named is not None]
+    return float(np.mean(oracle)) if oracle else None
+
+
+def evaluate_selection(selector, slices: list[SliceSamples], words: TextFeatureCache,
+                       fallback: float | None = None) -> dict:
+    """Dice/IoU of the chosen union against each annotation's mask, the referring figures, and the
+    best single candidate's hit rate (``oracle_hit_rate``)."""
+    return {**score_selection(slices, selection_logits(selector, slices, words), fallback),
+            "oracle_hit_rate": oracle_hit_rate(slices)}
+
+
+# The fallbacks lsms-train-selector tries on validation (selector_fallback; None: a rejected slice keeps nothing).
+FALLBACK_GRID = (None, -1.0, -2.0, -3.0, -4.0, -6.0, -8.0, -10.0, -12.0, -15.0, -20.0, -30.0)
+
+
+def calibration_score(figures: dict) -> float:
+    """What a run maximises on validation: Dice + hit rate (Dice alone without referring cases), so
+    neither marking every lesion nor answering only the easy cases wins."""
+    return figures["dice"] + (figures["hit_rate"] if figures.get("n_referring") else 0.0)
+
+
+def calibrate_fallback(slices: list[SliceSamples], logits: list[list[np.ndarray]],
+                       grid: tuple[float | None, ...] = FALLBACK_GRID) -> tuple[float | None, list[dict]]:
+    """The ``selector_fallback`` of ``grid`` with the highest ``calibration_score`` on ``slices`` (the
+    earlier, more cautious one on a tie) and every candidate's figures."""
+    table = [{"fallback": fallback, **score_selection(slices, logits, fallback)} for fallback in grid]
+    best = max(range(len(table)), key=lambda i: (calibration_score(table[i]), -i))
+    return grid[best], table
 
 
 def fit_selector(selector, items: list[tuple[SliceSamples, Expression]], words: TextFeatureCache, epochs: int,
@@ -223,13 +262,16 @@ def train_selector(checkpoint: str, datasets: list[str], output: str, epochs: in
                    lr: float = 1e-3, weight_decay: float = 0.01, seed: int = 0, device: str = "cpu",
                    model_name: str = "lsms", half: bool = False, progress: bool = True, flip: bool = True,
                    features: str = "geometry", thresholds: tuple[float, ...] = (0.5,), kind: str = "film",
-                   layers: int = 2, members: int = 1, clusters: bool = False) -> dict:
+                   layers: int = 2, members: int = 1, clusters: bool = False,
+                   fallback: float | str | None = "auto") -> dict:
     """Train a selector on the frozen LSMS of ``checkpoint``; write ``best``/``last`` checkpoints (LSMS +
     selector) and ``log.jsonl`` into ``output``. Returns the end record.
 
     ``thresholds``: the training slices' candidates are cut from the finder's probability at each of
     these (one more training slice per threshold), so the selector also sees the split and merged
-    candidates a finder makes on slices it was not trained on; validation uses 0.5, as inference does."""
+    candidates a finder makes on slices it was not trained on; validation uses 0.5, as inference does.
+    ``fallback``: the checkpoints' ``selector_fallback``; "auto" chooses it on validation after each
+    epoch (``calibrate_fallback``; None when there is no validation split)."""
     from lsms_core.text_encoder import TextEncoder
 
     torch.manual_seed(seed)
@@ -265,7 +307,7 @@ def train_selector(checkpoint: str, datasets: list[str], output: str, epochs: in
     selector = model.selector
     log = run / "log.jsonl"
     prepared = {"event": "start", "checkpoint": str(checkpoint), "datasets": datasets, "epochs": epochs, "flip": flip,
-                "features": features, "kind": kind, "layers": layers, "members": members, "clusters": clusters,
+                "features": features, "kind": kind, "fallback": fallback, "layers": layers, "members": members, "clusters": clusters,
                 "thresholds": list(thresholds),
                 "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay, "seed": seed,
                 "train_slices": len(train), "train_expressions": len(items),
@@ -274,20 +316,31 @@ def train_selector(checkpoint: str, datasets: list[str], output: str, epochs: in
     with open(log, "w") as handle:
         handle.write(json.dumps(prepared) + "\n")
     best, best_epoch = -math.inf, 0
+    oracle = oracle_hit_rate(val)
 
     def after_epoch(epoch: int, train_loss: float) -> None:
         nonlocal best, best_epoch
-        figures = evaluate_selection(selector, val, words) if val else {}
-        record = {"event": "epoch", "epoch": epoch, "train_loss": round(train_loss, 5),
+        chosen, table = (None if fallback == "auto" else fallback), []
+        figures = {}
+        if val:
+            logits = selection_logits(selector, val, words)
+            if fallback == "auto":
+                chosen, table = calibrate_fallback(val, logits)
+            figures = {**score_selection(val, logits, chosen), "oracle_hit_rate": oracle}
+        record = {"event": "epoch", "epoch": epoch, "train_loss": round(train_loss, 5), "fallback": chosen,
                   **{f"val_{k}": (round(v, 5) if isinstance(v, float) else v) for k, v in figures.items()}}
-        score = (figures["dice"] + (figures["hit_rate"] if figures.get("n_referring") else 0.0)) if val else -train_loss
+        if table:
+            record["fallback_table"] = [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()
+                                         if k in ("fallback", "dice", "hit_rate", "leak")} for row in table]
+        score = calibration_score(figures) if val else -train_loss
         extra = {"name": model_name, "epoch": epoch, "selector": {k: v for k, v in prepared.items() if k != "event"},
                  "base": base.identity, "val": figures, "domain": domain.to_record()}
+        epoch_config = config.replace(model=dataclasses.replace(model_config, selector_fallback=chosen).validate())
         model.to("cpu")
         if score > best:
             best, best_epoch = score, epoch
-            save_checkpoint(run / "best.safetensors", model, config, None, extra, half=half)
-        save_checkpoint(run / "last.safetensors", model, config, None, extra, half=half)
+            save_checkpoint(run / "best.safetensors", model, epoch_config, None, extra, half=half)
+        save_checkpoint(run / "last.safetensors", model, epoch_config, None, extra, half=half)
         model.to(torch_device)
         with open(log, "a") as handle:
             handle.write(json.dumps(record) + "\n")
@@ -299,3 +352,42 @@ def train_selector(checkpoint: str, datasets: list[str], output: str, epochs: in
     with open(log, "a") as handle:
         handle.write(json.dumps(end) + "\n")
     return end
+
+
+def calibrate_selector(checkpoint: str, datasets: list[str], output: str, device: str = "cpu", half: bool = False,
+                       progress: bool = True) -> dict:
+    """Choose a trained selector's ``selector_fallback`` on the validation splits of ``datasets``
+    (``calibrate_fallback``) without training it; write ``calibrated.safetensors`` (the same weights)
+    and ``log.jsonl`` (every candidate's figures) into ``output``. Returns the calibration record."""
+    from lsms_core.text_encoder import TextEncoder
+
+    run = Path(output)
+    run.mkdir(parents=True, exist_ok=True)
+    torch_device = torch.device(device)
+    base = read_checkpoint(checkpoint)
+    if not base.config.model.select_lesions:
+        raise ValueError(f"{checkpoint} has no lesion selector to calibrate: train one with lsms-train-selector")
+    model = build_model(base.config.model)
+    model.load_state_dict(base.model_state)
+    model.to(torch_device).eval()
+    text_encoder = TextEncoder(base.config.text).to(torch_device).eval()
+    start = time.perf_counter()
+    val = collect(model, base.config.preprocess, text_encoder, [AnnotationDataset.open(p) for p in datasets], "val",
+                  torch_device, progress)
+    if not val:
+        raise ValueError("the datasets have no validation split to calibrate on")
+    words = TextFeatureCache(text_encoder, torch_device)
+    words.prefill([e.text for s in val for e in s.expressions])
+    chosen, table = calibrate_fallback(val, selection_logits(model.selector, val, words))
+    config = base.config.replace(model=dataclasses.replace(base.config.model, selector_fallback=chosen).validate())
+    record = {"event": "calibration", "checkpoint": str(checkpoint), "datasets": datasets, "val_slices": len(val),
+              "fallback": chosen, "before": base.config.model.selector_fallback,
+              "table": [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()} for row in table],
+              "seconds": round(time.perf_counter() - start, 1)}
+    extra = {**base.extra, "calibration": {k: record[k] for k in ("datasets", "fallback", "before")},
+             "val": {**next(row for row in table if row["fallback"] == chosen), "oracle_hit_rate": oracle_hit_rate(val)}}
+    model.to("cpu")
+    save_checkpoint(run / "calibrated.safetensors", model, config, None, extra, half=half)
+    with open(run / "log.jsonl", "w") as handle:
+        handle.write(json.dumps(record) + "\n")
+    return record

@@ -86,3 +86,22 @@ def test_calibrate_only_rewrites_the_fallback_and_keeps_the_weights(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "training.selector_cli", str(synth), "--checkpoint", "default",
                           "-o", str(run), "--fallback", "3"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "between -1000 and 0" in bad.stderr
+
+
+def test_the_listwise_term_rewards_ranking_the_named_candidate_first():
+    from training.selector_training import selector_loss
+
+    valid = torch.tensor([[True, True, True, False]])
+    target = torch.tensor([[1.0, 0.0, 0.0, 0.0]])
+    named_second = torch.tensor([[-3.0, -1.0, -8.0, float("-inf")]], requires_grad=True)
+    named_first = torch.tensor([[-1.0, -3.0, -8.0, float("-inf")]])
+    # the term is -log softmax(logits)[named] over the real candidates (the padding slot takes no share)
+    ranking_cost = (selector_loss(named_second, valid, target, 1.0) - selector_loss(named_second, valid, target, 0.0)).detach()
+    assert float(ranking_cost) == pytest.approx(-torch.log_softmax(torch.tensor([-3.0, -1.0, -8.0]), 0)[0].item(), abs=1e-5)
+    assert selector_loss(named_first, valid, target, 1.0) < selector_loss(named_second, valid, target, 1.0)
+    selector_loss(named_second, valid, target, 1.0).backward()
+    assert named_second.grad[0, 0] < 0 < named_second.grad[0, 1]  # raise the named one, lower its rival
+    # a row that names no found lesion (an absent one) adds no ranking term
+    absent = torch.zeros(1, 4)
+    assert selector_loss(named_second.detach(), valid, absent, 1.0) == pytest.approx(
+        float(selector_loss(named_second.detach(), valid, absent, 0.0)))

@@ -72,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="when the selector accepts no candidate, keep the best one if its logit is >= this (the "
                         "closest match); 'auto' chooses it on the validation splits (highest Dice + hit rate), "
                         "'none' keeps nothing (the behaviour before 2026-12-03)")
+    p.add_argument("--listwise", type=float, default=0.0, metavar="W",
+                   help="add W times a ranking loss (-log of the softmax share of the named candidates among the "
+                        "slice's candidates) to the binary cross-entropy: the named lesion must outscore the others")
     p.add_argument("--calibrate-only", action="store_true",
                    help="do not train: choose the --checkpoint's own selector's fallback on the datasets' "
                         "validation splits and write OUTPUT/calibrated.safetensors (same weights) and log.jsonl")
@@ -105,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
         if not 1 <= args.members <= 16 or not 1 <= args.layers <= 12:
             raise ValueError(f"--members must be in 1..16 and --layers in 1..12, got {args.members} and "
                              f"{args.layers}")
+        if not 0 <= args.listwise <= 10:
+            raise ValueError(f"--listwise must lie in 0..10, got {args.listwise}")
         if not all(0 < t < 1 for t in args.thresholds):
             raise ValueError(f"--thresholds must lie in (0, 1), got {args.thresholds}")
         earlier = [n for n in ("best.safetensors", "last.safetensors", "log.jsonl") if (Path(args.output) / n).exists()]
@@ -115,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
                              args.weight_decay, args.seed, args.device, args.model_name, args.half_checkpoints,
                              progress=not args.no_progress, flip=not args.no_flip, features=args.features,
                              thresholds=tuple(args.thresholds), kind=args.kind, layers=args.layers,
-                             members=args.members, clusters=args.clusters, fallback=args.fallback)
+                             members=args.members, clusters=args.clusters, fallback=args.fallback,
+                             listwise=args.listwise)
         print(json.dumps(end))
         return 0
 

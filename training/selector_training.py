@@ -4,8 +4,10 @@ LSMS stays frozen. Per slice it runs once with "all lesions" (lsms_core.selectio
 at inference); its candidates are matched to the slice's true lesion instances, and each
 expression of the slice becomes a target over the candidates: 1 for those on the lesion(s) it
 names, 0 for the others (all 0 for an expression of an absent lesion). The selector learns
-from these with binary cross-entropy; expressions whose lesion LSMS did not find teach nothing
-and are left out of training (they still count, as misses, in validation).
+from these with binary cross-entropy (and, with ``listwise``, a ranking term); expressions whose
+lesion LSMS did not find teach nothing and are left out of training (they still count, as misses,
+in validation). After each epoch the closest-match fallback is chosen on validation
+(``calibrate_fallback``).
 """
 
 from __future__ import annotations
@@ -149,15 +151,25 @@ def _batch(items: list[tuple[SliceSamples, Expression]], words: TextFeatureCache
     return features, valid, text, word_mask, target
 
 
-def selector_loss(logits: torch.Tensor, valid: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def selector_loss(logits: torch.Tensor, valid: torch.Tensor, target: torch.Tensor, listwise: float = 0.0) -> torch.Tensor:
     """Binary cross-entropy over the real candidates, the named ones and the others averaged apart
-    (one named lesion among ten must weigh as much as the nine it is not), then over the batch."""
+    (one named lesion among ten must weigh as much as the nine it is not), then over the batch.
+
+    ``listwise`` > 0 adds that weight times a ranking term for the rows that name a found lesion:
+    -log of the softmax mass (over the slice's candidates) on the named candidates, so the named lesion
+    must outscore every other candidate of its slice, which is what the closest match relies on."""
     safe = torch.where(valid, logits, torch.zeros_like(logits))
     per_candidate = F.binary_cross_entropy_with_logits(safe, target, reduction="none")
     positive, negative = target * valid, (1 - target) * valid
     loss = ((per_candidate * positive).sum(1) / positive.sum(1).clamp(min=1)
-            + (per_candidate * negative).sum(1) / negative.sum(1).clamp(min=1))
-    return loss.mean()
+            + (per_candidate * negative).sum(1) / negative.sum(1).clamp(min=1)).mean()
+    if listwise > 0:
+        named = positive.sum(1) > 0  # only these rows: a row without candidates has no softmax
+        if named.any():
+            log_p = torch.log_softmax(logits[named].masked_fill(~valid[named], float("-inf")), dim=1)
+            on_named = torch.logsumexp(log_p.masked_fill(positive[named] == 0, float("-inf")), dim=1)
+            loss = loss - listwise * on_named.mean()
+    return loss
 
 
 @torch.no_grad()
@@ -225,9 +237,10 @@ def calibrate_fallback(slices: list[SliceSamples], logits: list[list[np.ndarray]
 
 def fit_selector(selector, items: list[tuple[SliceSamples, Expression]], words: TextFeatureCache, epochs: int,
                  batch_size: int, lr: float, weight_decay: float, flip: bool, rng: random.Random,
-                 after_epoch: Callable[[int, float], None] | None = None) -> None:
+                 after_epoch: Callable[[int, float], None] | None = None, listwise: float = 0.0) -> None:
     """AdamW with a one-cycle schedule on ``items`` (slice, expression) pairs, shuffled by ``rng``;
-    ``flip`` mirrors half of each batch left-right. ``after_epoch(epoch, mean training loss)``."""
+    ``flip`` mirrors half of each batch left-right; ``listwise`` weighs ``selector_loss``'s ranking term.
+    ``after_epoch(epoch, mean training loss)``."""
     for parameter in selector.parameters():
         parameter.requires_grad_(True)
     selector.train()
@@ -244,9 +257,9 @@ def fit_selector(selector, items: list[tuple[SliceSamples, Expression]], words: 
             features, valid, text, word_mask, target = _batch(chunk, words, flips)
             if hasattr(selector, "member_logits"):  # an ensemble: each member learns from its own loss
                 members = selector.member_logits(features, valid, text, word_mask)
-                loss = torch.stack([selector_loss(logits, valid, target) for logits in members]).mean()
+                loss = torch.stack([selector_loss(logits, valid, target, listwise) for logits in members]).mean()
             else:
-                loss = selector_loss(selector(features, valid, text, word_mask), valid, target)
+                loss = selector_loss(selector(features, valid, text, word_mask), valid, target, listwise)
             if not torch.isfinite(loss):
                 raise RuntimeError(f"the selector's loss became {float(loss)} in epoch {epoch}: lower --lr")
             optimiser.zero_grad(set_to_none=True)
@@ -263,7 +276,7 @@ def train_selector(checkpoint: str, datasets: list[str], output: str, epochs: in
                    model_name: str = "lsms", half: bool = False, progress: bool = True, flip: bool = True,
                    features: str = "geometry", thresholds: tuple[float, ...] = (0.5,), kind: str = "film",
                    layers: int = 2, members: int = 1, clusters: bool = False,
-                   fallback: float | str | None = "auto") -> dict:
+                   fallback: float | str | None = "auto", listwise: float = 0.0) -> dict:
     """Train a selector on the frozen LSMS of ``checkpoint``; write ``best``/``last`` checkpoints (LSMS +
     selector) and ``log.jsonl`` into ``output``. Returns the end record.
 
@@ -271,7 +284,8 @@ def train_selector(checkpoint: str, datasets: list[str], output: str, epochs: in
     these (one more training slice per threshold), so the selector also sees the split and merged
     candidates a finder makes on slices it was not trained on; validation uses 0.5, as inference does.
     ``fallback``: the checkpoints' ``selector_fallback``; "auto" chooses it on validation after each
-    epoch (``calibrate_fallback``; None when there is no validation split)."""
+    epoch (``calibrate_fallback``; None when there is no validation split). ``listwise``: the weight of
+    ``selector_loss``'s ranking term."""
     from lsms_core.text_encoder import TextEncoder
 
     torch.manual_seed(seed)
@@ -307,7 +321,7 @@ def train_selector(checkpoint: str, datasets: list[str], output: str, epochs: in
     selector = model.selector
     log = run / "log.jsonl"
     prepared = {"event": "start", "checkpoint": str(checkpoint), "datasets": datasets, "epochs": epochs, "flip": flip,
-                "features": features, "kind": kind, "fallback": fallback, "layers": layers, "members": members, "clusters": clusters,
+                "features": features, "kind": kind, "fallback": fallback, "listwise": listwise, "layers": layers, "members": members, "clusters": clusters,
                 "thresholds": list(thresholds),
                 "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay, "seed": seed,
                 "train_slices": len(train), "train_expressions": len(items),
@@ -347,7 +361,7 @@ def train_selector(checkpoint: str, datasets: list[str], output: str, epochs: in
         if progress:
             print(json.dumps(record), flush=True)
 
-    fit_selector(selector, items, words, epochs, batch_size, lr, weight_decay, flip, rng, after_epoch)
+    fit_selector(selector, items, words, epochs, batch_size, lr, weight_decay, flip, rng, after_epoch, listwise)
     end = {"event": "end", "best_epoch": best_epoch, "seconds": round(time.perf_counter() - start, 1)}
     with open(log, "a") as handle:
         handle.write(json.dumps(end) + "\n")

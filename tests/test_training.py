@@ -301,6 +301,8 @@ def test_fine_tuning_the_shipped_model_keeps_its_selector_and_trains_its_lesion_
     selector = {k: v.clone() for k, v in trainer.model.state_dict().items() if k.startswith("selector.")}
     assert selector and all(torch.equal(v, shipped[k]) for k, v in selector.items())
     assert not any(p.requires_grad for p in trainer.model.selector.parameters())
+    # the kept selector keeps its closest-match fallback too
+    assert trainer.lsms_config.model.selector_fallback == read("default").config.model.selector_fallback is not None
     samples = trainer.train_samples
     dataset = AnnotationDataset.open(mini_dataset)
     slices = {r["image"] for r in dataset.select("train")}

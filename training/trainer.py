@@ -42,7 +42,7 @@ LOG_FILE = "log.jsonl"
 RUN_FILES = ("best.safetensors", "last.safetensors", "train_state.safetensors", LOG_FILE)  # what a run writes
 GROUNDING_FLAGS = ("position_encoding",)  # ModelConfig additions that start at zero
 SELECTOR_FIELDS = ("select_lesions", "selector_hidden", "selector_features", "selector_kind", "selector_layers",
-                   "selector_members", "selector_clusters")  # lsms-train-selector's part
+                   "selector_members", "selector_clusters", "selector_fallback")  # lsms-train-selector's part
 _NORMS = (nn.BatchNorm2d, nn.LayerNorm, nn.GroupNorm, nn.SyncBatchNorm)
 
 

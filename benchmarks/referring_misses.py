@@ -6,7 +6,9 @@
 - ``cut``: candidates cover >= 10 % of the named lesion but none is a hit (split, merged or too small);
 - ``missed``: the finder marks < 10 % of the named lesion.
 
-Overall and per expression kind, with the same candidates as inference (one finder pass per slice).
+Overall and per expression kind, with the same candidates as inference (one finder pass per slice); and
+``next_match``: the share of cases whose answer misses but whose first "next match" (the widget's Shift-N,
+``lsms_core.selection.Matches``) hits: what one key press fixes.
 
     .venv/bin/python -m benchmarks.referring_misses data/RefLiTS --checkpoint default --split test
 """
@@ -21,34 +23,35 @@ import numpy as np
 import torch
 
 CLASSES = ("hit", "selector", "cut", "missed")
+NEXT = "next_match"  # the answer misses, its first next match hits
 FOUND_SHARE = 0.1  # below this share of the named lesion under candidates, the finder missed it
 
 
 def classify(samples, selector, words: tuple[torch.Tensor, torch.Tensor], named: int,
-             fallback: float | None = None) -> str:
-    """The class of one referring case: ``samples`` is the slice's SliceSamples, ``words`` the
-    expression's (1,T,C_l) word features and (1,T) mask, ``fallback`` the model's selector_fallback."""
+             fallback: float | None = None) -> tuple[str, bool]:
+    """The class of one referring case, and whether its first next match hits where the answer does not:
+    ``samples`` is the slice's SliceSamples, ``words`` the expression's (1,T,C_l) word features and (1,T)
+    mask, ``fallback`` the model's selector_fallback."""
     from lsms_core.referring import score_referring
-    from lsms_core.selection import accepted_candidates
+    from lsms_core.selection import Matches, accepted_candidates
 
     candidates, instances = samples.candidates, samples.instances
     count = candidates.count
-    if count:
-        logits = selector(candidates.features[None], torch.ones(1, count, dtype=torch.bool), *words)[0]
-        chosen = candidates.union(accepted_candidates(logits.numpy(), fallback))
-    else:
-        chosen = np.zeros(instances.shape, dtype=bool)
-    if score_referring(chosen, instances, named).hit:
-        return "hit"
+    logits = (selector(candidates.features[None], torch.ones(1, count, dtype=torch.bool), *words)[0].numpy()
+              if count else np.zeros(0, dtype=np.float32))
+    matches = Matches.of(candidates, logits, accepted_candidates(logits, fallback))
+    if score_referring(matches.mask(0), instances, named).hit:
+        return "hit", False
+    next_hit = len(matches.choices()) > 1 and score_referring(matches.mask(1), instances, named).hit
     if any(score_referring(candidates.labels == k + 1, instances, named).hit for k in range(count)):
-        return "selector"
+        return "selector", next_hit
     covered = float((candidates.labels[instances == named] > 0).mean())
-    return "cut" if covered >= FOUND_SHARE else "missed"
+    return ("cut" if covered >= FOUND_SHARE else "missed"), next_hit
 
 
 @torch.no_grad()
 def breakdown(checkpoint: str, dataset_path: str, split: str) -> dict:
-    """{"n": cases, "overall": {class: share}, "per_kind": {kind: {"n", class: share}}}."""
+    """{"n": cases, "overall": {class or next_match: share}, "per_kind": {kind: {"n", the same}}}."""
     from lsms_core.checkpoint import read_checkpoint
     from lsms_core.dataset import AnnotationDataset
     from lsms_core.model import build_model
@@ -78,17 +81,17 @@ def breakdown(checkpoint: str, dataset_path: str, split: str) -> dict:
         for record, expression in zip(records, samples.expressions):
             if expression.named is None:
                 continue
-            kind = classify(samples, model.selector, words.batch([expression.text]), expression.named,
-                            stored.config.model.selector_fallback)
-            overall[kind] += 1
-            for name in record.get("expression_kinds") or ["unlabelled"]:
-                per_kind[name][kind] += 1
+            kind, next_hit = classify(samples, model.selector, words.batch([expression.text]), expression.named,
+                                      stored.config.model.selector_fallback)
+            for counter in [overall] + [per_kind[name] for name in record.get("expression_kinds") or ["unlabelled"]]:
+                counter[kind] += 1
+                counter[NEXT] += next_hit
 
     def shares(counter: Counter) -> dict:
-        total = sum(counter.values())
-        return {"n": total, **{c: round(counter[c] / total, 3) if total else None for c in CLASSES}}
+        total = sum(counter[c] for c in CLASSES)
+        return {"n": total, **{c: round(counter[c] / total, 3) if total else None for c in CLASSES + (NEXT,)}}
 
-    return {"n": sum(overall.values()), "overall": shares(overall),
+    return {"n": sum(overall[c] for c in CLASSES), "overall": shares(overall),
             "per_kind": {k: shares(v) for k, v in sorted(per_kind.items())}}
 
 
@@ -106,9 +109,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
-    print(f"| kind | n | {' | '.join(CLASSES)} |\n|---|---|{'---|' * len(CLASSES)}")
+    columns = CLASSES + (NEXT,)
+    print(f"| kind | n | {' | '.join(columns)} |\n|---|---|{'---|' * len(columns)}")
     for name, row in [("all", result["overall"]), *result["per_kind"].items()]:
-        print(f"| {name} | {row['n']} | " + " | ".join(f"{row[c]:.3f}" for c in CLASSES) + " |")
+        print(f"| {name} | {row['n']} | " + " | ".join(f"{row[c]:.3f}" for c in columns) + " |")
     return 0
 
 

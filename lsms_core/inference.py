@@ -26,13 +26,15 @@ from .device import autocast, resolve_device
 from .expressions import MAX_EXPRESSION_CHARS, ExpressionError, clean_expression  # noqa: F401 - re-exported
 from .image_io import Slice
 from .preprocessing import to_model_input, to_output_mask, to_unit_grey
-from .selection import ALL_LESIONS_TEXT, Candidates, accepted_candidates, lesion_candidates
+from .selection import ALL_LESIONS_TEXT, Candidates, Matches, accepted_candidates, lesion_candidates
 
 @dataclass
 class SegmentationResult:
     """A proposed mask at the image's own size.
 
     mask: (H,W) bool. probability: (H,W) float32 in [0,1]. seconds: wall time of this call.
+    matches: for a model with a lesion selector, the slice's candidates as the words rank them (what "next
+    match" steps through); None otherwise.
     """
 
     mask: np.ndarray
@@ -42,6 +44,7 @@ class SegmentationResult:
     device: str
     model: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    matches: Matches | None = None
 
     @property
     def pixels(self) -> int:
@@ -209,12 +212,13 @@ class Segmenter:
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
             output = run(model_input, text)
+        matches = None
         if isinstance(output, tuple):
-            mask, probability = output
+            mask, probability, matches = output
         else:
             mask, probability = to_output_mask(output, pixels.shape[-2:], threshold)
         return SegmentationResult(mask, probability, text, time.perf_counter() - start, str(self._device),
-                                  self.identity, notes)
+                                  self.identity, notes, matches)
 
     def _run(self, model_input: torch.Tensor, text: str) -> torch.Tensor:
         """(3,S,S) input -> (1,S,S) logits on the CPU."""
@@ -242,12 +246,14 @@ class Segmenter:
         return found
 
     def _select(self, model_input: torch.Tensor, text: str, pixels: np.ndarray, hounsfield: bool,
-                threshold: float, notes: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        """Mask and probability (H,W) of the candidates the selector accepts for ``text``."""
+                threshold: float, notes: list[str]) -> tuple[np.ndarray, np.ndarray, Matches]:
+        """Mask and probability (H,W) of the candidates the selector accepts for ``text``, and the
+        candidates as the words rank them."""
         found = self.candidates(model_input, pixels, hounsfield, threshold)
         if found.count == 0:
             notes.append("no lesion candidate on this slice")
-            return np.zeros(pixels.shape[-2:], dtype=bool), found.probability
+            nothing = Matches.of(found, np.zeros(0), np.zeros(0, dtype=bool))
+            return np.zeros(pixels.shape[-2:], dtype=bool), found.probability, nothing
         words, mask = self.encode_text(text)
         with torch.inference_mode():
             logits = self.model.selector(found.features[None].to(self._device),
@@ -257,7 +263,8 @@ class Segmenter:
         if chosen.any() and not (logits > 0).any():
             notes.append("no lesion matched the words clearly: the closest match is shown")
         selected = found.union(chosen)
-        return selected, np.where(selected, found.probability, 0.0).astype(np.float32)
+        probability = np.where(selected, found.probability, 0.0).astype(np.float32)
+        return selected, probability, Matches.of(found, logits.numpy(), chosen)
 
     def describe(self) -> dict[str, Any]:
         """Identity, preset, device and preprocessing: what ``--json`` outputs report."""

@@ -68,6 +68,50 @@ class Candidates:
         return keep[self.labels]
 
 
+@dataclass
+class Matches:
+    """What the selector made of one expression on one slice, for "next match": the user steps from the
+    answer to the next lesion the words rank, one key press each, when the answer is the wrong lesion.
+
+    labels: (H,W) the slice's candidates 1..K (0 background; the smallest unsigned type that holds K: a
+    widget keeps one per result); logits: (K,) the selector's scores for the words; answer: (K,) bool, the
+    candidates ``accepted_candidates`` kept. ``Matches.of`` makes one from a slice's Candidates.
+    """
+
+    labels: np.ndarray
+    logits: np.ndarray
+    answer: np.ndarray
+
+    @classmethod
+    def of(cls, candidates: Candidates, logits: np.ndarray, answer: np.ndarray) -> Matches:
+        dtype = np.uint8 if candidates.count < 256 else np.uint16 if candidates.count < 65536 else np.int32
+        return cls(candidates.labels.astype(dtype), np.asarray(logits, dtype=np.float32), np.asarray(answer, bool))
+
+    def choices(self) -> list[np.ndarray]:
+        """(K,) bool choices in the order "next match" steps through them: the answer first, then each
+        candidate alone, highest logit first (a candidate that is the whole answer already is left out)."""
+        out = [self.answer.copy()]
+        for k in np.argsort(-self.logits, kind="stable"):
+            alone = np.zeros(len(self.logits), dtype=bool)
+            alone[k] = True
+            if not np.array_equal(alone, out[0]):
+                out.append(alone)
+        return out
+
+    def mask(self, position: int) -> np.ndarray:
+        """(H,W) bool mask of choice ``position`` of ``choices()`` (taken modulo their number)."""
+        choices = self.choices()
+        keep = np.zeros(len(self.logits) + 1, dtype=bool)
+        keep[1:] = choices[position % len(choices)]
+        return keep[self.labels]
+
+    def logit(self, position: int) -> float | None:
+        """The selector's score of choice ``position`` when it is one candidate alone (None for the answer)."""
+        choices = self.choices()
+        position %= len(choices)
+        return None if position == 0 else float(self.logits[choices[position]][0])
+
+
 def accepted_candidates(logits: np.ndarray, fallback: float | None = None) -> np.ndarray:
     """(K,) bool: the candidates a selector's (K,) ``logits`` accept: those whose logit is > 0; when there
     is none and ``fallback`` is set, the best candidate if its logit is >= ``fallback`` (the closest match)."""

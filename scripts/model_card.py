@@ -185,7 +185,8 @@ candidate would be a hit, the *selector* class of `python -m benchmarks.referrin
 nine referring cases in ten on RefLiTS test and fewer on the synthetic test: it finds no hyperdense and few
 isodense lesions). When the selector accepts no candidate it shows the closest match
 (with the note "no lesion matched the words clearly: the closest match is shown"), so an expression for a
-lesion that is not on the slice may get a lesion. Train your own with `lsms-train` and `lsms-train-selector` on the
+lesion that is not on the slice may get a lesion. When the answer is the wrong lesion, the widget's Next match (Shift-N)
+shows the lesion the words rank next (docs/plugin.md). Train your own with `lsms-train` and `lsms-train-selector` on the
 annotations you save.
 
 Machine-readable figures (the test suite holds the shipped weights to them):

@@ -16,8 +16,8 @@ from lsms_core.inference import Segmenter
 from lsms_core.lits import TUMOUR
 from lsms_core.preprocessing import to_model_input
 from lsms_core.referring import score_referring
-from lsms_core.selection import (CLUSTER_FEATURES, GEOMETRY_FEATURES, candidate_features, cluster_features,
-                                 components, feature_dim)
+from lsms_core.selection import (CLUSTER_FEATURES, GEOMETRY_FEATURES, Candidates, Matches, accepted_candidates,
+                                 candidate_features, cluster_features, components, feature_dim)
 
 
 def _disc(shape, centre, radius):
@@ -105,6 +105,49 @@ def test_the_shipped_model_keeps_whole_candidates_and_follows_the_words(lits):
     second = segmenter.segment(lits.hu[100], "the second largest lesion", hounsfield=True)
     assert second.notes == ["no lesion matched the words clearly: the closest match is shown"]
     assert score_referring(second.mask, tumours, int(by_size[1])).hit
+
+
+def _three_candidates() -> Candidates:
+    labels = np.zeros((20, 20), dtype=np.int32)
+    labels[2:5, 2:5], labels[10:14, 10:14], labels[16:18, 2:4] = 1, 2, 3
+    return Candidates(labels, (labels > 0).astype(np.float32), torch.zeros(3, 4))
+
+
+@pytest.mark.parametrize("logits, answer, steps", [
+    ([-1.0, 3.0, -5.0], [1], [[1], [0], [2]]),  # one answer: then the others by score (the answer not twice)
+    ([2.0, 3.0, -5.0], [0, 1], [[0, 1], [1], [0], [2]]),  # several: then each alone, best first
+    ([-20.0, -30.0, -40.0], [], [[], [0], [1], [2]]),  # nothing accepted: the candidates by score
+])
+def test_next_match_steps_from_the_answer_through_the_candidates_by_score(logits, answer, steps):
+    candidates = _three_candidates()
+    accepted = accepted_candidates(np.array(logits))
+    assert list(np.flatnonzero(accepted)) == answer
+    matches = Matches.of(candidates, np.array(logits), accepted)
+    assert [list(np.flatnonzero(c)) for c in matches.choices()] == steps
+    for position, chosen in enumerate(steps):
+        expected = np.isin(candidates.labels, np.array(chosen, dtype=int) + 1)
+        assert np.array_equal(matches.mask(position), expected)
+    assert np.array_equal(matches.mask(len(steps)), matches.mask(0))  # and round again to the answer
+    assert matches.logit(0) is None and matches.logit(1) == logits[steps[1][0]]
+
+
+def test_next_match_of_the_shipped_model_is_the_lesion_its_answer_missed(lits):
+    """LiTS slice 96: "the second largest lesion" (tumours of 1643, 1027 and 161 px): the shipped model's
+    answer (its closest match) is another lesion; one "next match" is the named one."""
+    segmenter = Segmenter("default", device="cpu")
+    result = segmenter.segment(lits.hu[96], "the second largest lesion", hounsfield=True)
+    tumours, _ = ndimage.label(lits.labels[96] == TUMOUR, structure=np.ones((3, 3)))
+    second = int(np.argsort(-np.bincount(tumours.ravel())[1:])[1]) + 1
+    assert np.array_equal(result.matches.mask(0), result.mask)
+    assert not score_referring(result.mask, tumours, second).hit
+    assert score_referring(result.matches.mask(1), tumours, second).hit
+    assert result.matches.logit(1) < 0  # ranked below what the fallback kept
+
+
+def test_a_model_without_a_selector_has_no_matches(tiny_checkpoint, lits):
+    segmenter = Segmenter(tiny_checkpoint, device="cpu")
+    assert segmenter.model.selector is None
+    assert segmenter.segment(lits.hu[96], "the second largest lesion", hounsfield=True).matches is None
 
 
 @pytest.fixture(scope="module")

@@ -53,6 +53,44 @@ def test_segment_adds_labels_on_the_source_and_a_second_keeps_the_first(qtbot, s
     assert "closest match is shown" in widget.status.text()
 
 
+def test_next_match_shows_the_lesion_the_words_rank_next_and_the_save_says_which(qtbot, setup, lits, tmp_path):
+    """LiTS slice 96, "the second largest lesion": the default model's answer is another lesion
+    (tests/test_selection.py); one click on Next match shows the named one, and Save records which match
+    was taken; more clicks go round to the answer; a layer edited since Segment keeps its edits."""
+    from scipy import ndimage
+
+    from lsms_core.lits import TUMOUR
+    from lsms_core.referring import score_referring
+
+    viewer, widget, image = setup
+    other = viewer.add_image(lits.hu[96], name="LiTS slice 96", metadata=dict(image.metadata))
+    widget.image_combo.setCurrentText(other.name)
+    labels = _segment(qtbot, viewer, widget, "the second largest lesion")
+    answer = labels.data.copy()
+    tumours, _ = ndimage.label(lits.labels[96] == TUMOUR, structure=np.ones((3, 3)))
+    second = int(np.argsort(-np.bincount(tumours.ravel())[1:])[1]) + 1
+    assert labels.metadata["lsms_source"] == other.name and not score_referring(answer > 0, tumours, second).hit
+    qtbot.mouseClick(widget.next_match_button, Qt.LeftButton)
+    assert widget.status.text().startswith('Match 2 of ') and "the lesion the words rank next" in widget.status.text()
+    assert score_referring(labels.data > 0, tumours, second).hit
+    assert widget.measurements.text() and "px" in widget.measurements.text()
+    worker = widget.save()
+    with qtbot.waitSignal(worker.finished, timeout=60_000):
+        pass
+    assert "Saved" in widget.data_status.text(), widget.data_status.text()
+    [record] = AnnotationDataset.open(tmp_path / "annotations").records
+    assert record["provenance"]["model"]["match"] == 1 and record["provenance"]["edit_dice"] == 1.0
+    count = int(widget.status.text().split()[3].rstrip(":"))
+    for _ in range(count - 1):
+        qtbot.mouseClick(widget.next_match_button, Qt.LeftButton)
+    assert widget.status.text().startswith(f"Match 1 of {count}") and np.array_equal(labels.data, answer)
+    edited = answer.copy()
+    edited[:4, :4] = 1  # the radiologist paints
+    labels.data = edited
+    qtbot.mouseClick(widget.next_match_button, Qt.LeftButton)
+    assert "was edited since Segment" in widget.status.text() and np.array_equal(labels.data, edited)
+
+
 def test_all_model_work_runs_on_one_thread(qtbot, setup, monkeypatch):
     """Loading and every Segment run on the session's one model thread, never on napari's pool
     threads or the GUI thread (one OpenMP team: docs/benchmarks.md)."""

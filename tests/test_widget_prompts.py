@@ -145,7 +145,7 @@ def test_clicks_choose_among_the_parts_of_a_text_result(qtbot, shown_reflits_wid
 def test_refine_and_the_keyboard_shortcuts(qtbot, shown_reflits_widget):
     viewer, widget, image = shown_reflits_widget
     canvas = viewer.window._qt_viewer.canvas.native
-    assert set(widget.shortcuts()) == {"Shift-S", "Shift-Enter", "Shift-C", "Shift-R"}
+    assert set(widget.shortcuts()) == {"Shift-S", "Shift-Enter", "Shift-C", "Shift-R", "Shift-N"}
     qtbot.keyClicks(widget.expression, "the largest lesion")
     canvas.setFocus()
     qtbot.keyClick(canvas, Qt.Key_S, Qt.ShiftModifier)  # Segment
@@ -177,6 +177,11 @@ def test_refine_and_the_keyboard_shortcuts(qtbot, shown_reflits_widget):
     assert model["prompt_model"]["sha256"] == WEIGHTS_SHA256
     assert sum(model["prompts"]["refine"].values()) >= 1 and record["text"] == "the largest lesion"
     json.dumps(record)  # what is saved is plain JSON
+    viewer.layers.selection.active = text_layer
+    answer = text_layer.data.copy()
+    canvas.setFocus()
+    qtbot.keyClick(canvas, Qt.Key_N, Qt.ShiftModifier)  # Next match
+    assert widget.status.text().startswith("Match 2 of ") and not np.array_equal(text_layer.data, answer)
 
 
 def test_refine_without_a_text_result_says_what_to_do(qtbot, shown_reflits_widget):

@@ -23,6 +23,7 @@ from lsms_core.files import array_sha256
 from lsms_core.follow import FollowResult
 from lsms_core.inference import Segmenter
 from lsms_core.prompt.combine import Click, PromptedMask, needs_prompt_model, prompted_mask
+from lsms_core.selection import Matches
 from lsms_core.windows import Window
 
 LSMS_ENGINE = "LSMS"
@@ -60,7 +61,9 @@ class Proposal:
     prompt model's outlines to a text result, or Refine redrew it). ``model`` is LSMS's identity for
     text results, the prompt model's for prompt-only ones; ``prompt_model`` the prompt model's when
     both took part; ``prompts`` the clicks and boxes; ``text_mask`` the words' own mask before clicks
-    changed it (what a change of clicks starts again from)."""
+    changed it (what a change of clicks starts again from); ``matches`` the slice's lesion candidates as
+    the words rank them (lsms_core.selection.Matches; None without a lesion selector) and ``match`` the
+    one shown: 0 the words' answer, n the n-th "next match"."""
 
     request: SegmentRequest
     mask: np.ndarray  # (H,W) bool, as proposed
@@ -72,11 +75,16 @@ class Proposal:
     prompt_model: dict | None = None
     prompts: dict | None = None
     text_mask: np.ndarray | None = None
+    matches: Matches | None = None
+    match: int = 0
 
     def provenance_model(self) -> dict:
-        """What the dataset's ``provenance.model`` records: the model's identity, the engine, and, when
-        prompts took part, the prompt model's identity and the prompts (docs/dataset-format.md)."""
+        """What the dataset's ``provenance.model`` records: the model's identity, the engine, which "next
+        match" was taken (when not the answer), and, when prompts took part, the prompt model's identity and
+        the prompts (docs/dataset-format.md)."""
         record = {**self.model, "engine": self.engine}
+        if self.match:
+            record["match"] = self.match
         if self.prompt_model is not None and self.prompt_model.get("sha256") != self.model.get("sha256"):
             record["prompt_model"] = dict(self.prompt_model)
         if self.prompts:
@@ -251,7 +259,8 @@ class WidgetSession:
     def _run(self, request: SegmentRequest) -> Proposal:
         segmenter = self._load(str(request.checkpoint), str(request.device))
         result = segmenter.segment(request.pixels, request.text, hounsfield=request.hounsfield)
-        return Proposal(request, result.mask, result.model, result.seconds, request.image_sha, list(result.notes))
+        return Proposal(request, result.mask, result.model, result.seconds, request.image_sha, list(result.notes),
+                        matches=result.matches)
 
     @property
     def prompt_model_loaded(self) -> bool:

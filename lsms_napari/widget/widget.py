@@ -5,8 +5,8 @@ slice, window), fields_box.py (structured description), model_picker.py (model, 
 measurements.py, training_panel.py (lsms-train), workers.py (napari workers), session.py (warm
 model, proposals), save_target.py (what a Labels layer is saved as), save_choice.py (update or
 new?), saving.py (writer calls), splits_row.py (split counts, the patient's split), domain_guard.py
-(the once-per-image warning when an image is outside the model's domain), prompting.py and prompt_layers.py
-(click and box prompts, Refine). The models run in a napari worker thread
+(the once-per-image warning when an image is outside the model's domain), matching.py (Next match),
+prompting.py and prompt_layers.py (click and box prompts, Refine). The models run in a napari worker thread
 (WidgetSession), saving goes through lsms_core's writer in a worker, training is a separate
 process. The viewer never waits on any of them.
 """
@@ -28,7 +28,7 @@ from lsms_core.windows import Window
 
 from ..layers import SourceInfo
 from . import expression as ex
-from . import save_choice
+from . import matching, save_choice
 from .domain_guard import DomainGuard
 from .fields_box import StructuredFields
 from .following import FOLLOWED, FollowPanel
@@ -111,7 +111,9 @@ class ReferringLesionSegmentWidget(QWidget):
         return {"Shift-S": ("Segment the expression", self.segment),
                 "Shift-Enter": ("Save annotation (the selected Labels layer)", self.save),
                 "Shift-C": ("Next prompt mode: + click, \u2212 click, box, off", self.prompts.next_mode),
-                "Shift-R": ("Refine the selected text result with LiteMedSAM", self.prompts.refine)}
+                "Shift-R": ("Refine the selected text result with LiteMedSAM", self.prompts.refine),
+                "Shift-N": ("Next match: the next lesion the words rank, on the selected Segment result",
+                            self.next_match)}
 
     def _bind_shortcuts(self) -> None:
         shortcuts = self.shortcuts()
@@ -168,7 +170,12 @@ class ReferringLesionSegmentWidget(QWidget):
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setEnabled(False)
         self.cancel_button.clicked.connect(self.cancel)
+        self.next_match_button = QPushButton("Next match")
+        self.next_match_button.setToolTip("Show the next lesion the words rank on the selected Segment result, and "
+                                          "round again to the answer (Shift-N)")
+        self.next_match_button.clicked.connect(self.next_match)
         buttons.addWidget(self.segment_button)
+        buttons.addWidget(self.next_match_button)
         buttons.addWidget(self.cancel_button)
         layout.addLayout(buttons)
         self.follow_panel = FollowPanel(self)
@@ -390,6 +397,25 @@ class ReferringLesionSegmentWidget(QWidget):
         for note in proposal.notes:
             show_warning(note)
         self.update_measurements()
+        return labels
+
+    def next_match(self) -> Labels | None:
+        """Replace the selected Segment result's mask by its next match (matching.py); returns its layer."""
+        found = self.active_proposal()
+        if found is None:
+            self._fail("select a Segment result first: Next match steps through the lesions its words rank")
+            return None
+        labels, proposal = found
+        index = proposal.request.slice_index
+        step = matching.next_match(proposal, mask_of(labels, index))
+        if isinstance(step, str):
+            self._fail(step)
+            return None
+        data = np.array(labels.data)
+        (data if index is None else data[index])[...] = step.mask
+        self.session.proposals.add(labels.metadata["lsms_proposal"], step)  # before the data event measures it
+        labels.data = data
+        self._say(matching.describe(step))
         return labels
 
     # --- measurements -------------------------------------------------------------------------

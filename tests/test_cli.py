@@ -68,6 +68,35 @@ def test_lsms_segment_on_npy_and_png(tiny_checkpoint, tmp_path, lits):
         assert np.asarray(Image.open(out)).shape == (128, 128)
 
 
+def test_lsms_segment_match_writes_the_next_lesion_the_words_rank(tmp_path, lits, tiny_checkpoint):
+    """--match N writes the widget's N-th next match (the default model on LiTS slice 96, where "the second
+    largest lesion" is the first next match: tests/test_selection.py); a match the slice does not have, or a
+    model without a selector, is one clear line and no file."""
+    from lsms_core.inference import Segmenter
+
+    np.save(tmp_path / "slice.npy", lits.hu[96])
+    expected = Segmenter("default", device="cpu").segment(lits.hu[96], "the second largest lesion", hounsfield=True)
+    count = len(expected.matches.choices())
+    for match in (0, 1):
+        out = tmp_path / f"match{match}.png"
+        done = _run(*_script("lsms-segment"), str(tmp_path / "slice.npy"), "--text", "the second largest lesion",
+                    "--device", "cpu", "--match", str(match), "-o", str(out), "--json")
+        assert done.returncode == 0, done.stderr
+        report = json.loads(done.stdout)
+        assert np.array_equal(np.asarray(Image.open(out)) > 0, expected.matches.mask(match))
+        assert report["match"] == match and report["matches"] == count
+        assert report["pixels"] == int(expected.matches.mask(match).sum())
+    for args, message in ((["--match", str(count)], f"have {count - 1} next matches"),
+                          (["--match", "-1"], "--match -1"),
+                          (["--match", "1", "--checkpoint", str(tiny_checkpoint)], "no lesion selector"),
+                          (["--match", "1", "--follow", "--slice", "0"], "--match goes with one slice")):
+        out = tmp_path / "refused.png"
+        done = _run(*_script("lsms-segment"), str(tmp_path / "slice.npy"), "--text", "the second largest lesion",
+                    "--device", "cpu", "-o", str(out), *args)
+        assert done.returncode != 0 and message in done.stderr and not out.exists(), done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1
+
+
 @pytest.mark.parametrize("case,message", [
     ("missing-image", "no such file"),
     ("empty-text", "expression is empty"),

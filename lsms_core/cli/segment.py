@@ -30,6 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--units", choices=("auto", "hu", "raw"), default="auto",
                         help="for .npy: are values Hounsfield units? (auto: guess from the values)")
     parser.add_argument("--text-encoder", help="local text encoder directory, if the checkpoint's is elsewhere")
+    parser.add_argument("--match", type=int, default=0, metavar="N",
+                        help="0 (default): the words' answer; N: the N-th next match, the lesion the words rank "
+                             "next (the widget's Next match; models with a lesion selector)")
     parser.add_argument("--json", action="store_true", help="print pixels, seconds and the model's identity")
     volume = parser.add_argument_group("volumes (follow the lesion through the slices)")
     volume.add_argument("--follow", action="store_true",
@@ -52,9 +55,13 @@ def _segment(args: argparse.Namespace) -> int:
     if args.follow:
         from .follow import follow_volume
 
+        if args.match:
+            raise ValueError("--match goes with one slice; --follow follows the words' answer on --slice")
         return follow_volume(args)
     if args.slice is not None or args.engine is not None:
         raise ValueError("--slice and --engine go with --follow (a volume); for one slice of a stack use --frame")
+    if args.match < 0:
+        raise ValueError(f"--match {args.match}: give 0 for the words' answer or N >= 1 for the N-th next match")
     from PIL import Image
 
     from ..image_io import read_slice
@@ -86,16 +93,31 @@ def _segment(args: argparse.Namespace) -> int:
     if outside:
         print(f"lsms-segment: warning: {outside}", file=sys.stderr)
     result = segmenter.segment(image, args.text)
-    Image.fromarray(result.mask.astype(np.uint8) * 255).save(output, format="PNG")
-    report = {"output": str(output), "pixels": result.pixels, "height": image.shape[0], "width": image.shape[1],
+    mask = _chosen_match(result, args.match)
+    Image.fromarray(mask.astype(np.uint8) * 255).save(output, format="PNG")
+    report = {"match": args.match, "matches": None if result.matches is None else len(result.matches.choices()),
+              "output": str(output), "pixels": int(mask.sum()), "height": image.shape[0], "width": image.shape[1],
               "seconds": round(time.perf_counter() - start, 4), "load_seconds": round(loaded - start, 4),
               "segment_seconds": round(result.seconds, 4), "model": segmenter.describe(), "text": result.text,
               "hounsfield": image.hounsfield, "notes": result.notes, "outside_domain": outside}
     if args.json:
         print(json.dumps(report, sort_keys=True))
     else:
-        print(f"{result.pixels} pixels -> {output} ({report['seconds']:.2f} s, {result.device})")
+        print(f"{report['pixels']} pixels -> {output} ({report['seconds']:.2f} s, {result.device})")
     return 0
+
+
+def _chosen_match(result, match: int) -> np.ndarray:
+    """The (H,W) mask ``--match`` asks for: the answer (0), or the match-th next match."""
+    if match == 0:
+        return result.mask
+    if result.matches is None:
+        raise ValueError(f"--match {match}: this model has no lesion selector, so it has only its answer (--match 0)")
+    count = len(result.matches.choices())
+    if match >= count:
+        raise ValueError(f"--match {match}: the words have {count - 1} next matches on this slice (--match 0 to "
+                         f"{count - 1})")
+    return result.matches.mask(match)
 
 
 def _domain_warning(image, checkpoint: str) -> str | None:

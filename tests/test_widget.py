@@ -70,6 +70,7 @@ def test_next_match_shows_the_lesion_the_words_rank_next_and_the_save_says_which
     tumours, _ = ndimage.label(lits.labels[96] == TUMOUR, structure=np.ones((3, 3)))
     second = int(np.argsort(-np.bincount(tumours.ravel())[1:])[1]) + 1
     assert labels.metadata["lsms_source"] == other.name and not score_referring(answer > 0, tumours, second).hit
+    assert "Next match (Shift-N) shows the one the words rank next" in widget.status.text()
     qtbot.mouseClick(widget.next_match_button, Qt.LeftButton)
     assert widget.status.text().startswith('Match 2 of ') and "the lesion the words rank next" in widget.status.text()
     assert score_referring(labels.data > 0, tumours, second).hit

@@ -35,6 +35,13 @@ def next_match(proposal: Proposal, shown: np.ndarray) -> Proposal | str:
     return replace(proposal, mask=proposal.matches.mask(position), match=position, text_mask=None)
 
 
+def hint(proposal: Proposal) -> str:
+    """What Segment's status line says of next matches: where there are some, how to see them."""
+    if proposal.matches is None or len(proposal.matches.choices()) < 2:
+        return ""
+    return " Not the lesion meant? Next match (Shift-N) shows the one the words rank next."
+
+
 def describe(proposal: Proposal) -> str:
     """The status line for the match a proposal shows."""
     matches = proposal.matches

@@ -392,7 +392,8 @@ class ReferringLesionSegmentWidget(QWidget):
         moved = self.image_combo.currentText() != source.name  # another image was picked meanwhile
         where = f' on "{source.name}", the image Segment ran on' if moved else ""
         self._say(f'"{ex.elide(request.text)}": {found}{where} in {proposal.seconds:.2f} s '
-                  f'({proposal.model.get("name")}). Correct it with the brush, then Save annotation.'
+                  f'({proposal.model.get("name")}).{matching.hint(proposal)} Correct it with the brush, then Save '
+                  'annotation.'
                   + self._fields_note + self._domain_note + "".join(f" Note: {n}." for n in proposal.notes))
         for note in proposal.notes:
             show_warning(note)

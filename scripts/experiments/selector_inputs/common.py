@@ -39,3 +39,11 @@ def slice_groups(paths, split):
 PLAN = {"train": (["data/RefLiTS", "data/synth"], "train"), "extra": (["data/synth-sel"], "train"),
         "val": (["data/RefLiTS", "data/synth"], "val"), "ref_test": (["data/RefLiTS"], "test"),
         "syn_test": (["data/synth"], "test")}
+
+
+def neutral(slices):
+    """The same slices with every expression replaced by "a lesion" (lsms-eval --text-mode neutral)."""
+    from training.selector_training import Expression, SliceSamples
+
+    return [SliceSamples(s.candidates, s.instances, [Expression("a lesion", e.target, e.mask, e.named, e.found)
+                                                     for e in s.expressions]) for s in slices]

@@ -7,7 +7,7 @@ import pickle
 import sys
 
 import torch
-from common import shipped_model
+from common import neutral, shipped_model
 
 import training.selector_training as selector_training
 from lsms_core.model.selector import SelectorEnsemble, build_selector
@@ -31,12 +31,9 @@ selector = loaded[0] if len(loaded) == 1 else SelectorEnsemble(loaded)
 selector.eval()
 for name in ("val", "ref_test", "syn_test"):
     written = selector_training.evaluate_selection(selector, sets[name], words)
-    neutral_slices = [selector_training.SliceSamples(s.candidates, s.instances, [
-        selector_training.Expression("a lesion", e.target, e.mask, e.named, e.found) for e in s.expressions])
-        for s in sets[name]]
-    neutral = selector_training.evaluate_selection(selector, neutral_slices, words)
+    neutral_figures = selector_training.evaluate_selection(selector, neutral(sets[name]), words)
     print(name, {k: round(written[k], 3) for k in ("dice", "hit_rate", "pointing", "leak")},
-          "neutral", {k: round(neutral[k], 3) for k in ("dice", "hit_rate", "leak")}, flush=True)
+          "neutral", {k: round(neutral_figures[k], 3) for k in ("dice", "hit_rate", "leak")}, flush=True)
     if name == "val":
         continue
     selector.eval()  # evaluate_selection leaves it in train mode

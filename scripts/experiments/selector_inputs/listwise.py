@@ -13,7 +13,7 @@ import sys
 import time
 
 import torch
-from common import EXP, shipped_model
+from common import EXP, neutral, shipped_model
 
 import training.selector_training as st
 from lsms_core.model.selector import build_selector
@@ -34,10 +34,6 @@ words.prefill(texts + [st.mirrored(t) for t in texts] + ["a lesion"])
 items = [(s, e) for s in sets["train"] + sets["extra"] for e in s.expressions if e.found]
 dim = sets["val"][0].candidates.features.shape[1]
 
-
-def neutral(slices):
-    return [st.SliceSamples(s.candidates, s.instances, [st.Expression("a lesion", e.target, e.mask, e.named, e.found)
-                                                        for e in s.expressions]) for s in slices]
 
 
 tests = {k: (sets[k], neutral(sets[k])) for k in ("ref_test", "syn_test")}

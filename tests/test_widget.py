@@ -81,6 +81,7 @@ def test_next_match_shows_the_lesion_the_words_rank_next_and_the_save_says_which
     assert "Saved" in widget.data_status.text(), widget.data_status.text()
     [record] = AnnotationDataset.open(tmp_path / "annotations").records
     assert record["provenance"]["model"]["match"] == 1 and record["provenance"]["edit_dice"] == 1.0
+    assert _errors(tmp_path / "annotations") == []
     count = int(widget.status.text().split()[3].rstrip(":"))
     for _ in range(count - 1):
         qtbot.mouseClick(widget.next_match_button, Qt.LeftButton)

@@ -34,6 +34,7 @@ def classify(samples, selector, words: tuple[torch.Tensor, torch.Tensor], named:
     mask, ``fallback`` the model's selector_fallback."""
     from lsms_core.referring import score_referring
     from lsms_core.selection import Matches, accepted_candidates
+    from training.selector_training import single_candidate_hits
 
     candidates, instances = samples.candidates, samples.instances
     count = candidates.count
@@ -43,7 +44,7 @@ def classify(samples, selector, words: tuple[torch.Tensor, torch.Tensor], named:
     if score_referring(matches.mask(0), instances, named).hit:
         return "hit", False
     next_hit = len(matches.choices()) > 1 and score_referring(matches.mask(1), instances, named).hit
-    if any(score_referring(candidates.labels == k + 1, instances, named).hit for k in range(count)):
+    if single_candidate_hits(samples, named):
         return "selector", next_hit
     covered = float((candidates.labels[instances == named] > 0).mean())
     return ("cut" if covered >= FOUND_SHARE else "missed"), next_hit

@@ -200,10 +200,15 @@ def score_selection(slices: list[SliceSamples], logits: list[list[np.ndarray]], 
     return {"dice": scores.dice, "miou": scores.miou, "n": scores.n, **referring.summary()}
 
 
+def single_candidate_hits(slice_: SliceSamples, named: int) -> bool:
+    """True when some one candidate of the slice, alone, is a hit on instance ``named``."""
+    return any(score_referring(slice_.candidates.labels == k + 1, slice_.instances, named).hit
+               for k in range(slice_.candidates.count))
+
+
 def oracle_hit_rate(slices: list[SliceSamples]) -> float | None:
     """Share of the referring cases that some single candidate would hit: the selector's ceiling."""
-    oracle = [any(score_referring(slice_.candidates.labels == k + 1, slice_.instances, e.named).hit
-                  for k in range(slice_.candidates.count))
+    oracle = [single_candidate_hits(slice_, e.named)
               for slice_ in slices for e in slice_.expressions if e.named is not None]
     return float(np.mean(oracle)) if oracle else None
 

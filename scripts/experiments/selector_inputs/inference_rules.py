@@ -23,7 +23,7 @@ from skimage.segmentation import watershed
 import training.selector_training as st
 from lsms_core.metrics import Scores
 from lsms_core.referring import ReferringScores, score_referring
-from lsms_core.selection import GEOMETRY_FEATURES, HORIZONTAL_GEOMETRY, accepted_candidates
+from lsms_core.selection import accepted_candidates
 from lsms_core.text_encoder import TextEncoder
 from training.data import TextFeatureCache
 
@@ -33,11 +33,6 @@ fallback = stored.config.model.selector_fallback
 words = TextFeatureCache(TextEncoder(stored.config.text).eval(), torch.device("cpu"))
 sets = pickle.load(open(EXP / "candidates.pkl", "rb"))
 sets = {name: sets[name] for name in ("val", "ref_test", "syn_test")}
-
-
-def single_hit(slice_, named):
-    labels = slice_.candidates.labels
-    return any(score_referring(labels == k, slice_.instances, named).hit for k in range(1, labels.max() + 1))
 
 
 # density: the synthetic test's referring cases by what their named lesion is
@@ -50,7 +45,7 @@ for (_, records), slice_ in zip(slice_groups(["data/synth"], "test"), sets["syn_
         synthetic = {lesion["instance"]: lesion["density"] for lesion in record["source"].get("synthetic") or []}
         density = synthetic.get(record.get("instance"), "real tumour")
         covered = (slice_.candidates.labels[slice_.instances == expression.named] > 0).mean()
-        kind = "ceiling" if single_hit(slice_, expression.named) else ("cut" if covered >= 0.1 else "missed")
+        kind = "ceiling" if st.single_candidate_hits(slice_, expression.named) else ("cut" if covered >= 0.1 else "missed")
         table[density][kind] += 1
         peaks[density].append(slice_.candidates.probability[slice_.instances == expression.named].max())
 print("synthetic test, named lesion | n | ceiling | cut | missed | finder's peak probability on it, median (p90)")
@@ -61,15 +56,11 @@ for density, counts in table.items():
 
 
 def mirrored_logits(slices):
+    """The selector's logits for each expression on the left-right mirrored slice (training's mirroring)."""
     out = []
     for slice_ in slices:
         count = slice_.candidates.count
-        features = slice_.candidates.features.clone()
-        geometry = features.shape[1] - GEOMETRY_FEATURES
-        for column in HORIZONTAL_GEOMETRY:
-            features[:, geometry + column] *= -1
-        valid = torch.ones(1, count, dtype=torch.bool)
-        out.append([model.selector(features[None], valid, *words.batch([st.mirrored(e.text)]))[0].numpy()
+        out.append([model.selector(*st._batch([(slice_, e)], words, [True])[:4])[0, :count].numpy()
                     if count else np.zeros(0, np.float32) for e in slice_.expressions])
     return out
 

@@ -75,9 +75,9 @@ def test_next_match_shows_the_lesion_the_words_rank_next_and_the_save_says_which
     assert widget.status.text().startswith('Match 2 of ') and "the lesion the words rank next" in widget.status.text()
     assert score_referring(labels.data > 0, tumours, second).hit
     assert widget.measurements.text() and "px" in widget.measurements.text()
-    worker = widget.save()
-    with qtbot.waitSignal(worker.finished, timeout=60_000):
-        pass
+    qtbot.mouseClick(widget.save_button, Qt.LeftButton)
+    qtbot.waitUntil(lambda: "Saved" in widget.data_status.text() or "not saved" in widget.data_status.text(),
+                    timeout=60_000)
     assert "Saved" in widget.data_status.text(), widget.data_status.text()
     [record] = AnnotationDataset.open(tmp_path / "annotations").records
     assert record["provenance"]["model"]["match"] == 1 and record["provenance"]["edit_dice"] == 1.0

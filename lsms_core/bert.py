@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .tokenizer import BertTokenizer  # noqa: F401 - re-exported
+
 _ACTIVATIONS = {"gelu": lambda x: F.gelu(x), "relu": F.relu, "gelu_new": lambda x: F.gelu(x, approximate="tanh")}
 
 
@@ -192,33 +194,3 @@ class BertEncoder(nn.Module):
             raise ValueError(f"{directory} does not hold this BERT's weights: missing {missing[:3]}, "
                              f"unexpected {unexpected[:3]}")
         return model.eval()
-
-
-class BertTokenizer:
-    """The folder's ``tokenizer.json`` through the ``tokenizers`` library: (B,T) ids and mask, truncated
-    to ``max_length``, padded to the longest or to ``max_length``, as transformers' fast tokenizer."""
-
-    def __init__(self, directory: Path) -> None:
-        from tokenizers import Tokenizer
-
-        self._tokenizer = Tokenizer.from_file(str(directory / "tokenizer.json"))
-        self._tokenizer.no_truncation()
-        self._tokenizer.no_padding()
-        special = json.loads((directory / "special_tokens_map.json").read_text(encoding="utf-8")) \
-            if (directory / "special_tokens_map.json").is_file() else {}
-        pad = special.get("pad_token", "[PAD]")
-        self.pad_token = pad["content"] if isinstance(pad, dict) else str(pad)
-        pad_id = self._tokenizer.token_to_id(self.pad_token)
-        if pad_id is None:
-            raise ValueError(f"{directory}: the padding token {self.pad_token!r} is not in tokenizer.json")
-        self.pad_token_id = int(pad_id)
-
-    def __call__(self, texts: list[str], max_length: int, pad_to_max: bool = False
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
-        self._tokenizer.enable_truncation(max_length)
-        self._tokenizer.enable_padding(pad_id=self.pad_token_id, pad_token=self.pad_token,
-                                       length=max_length if pad_to_max else None)
-        encoded = self._tokenizer.encode_batch(list(texts))
-        ids = torch.tensor([e.ids for e in encoded], dtype=torch.int64)
-        mask = torch.tensor([e.attention_mask for e in encoded], dtype=torch.int64)
-        return ids, mask

@@ -12,13 +12,14 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from .atomic import atomic_write_bytes
 from .config import ConfigError, LSMSConfig
+
+if TYPE_CHECKING:  # torch is imported where tensors are read or written: the header alone needs none
+    import torch
+    from torch import nn
 
 FORMAT_NAME = "lsms-checkpoint"
 FORMAT_VERSION = "1"
@@ -46,8 +47,13 @@ class Checkpoint:
     @property
     def identity(self) -> dict[str, str]:
         """Name and weights hash: what provenance records say proposed a mask."""
-        return {"name": str(self.extra.get("name", self.path.stem)), "sha256": self.sha256,
-                "preset": self.config.preset}
+        return checkpoint_identity(self.path, self.config, self.extra, self.sha256)
+
+
+def checkpoint_identity(path: Path, config: LSMSConfig, extra: dict[str, Any], sha256: str) -> dict[str, str]:
+    """{"name", "sha256", "preset"} of a checkpoint file: its stored name (else the file's stem), the sha256 of
+    its bytes and its preset."""
+    return {"name": str(extra.get("name", path.stem)), "sha256": sha256, "preset": config.preset}
 
 
 def resolve_checkpoint(path: str | os.PathLike) -> Path:
@@ -158,6 +164,8 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
                               "the file is damaged or was not written by lsms-train") from exc
     if not isinstance(extra, dict):
         raise CheckpointError(f"{path}: the stored 'extra' metadata is not a JSON object; the file is damaged")
+    import torch
+
     model_state = {k: v.float() if v.dtype == torch.float16 else v
                    for k, v in tensors.items() if not k.startswith(TEXT_PREFIX)}
     text_state = {k[len(TEXT_PREFIX):]: v for k, v in tensors.items() if k.startswith(TEXT_PREFIX)}

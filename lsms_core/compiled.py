@@ -22,28 +22,26 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import graphs
+from .graphs import cache_dir  # noqa: F401 - re-exported
 from .model.lsms import LSMSOutput
 
 FORMAT = 1  # bump when the graph's inputs or outputs change
-RUNTIME = ("onnxruntime",)
 EXPORTER = ("onnx", "onnxscript")
 
 
 def available(build: bool = False) -> bool:
     """Whether ONNX Runtime is installed (``build``: and the exporter's packages too)."""
-    return all(importlib.util.find_spec(name) is not None for name in RUNTIME + (EXPORTER if build else ()))
+    return graphs.runtime_available() and (not build or all(importlib.util.find_spec(name) for name in EXPORTER))
 
 
-def cache_dir() -> Path:
-    root = os.environ.get("LSMS_CACHE_DIR")
-    return (Path(root) if root else Path.home() / ".cache" / "lsms-napari") / "compiled"
-
-
-def artefact_path(weights_sha256: str, image_size: int, part: str = "") -> Path:
+def artefact_path(weights_sha256: str, image_size: int | None, part: str = "") -> Path:
     """Where the graph of these weights (their sha256) at this input size is cached; ``part`` names a part of
-    the model exported alone (e.g. "image-encoder" of the prompt model), "" for the whole LSMS."""
+    the model exported alone (e.g. "image-encoder" of the prompt model, "selector"), "" for the whole LSMS;
+    ``image_size`` None for a part that reads no image."""
     version = torch.__version__.split("+")[0]
-    name = f"{weights_sha256[:16]}{'-' + part if part else ''}-{image_size}-torch{version}-v{FORMAT}.onnx"
+    size = "" if image_size is None else f"-{image_size}"
+    name = f"{weights_sha256[:16]}{'-' + part if part else ''}{size}-torch{version}-v{FORMAT}.onnx"
     return cache_dir() / name
 
 
@@ -105,18 +103,8 @@ def export_onnx(model, image_size: int, path: Path) -> Path:
 
 
 def ort_session(path: Path, threads: int | None = None):
-    """An ONNX Runtime CPU session of the graph at ``path``, with as many threads as PyTorch uses.
-
-    ONNX Runtime's threads busy-wait a moment after each run (its default, kept): that costs the PyTorch work
-    that follows a few milliseconds (the selector: 2.3 -> 6.3 ms) but without it a new slice took 78 ms, not 64
-    (benchmarks/compiled.py)."""
-    import onnxruntime
-
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = threads or torch.get_num_threads()
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    """``graphs.ort_session`` with as many threads as PyTorch uses (unless ``threads`` says)."""
+    return graphs.ort_session(path, threads or torch.get_num_threads())
 
 
 class CompiledLSMS:
@@ -169,8 +157,7 @@ def resolve_mode(mode: str) -> str:
     "off" when the environment says ``LSMS_COMPILED=off`` (or 0)."""
     if mode not in MODES:
         raise ValueError(f"compiled must be one of {', '.join(MODES)}, got {mode!r}")
-    off = os.environ.get("LSMS_COMPILED", "").lower() in ("off", "0")
-    return "off" if mode == "auto" and off else mode
+    return "off" if mode == "auto" and graphs.compiled_off() else mode
 
 
 class CompiledPart:

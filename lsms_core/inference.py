@@ -14,7 +14,6 @@ import threading
 import time
 import warnings
 from collections import OrderedDict
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -26,29 +25,8 @@ from .device import autocast, resolve_device
 from .expressions import MAX_EXPRESSION_CHARS, ExpressionError, clean_expression  # noqa: F401 - re-exported
 from .image_io import Slice
 from .preprocessing import to_model_input, to_output_mask, to_unit_grey
-from .selection import ALL_LESIONS_TEXT, Candidates, Matches, accepted_candidates, lesion_candidates
-
-@dataclass
-class SegmentationResult:
-    """A proposed mask at the image's own size.
-
-    mask: (H,W) bool. probability: (H,W) float32 in [0,1]. seconds: wall time of this call.
-    matches: for a model with a lesion selector, the slice's candidates as the words rank them (what "next
-    match" steps through); None otherwise.
-    """
-
-    mask: np.ndarray
-    probability: np.ndarray
-    text: str
-    seconds: float
-    device: str
-    model: dict[str, str] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
-    matches: Matches | None = None
-
-    @property
-    def pixels(self) -> int:
-        return int(np.count_nonzero(self.mask))
+from .result import SegmentationResult  # noqa: F401 - re-exported
+from .selection import ALL_LESIONS_TEXT, Candidates, Matches, chosen_answer, lesion_candidates
 
 
 def is_out_of_memory(error: BaseException) -> bool:
@@ -137,10 +115,41 @@ class Segmenter:
                 module, size, path), load=lambda path: compiled.CompiledLSMS(self.model, path), what="LSMS")
 
     def compile_in_background(self) -> threading.Thread | None:
-        """Build this checkpoint's graph in a daemon thread (from a copy of the model taken now: calls keep
-        running eager meanwhile) and switch to it once built; None when there is nothing to do (compiled already,
-        not on the CPU, ``compiled="off"``, the exporter's packages missing). 10-20 s once per checkpoint."""
-        return self._compiled.in_background() if self._device.type == "cpu" else None
+        """Build this checkpoint's graphs in a daemon thread (from copies of the model taken now: calls keep
+        running eager meanwhile): LSMS's, used here once built, then those of the PyTorch-free path
+        (``lsms_core.quick``: ``lsms-segment``'s quick start). The thread, or None when there is nothing to do
+        (all built, not on the CPU, ``compiled="off"``, the exporter's packages missing). 20-40 s once per
+        checkpoint on this project's 2-core CPU."""
+        if self._device.type != "cpu":
+            return None
+        lsms = self._compiled.in_background()
+        if not self._quick_start_missing():
+            return lsms
+        from .quick_build import quick_start_parts, write_quick_start
+
+        parts = quick_start_parts(self)
+
+        def build() -> None:
+            if lsms is not None:
+                lsms.join()
+            try:
+                write_quick_start(self, parts)
+            except Exception as error:  # noqa: BLE001 - lsms-segment stays on PyTorch; say why once
+                warnings.warn(f"building the PyTorch-free graphs failed; lsms-segment will load PyTorch ({error})",
+                              stacklevel=2)
+
+        thread = threading.Thread(target=build, name="lsms-compile-quick", daemon=True)
+        thread.start()
+        return thread
+
+    def _quick_start_missing(self) -> bool:
+        """Whether the PyTorch-free path could be built for this model and is not built yet."""
+        from . import compiled, quick
+
+        if (self._compiled.mode == "off" or not self.uses_text or not self.text_encoder.native
+                or not compiled.available(build=True)):
+            return False
+        return not quick.manifest_path(self.checkpoint.sha256, self.text_encoder.directory).exists()
 
     @property
     def runtime(self) -> str:
@@ -250,25 +259,18 @@ class Segmenter:
         """Mask and probability (H,W) of the candidates the selector accepts for ``text``, and the
         candidates as the words rank them."""
         found = self.candidates(model_input, pixels, hounsfield, threshold)
-        if found.count == 0:
-            notes.append("no lesion candidate on this slice")
-            nothing = Matches.of(found, np.zeros(0), np.zeros(0, dtype=bool))
-            return np.zeros(pixels.shape[-2:], dtype=bool), found.probability, nothing
-        words, mask = self.encode_text(text)
-        with torch.inference_mode():
-            logits = self.model.selector(found.features[None].to(self._device),
-                                         torch.ones(1, found.count, dtype=torch.bool, device=self._device),
-                                         words.float(), mask)[0].float().cpu()
-        chosen = accepted_candidates(logits.numpy(), self.checkpoint.config.model.selector_fallback)
-        if chosen.any() and not (logits > 0).any():
-            notes.append("no lesion matched the words clearly: the closest match is shown")
-        selected = found.union(chosen)
-        probability = np.where(selected, found.probability, 0.0).astype(np.float32)
-        return selected, probability, Matches.of(found, logits.numpy(), chosen)
+        logits = np.zeros(0, dtype=np.float32)
+        if found.count:
+            words, mask = self.encode_text(text)
+            with torch.inference_mode():
+                logits = self.model.selector(found.features[None].to(self._device),
+                                             torch.ones(1, found.count, dtype=torch.bool, device=self._device),
+                                             words.float(), mask)[0].float().cpu().numpy()
+        return chosen_answer(found, logits, self.checkpoint.config.model.selector_fallback, notes)
 
     def describe(self) -> dict[str, Any]:
         """Identity, preset, device and preprocessing: what ``--json`` outputs report."""
         config = self.checkpoint.config
-        return {**self.identity, "device": str(self._device), "runtime": self.runtime,
+        return {**self.identity, "device": str(self._device), "runtime": self.runtime, "pytorch": True,
                 "image_size": config.preprocess.image_size,
                 "uses_text": self.uses_text, "text_encoder": config.text.name if self.uses_text else None}

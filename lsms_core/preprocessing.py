@@ -12,23 +12,7 @@ import torch.nn.functional as F
 
 from .config import PreprocessConfig
 from .pixels import FLOAT32_MAX, ImageError, check_slice, luminance, to_float32  # noqa: F401 - re-exported
-from .windows import percentile_limits, window_limits
-
-
-def intensity_range(image: np.ndarray, config: PreprocessConfig, hounsfield: bool) -> tuple[float, float]:
-    """(low, high) mapped to 0 and 1: the CT window in HU, else the image's own percentiles."""
-    if hounsfield:
-        return window_limits(config.window_center, config.window_width)
-    return percentile_limits(image, config.percentiles)
-
-
-def to_unit_grey(image: np.ndarray, config: PreprocessConfig, hounsfield: bool) -> np.ndarray:
-    """Raw slice (H,W) -> windowed grey (H,W) float32 in [0,1] at the image's own size: the
-    intensity step of ``to_model_input`` (CT window in HU, else the image's own percentiles)."""
-    array = check_slice(image)
-    low, high = intensity_range(array, config, hounsfield)
-    scale = 1.0 / (high - low) if high > low else 0.0
-    return np.clip((array - low) * scale, 0.0, 1.0).astype(np.float32, copy=False)
+from .windows import intensity_range, percentile_limits, to_unit_grey, window_limits  # noqa: F401 - re-exported
 
 
 def resize_grey(grey: np.ndarray | torch.Tensor, size: int) -> torch.Tensor:

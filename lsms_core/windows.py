@@ -1,5 +1,6 @@
 """Display window presets (centre / width in HU), as data: the widget lists them, annotations record
-the one used. Values are the common radiology defaults (e.g. Radiopaedia's "windowing (CT)")."""
+the one used. Values are the common radiology defaults (e.g. Radiopaedia's "windowing (CT)"). And the
+windowing step of the model's input (``to_unit_grey``), here because it needs no PyTorch."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from .config import PreprocessConfig
+from .pixels import check_slice
 
 
 def window_limits(center: float, width: float) -> tuple[float, float]:
@@ -23,6 +25,22 @@ def percentile_limits(image: np.ndarray, percentiles: tuple[float, float] = Prep
     (X-ray, MR, PNG) for the model input, the initial display contrast and PNG export."""
     low, high = np.percentile(image, percentiles)
     return float(low), float(high)
+
+
+def intensity_range(image: np.ndarray, config: PreprocessConfig, hounsfield: bool) -> tuple[float, float]:
+    """(low, high) mapped to 0 and 1: the CT window in HU, else the image's own percentiles."""
+    if hounsfield:
+        return window_limits(config.window_center, config.window_width)
+    return percentile_limits(image, config.percentiles)
+
+
+def to_unit_grey(image: np.ndarray, config: PreprocessConfig, hounsfield: bool) -> np.ndarray:
+    """Raw slice (H,W) -> windowed grey (H,W) float32 in [0,1] at the image's own size: the
+    intensity step of ``to_model_input`` (CT window in HU, else the image's own percentiles)."""
+    array = check_slice(image)
+    low, high = intensity_range(array, config, hounsfield)
+    scale = 1.0 / (high - low) if high > low else 0.0
+    return np.clip((array - low) * scale, 0.0, 1.0).astype(np.float32, copy=False)
 
 
 @dataclass(frozen=True)

@@ -124,11 +124,11 @@ def test_prompt_clicks_clicks_on_a_shown_canvas_and_reports_both_images(tmp_path
         assert row["mode_on_to_ready_ms"] > 0 and row["first_click_ms"] > 0
 
 
-def test_startup_compares_both_text_encoders_in_fresh_processes(tmp_path):
+def test_startup_compares_the_quick_start_with_pytorch_in_fresh_processes(tmp_path):
     from benchmarks import startup
 
     out = tmp_path / "startup.json"
     assert startup.main(["--runs", "1", "--no-gui", "--json", str(out)]) == 0
-    rows = json.loads(out.read_text())["rows"]
-    assert [row["text_encoder"] for row in rows] == ["bert", "transformers"]
-    assert all(row["cold_lsms_segment_s"] > 0 for row in rows)
+    figures = json.loads(out.read_text())
+    assert [row["configuration"] for row in figures["rows"]] == ["quick", "pytorch", "transformers"]
+    assert all(row["cold_lsms_segment_s"] > 0 for row in figures["rows"]) and figures["build_s"] > 0

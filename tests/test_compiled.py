@@ -1,6 +1,8 @@
 """The compiled inference path (lsms_core.compiled: LSMS through ONNX Runtime on the CPU): the same masks as
 eager PyTorch on real LiTS slices, cached per checkpoint and input size, rebuilt for another checkpoint, a
-damaged cache refused, built in the background while eager serves, eager where ONNX Runtime is missing."""
+damaged cache refused, built in the background while eager serves, eager where ONNX Runtime is missing; and the
+PyTorch-free path (lsms_core.quick): the same masks and matches, only from its own graphs, lsms-segment
+without importing torch."""
 
 from __future__ import annotations
 
@@ -76,6 +78,8 @@ def test_a_damaged_cached_graph_falls_back_to_eager_and_is_removed(tiny_checkpoi
 
 
 def test_the_graph_is_built_in_the_background_while_eager_serves(tiny_checkpoint, tmp_path, monkeypatch, lits):
+    from lsms_core.quick import QuickSegmenter
+
     monkeypatch.setenv("LSMS_CACHE_DIR", str(tmp_path))
     monkeypatch.delenv("LSMS_COMPILED")
     segmenter = Segmenter(tiny_checkpoint, "cpu")
@@ -85,6 +89,7 @@ def test_the_graph_is_built_in_the_background_while_eager_serves(tiny_checkpoint
     segmenter.segment(lits.hu[70], "a lesion", hounsfield=True)  # served eager meanwhile
     thread.join(timeout=300)
     assert segmenter.runtime == "onnxruntime" and segmenter.compile_in_background() is None
+    assert QuickSegmenter.open(tiny_checkpoint) is not None  # and the PyTorch-free path's graphs, after LSMS's
     after = segmenter.segment(lits.hu[64], "a lesion", hounsfield=True)
     np.testing.assert_allclose(after.probability, before.probability, atol=1e-3)
 
@@ -124,3 +129,83 @@ def test_the_prompt_models_encoder_compiled_gives_the_same_masks(tmp_path, monke
         total += a.size
         assert float(np.abs(pa - pb).max()) <= 1e-3
     assert equal / total >= 0.999
+
+
+@pytest.fixture(scope="module")
+def quick_cache(default_pair):
+    """default_pair's cache with the PyTorch-free path's graphs and manifest written (lsms_core.quick_build)."""
+    from lsms_core.quick_build import write_quick_start
+
+    eager, built, cache = default_pair
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("LSMS_CACHE_DIR", str(cache))
+        manifest = write_quick_start(built)
+    return cache, manifest
+
+
+def test_the_pytorch_free_path_gives_the_eager_masks_and_matches(default_pair, quick_cache, monkeypatch, lits):
+    from lsms_core.quick import QuickSegmenter
+
+    eager, _, _ = default_pair
+    cache, manifest = quick_cache
+    monkeypatch.setenv("LSMS_CACHE_DIR", str(cache))
+    sha = eager.checkpoint.sha256[:16]
+    assert manifest.exists() and len(list((cache / "compiled").glob(f"{sha}-*.onnx"))) == 3  # LSMS, text, selector
+    quick = QuickSegmenter.open("default")
+    assert quick is not None and quick.describe()["pytorch"] is False
+    assert quick.identity == eager.identity
+    equal = total = 0
+    worst = 0.0
+    for z in SLICES:
+        for text in TEXTS + ("no lesion near the heart",):
+            a = eager.segment(lits.hu[z], text, hounsfield=True)
+            b = quick.segment(lits.hu[z], text, hounsfield=True)
+            equal += int((a.mask == b.mask).sum())
+            total += a.mask.size
+            worst = max(worst, float(np.abs(a.probability - b.probability).max()))
+            assert a.notes == b.notes and len(a.matches.choices()) == len(b.matches.choices())
+            assert all((x == y).all() for x, y in zip(a.matches.choices(), b.matches.choices()))
+    assert equal / total >= 0.999 and worst <= 1e-3  # measured: every pixel equal, 3.6e-6
+
+
+def test_the_pytorch_free_path_needs_its_own_graphs(default_pair, quick_cache, tmp_path, monkeypatch):
+    import shutil
+
+    from lsms_core.quick import QuickSegmenter
+    from lsms_core.text_encoder import default_text_encoder_path
+
+    cache, manifest = quick_cache
+    monkeypatch.setenv("LSMS_CACHE_DIR", str(tmp_path / "empty"))
+    assert QuickSegmenter.open("default") is None  # nothing built on this cache
+    monkeypatch.setenv("LSMS_CACHE_DIR", str(cache))
+    other = shutil.copytree(default_text_encoder_path(), tmp_path / "encoder")
+    assert QuickSegmenter.open("default", text_encoder_path=other) is None  # another folder: its own graphs
+    assert QuickSegmenter.open("default") is not None
+
+
+def test_lsms_segment_runs_without_importing_pytorch(quick_cache, tmp_path, lits):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    cache, _ = quick_cache
+    np.save(tmp_path / "slice.npy", lits.hu[64])
+    code = ("import sys\nfrom lsms_core.cli.segment import main\n"
+            "rc = main(sys.argv[1:])\nprint('torch loaded' if 'torch' in sys.modules else 'no torch')\nsys.exit(rc)")
+    outputs = {}
+    for compiled_mode in ("auto", "off"):
+        output = tmp_path / f"{compiled_mode}.png"
+        environment = {**os.environ, "LSMS_CACHE_DIR": str(cache), "LSMS_COMPILED": ""}
+        run = subprocess.run([sys.executable, "-c", code, str(tmp_path / "slice.npy"), "--units", "hu", "--text",
+                              "the largest lesion", "-o", str(output), "--json", "--device", "cpu",
+                              "--compiled", compiled_mode], capture_output=True, text=True, env=environment,
+                             timeout=300)
+        assert run.returncode == 0, run.stderr
+        report, loaded = run.stdout.strip().splitlines()
+        assert json.loads(report)["model"]["pytorch"] is (compiled_mode == "off")
+        assert loaded == ("no torch" if compiled_mode == "auto" else "torch loaded")
+        outputs[compiled_mode] = np.asarray(Image.open(output))
+    assert outputs["auto"].any() and (outputs["auto"] == outputs["off"]).mean() >= 0.999

@@ -90,3 +90,14 @@ def test_one_file_hash_and_one_sample_file_map():
     assert "hashlib" not in inspect.getsource(text_encoder)
     assert "693_UNCI" not in inspect.getsource(sample_data).split('"""', 2)[2].replace("(693_UNCI.dcm)", "")
     assert set(samples.DICOM_SAMPLE_FILES) == {"ct", "xray", "mr"}
+
+
+def test_the_quick_start_and_the_dicom_reader_import_no_pytorch():
+    """Issue 14: a cold lsms-segment with cached graphs (lsms_core.quick) and the DICOM reader pay nothing for
+    PyTorch (1-2.5 s to import on a 2-core machine)."""
+    code = ("import sys\nimport lsms_core.cli.segment, lsms_core.quick, lsms_core.dicom, lsms_core.image_io\n"
+            "import lsms_core.candidates, lsms_core.domain, lsms_core.samples\n"
+            "print('torch' in sys.modules)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"

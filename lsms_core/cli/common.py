@@ -7,9 +7,9 @@ from collections.abc import Callable
 
 from ..checkpoint import CheckpointError
 from ..config import ConfigError
-from ..inference import ExpressionError
-from ..preprocessing import ImageError
-from ..text_encoder import TextEncoderNotFound
+from ..expressions import ExpressionError
+from ..pixels import ImageError
+from ..text_folder import TextEncoderNotFound
 
 USER_ERRORS: tuple[type[BaseException], ...] = (
     CheckpointError, ConfigError, ExpressionError, ImageError, TextEncoderNotFound, OSError, ValueError,

@@ -33,6 +33,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--match", type=int, default=0, metavar="N",
                         help="0 (default): the words' answer; N: the N-th next match, the lesion the words rank "
                              "next (the widget's Next match; models with a lesion selector)")
+    parser.add_argument("--compiled", choices=("auto", "build", "off"), default="auto",
+                        help="on the CPU: auto (default) runs the model's compiled graphs without loading PyTorch "
+                             "when they are cached (a quick start), else PyTorch; build: build them first (once per "
+                             "model, ~30-40 s); off: PyTorch only")
     parser.add_argument("--json", action="store_true", help="print pixels, seconds and the model's identity")
     volume = parser.add_argument_group("volumes (follow the lesion through the slices)")
     volume.add_argument("--follow", action="store_true",
@@ -64,8 +68,8 @@ def _segment(args: argparse.Namespace) -> int:
         raise ValueError(f"--match {args.match}: give 0 for the words' answer or N >= 1 for the N-th next match")
     from PIL import Image
 
+    from ..expressions import clean_expression
     from ..image_io import read_slice
-    from ..inference import Segmenter, clean_expression
 
     start = time.perf_counter()
     clean_expression(args.text)  # fail before loading anything
@@ -87,7 +91,7 @@ def _segment(args: argparse.Namespace) -> int:
         image = load_sample(args.sample)
     else:
         image = read_slice(args.image, frame=args.frame, hounsfield=units)
-    segmenter = Segmenter(args.checkpoint, device=args.device, text_encoder_path=args.text_encoder)
+    segmenter = _open_segmenter(args)
     loaded = time.perf_counter()
     outside = _domain_warning(image, args.checkpoint)
     if outside:
@@ -105,6 +109,37 @@ def _segment(args: argparse.Namespace) -> int:
     else:
         print(f"{report['pixels']} pixels -> {output} ({report['seconds']:.2f} s, {result.device})")
     return 0
+
+
+def _open_segmenter(args: argparse.Namespace):
+    """A ``QuickSegmenter`` (no PyTorch: lsms_core.quick) when ``--compiled auto`` finds this model's graphs
+    cached and the run is on the CPU, else a ``Segmenter``; ``--compiled build`` builds the graphs first."""
+    from ..graphs import compiled_off
+    from ..quick import QuickSegmenter, cuda_may_be_present
+
+    on_cpu = args.device == "cpu" or (args.device == "auto" and not cuda_may_be_present())
+    if args.compiled == "auto" and on_cpu and not compiled_off():
+        quick = QuickSegmenter.open(args.checkpoint, args.text_encoder)
+        if quick is not None:
+            return quick
+    from ..inference import Segmenter
+
+    segmenter = Segmenter(args.checkpoint, device=args.device, text_encoder_path=args.text_encoder,
+                          compiled="auto" if args.compiled == "auto" else args.compiled)
+    if args.compiled == "build" and segmenter.device.type == "cpu":
+        from ..compiled import available
+        from ..quick_build import write_quick_start
+
+        if not available(build=True):
+            print("lsms-segment: warning: cannot build compiled graphs here (onnxruntime, onnx or onnxscript is not "
+                  "installed: pip install -e .); running PyTorch", file=sys.stderr)
+            return segmenter
+        print("lsms-segment: building this model's compiled graphs (once per model)...", file=sys.stderr)
+        try:
+            write_quick_start(segmenter)
+        except ValueError as error:  # a model the PyTorch-free path cannot run: this run still segments
+            print(f"lsms-segment: warning: {error}", file=sys.stderr)
+    return segmenter
 
 
 def _chosen_match(result, match: int) -> np.ndarray:

@@ -131,7 +131,15 @@ class QuickSegmenter:
         if config.text.sha256 and manifest.get("text_sha256") != config.text.sha256:  # as Segmenter says it
             warnings.warn(f"the text encoder at {text_directory} is not the one {path.name} was trained with "
                           f"({config.text.name}, sha256 {config.text.sha256[:12]}...); masks may be wrong", stacklevel=2)
-        return cls(manifest, config, checkpoint_identity(path, config, extra, sha256), text_directory)
+        try:
+            return cls(manifest, config, checkpoint_identity(path, config, extra, sha256), text_directory)
+        except Exception as error:  # noqa: BLE001 - a damaged cached graph: PyTorch still works; build again later
+            from .pixels import one_line
+
+            warnings.warn(f"the cached graphs of {path.name} do not load; running PyTorch ({one_line(error)})",
+                          stacklevel=2)
+            manifest_file.unlink(missing_ok=True)
+            return None
 
     # --- the steps ----------------------------------------------------------------------------
     def encode_text(self, text: str) -> tuple[np.ndarray, np.ndarray]:

@@ -183,6 +183,27 @@ def test_the_pytorch_free_path_needs_its_own_graphs(default_pair, quick_cache, t
     assert QuickSegmenter.open("default") is not None
 
 
+def test_a_damaged_quick_start_graph_falls_back_to_pytorch(default_pair, quick_cache, tmp_path, monkeypatch):
+    from lsms_core.quick import QuickSegmenter
+
+    cache, manifest = quick_cache
+    copy = tmp_path / "compiled"
+    copy.mkdir()
+    for path in (cache / "compiled").iterdir():
+        (copy / path.name).symlink_to(path)
+    monkeypatch.setenv("LSMS_CACHE_DIR", str(tmp_path))
+    assert QuickSegmenter.open("default") is not None
+    selector = next(copy.glob("*-selector-*.onnx"))
+    selector.unlink()
+    selector.write_bytes(b"not an onnx graph")
+    (copy / manifest.name).unlink()
+    (copy / manifest.name).write_bytes(manifest.read_bytes())
+    with pytest.warns(UserWarning, match="do not load; running PyTorch"):
+        assert QuickSegmenter.open("default") is None
+    assert not (copy / manifest.name).exists()  # refused once, then rebuilt by the next build
+    assert manifest.exists()  # the real cache untouched
+
+
 def test_lsms_segment_runs_without_importing_pytorch(quick_cache, tmp_path, lits):
     import json
     import os
@@ -209,3 +230,11 @@ def test_lsms_segment_runs_without_importing_pytorch(quick_cache, tmp_path, lits
         assert loaded == ("no torch" if compiled_mode == "auto" else "torch loaded")
         outputs[compiled_mode] = np.asarray(Image.open(output))
     assert outputs["auto"].any() and (outputs["auto"] == outputs["off"]).mean() >= 0.999
+
+
+def test_the_quick_start_is_only_taken_where_no_cuda_gpu_may_be(monkeypatch):
+    from lsms_core import quick
+
+    for hidden in ("", "-1"):  # GPUs hidden: the CPU is what runs, so the quick start may be taken
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", hidden)
+        assert quick.cuda_may_be_present() is False

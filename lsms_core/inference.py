@@ -24,6 +24,7 @@ from .checkpoint import Checkpoint, load_model
 from .device import autocast, resolve_device
 from .expressions import MAX_EXPRESSION_CHARS, ExpressionError, clean_expression  # noqa: F401 - re-exported
 from .image_io import Slice
+from .pixels import pixels_and_units
 from .preprocessing import to_model_input, to_output_mask, to_unit_grey
 from .result import SegmentationResult  # noqa: F401 - re-exported
 from .selection import ALL_LESIONS_TEXT, Candidates, Matches, chosen_answer, lesion_candidates
@@ -198,13 +199,7 @@ class Segmenter:
         (required for arrays, taken from the Slice otherwise).
         """
         start = time.perf_counter()
-        if isinstance(image, Slice):
-            hounsfield = image.hounsfield if hounsfield is None else hounsfield
-            pixels = image.pixels
-        else:
-            if hounsfield is None:
-                raise ValueError("say whether the array is CT in Hounsfield units (hounsfield=True) or not")
-            pixels = np.asarray(image)
+        pixels, hounsfield = pixels_and_units(image, hounsfield)
         text = clean_expression(text) if self.uses_text else " ".join(str(text).split())
         model_input = to_model_input(pixels, self.checkpoint.config.preprocess, hounsfield)
         notes: list[str] = []

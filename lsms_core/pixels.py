@@ -124,3 +124,13 @@ def check_pixel_count(shape: tuple[int, ...], path: Path) -> None:
 
 def one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def pixels_and_units(image, hounsfield: bool | None) -> tuple[np.ndarray, bool]:
+    """(pixels (H,W), hounsfield) of what a segmenter is given: a Slice (its own units unless ``hounsfield``
+    says otherwise) or an array, for which ``hounsfield`` is required (CT in HU or not)."""
+    if isinstance(image, Slice):
+        return image.pixels, image.hounsfield if hounsfield is None else bool(hounsfield)
+    if hounsfield is None:
+        raise ValueError("say whether the array is CT in Hounsfield units (hounsfield=True) or not")
+    return np.asarray(image), bool(hounsfield)

@@ -32,7 +32,7 @@ from .config import LSMSConfig, PreprocessConfig
 from .expressions import clean_expression
 from .files import file_sha256
 from .graphs import cache_dir, ort_session, runtime_available
-from .pixels import Slice
+from .pixels import Slice, pixels_and_units
 from .resize import resize_bilinear
 from .result import SegmentationResult
 from .text_folder import SAFE_WEIGHTS, resolve_text_encoder_path
@@ -160,13 +160,7 @@ class QuickSegmenter:
                 threshold: float = 0.5) -> SegmentationResult:
         """As ``Segmenter.segment``: mask (H,W) bool and probability (H,W) float32 of the lesion ``text`` names."""
         start = time.perf_counter()
-        if isinstance(image, Slice):
-            hounsfield = image.hounsfield if hounsfield is None else hounsfield
-            pixels = image.pixels
-        else:
-            if hounsfield is None:
-                raise ValueError("say whether the array is CT in Hounsfield units (hounsfield=True) or not")
-            pixels = np.asarray(image)
+        pixels, hounsfield = pixels_and_units(image, hounsfield)
         text = clean_expression(text)
         grey = to_unit_grey(pixels, self.config.preprocess, hounsfield)
         model_input = model_input_array(grey, self.config.preprocess)

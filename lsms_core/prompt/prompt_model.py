@@ -27,7 +27,7 @@ from torch import nn
 
 from ..config import PreprocessConfig
 from ..device import autocast, resolve_device
-from ..pixels import Slice
+from ..pixels import Slice, pixels_and_units
 from ..preprocessing import to_output_mask, to_prompt_input, to_unit_grey
 from ..windows import DEFAULT_WINDOW, Window
 from .prompts import parts_at
@@ -248,11 +248,7 @@ class PromptSegmenter:
         LSMS default model) through ``to_unit_grey``, the core's one windowing step; other images are
         scaled between their own percentiles. The image encoder runs only when this slice and
         window are not in the cache."""
-        if isinstance(pixels, Slice):
-            hounsfield = pixels.hounsfield if hounsfield is None else hounsfield
-            pixels = pixels.pixels
-        elif hounsfield is None:
-            raise ValueError("say whether the array is CT in Hounsfield units (hounsfield=True) or not")
+        pixels, hounsfield = pixels_and_units(pixels, hounsfield)
         window = _as_window(window) if hounsfield else None
         config = PreprocessConfig() if window is None else replace(
             PreprocessConfig(), window_center=window.center, window_width=window.width)

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from .candidates import ALL_LESIONS_TEXT, Candidates, candidate_descriptors, chosen_answer, components
-from .checkpoint import checkpoint_identity, read_stored_config, resolve_checkpoint
+from .checkpoint import CheckpointError, checkpoint_identity, read_stored_config, resolve_checkpoint
 from .config import LSMSConfig, PreprocessConfig
 from .expressions import clean_expression
 from .files import file_sha256
@@ -35,7 +35,7 @@ from .graphs import cache_dir, ort_session, runtime_available
 from .pixels import Slice, pixels_and_units
 from .resize import resize_bilinear
 from .result import SegmentationResult
-from .text_folder import SAFE_WEIGHTS, resolve_text_encoder_path
+from .text_folder import SAFE_WEIGHTS, TextEncoderNotFound, resolve_text_encoder_path
 from .tokenizer import BertTokenizer
 from .windows import to_unit_grey
 
@@ -109,16 +109,19 @@ class QuickSegmenter:
     def open(cls, checkpoint: str | os.PathLike = "default",
              text_encoder_path: str | os.PathLike | None = None) -> QuickSegmenter | None:
         """The quick segmenter of ``checkpoint`` ("default" or a path), or None when its graphs are not cached
-        with this text encoder folder (or one of them is missing, or ONNX Runtime is not installed).
-        CheckpointError / TextEncoderNotFound as ``Segmenter`` raises them."""
+        with this text encoder folder (or one of them is missing, or ONNX Runtime is not installed), and when the
+        checkpoint or the text encoder folder is unusable: ``Segmenter`` then says what is wrong with them."""
         if not runtime_available():
             return None
-        path = resolve_checkpoint(checkpoint)
-        config, extra = read_stored_config(path)
-        if not config.model.use_text:
+        try:
+            path = resolve_checkpoint(checkpoint)
+            config, extra = read_stored_config(path)
+            text_directory = text_directory_of(config, text_encoder_path) if config.model.use_text else None
+            sha256 = file_sha256(path)
+        except (CheckpointError, TextEncoderNotFound, OSError):
             return None
-        text_directory = text_directory_of(config, text_encoder_path)
-        sha256 = file_sha256(path)
+        if text_directory is None:  # a text-free model: its graph is not built for the quick start
+            return None
         manifest_file = manifest_path(sha256, text_directory)
         try:
             manifest = json.loads(manifest_file.read_text(encoding="utf-8"))

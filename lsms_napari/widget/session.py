@@ -307,7 +307,8 @@ class WidgetSession:
 
     def refine(self, request: PromptRequest):
         """LSMS's mask ``request.text_mask`` redrawn by the prompt model (lsms_core.prompt.prompts.refine):
-        (Refined, the prompt model's identity, seconds), on the model thread."""
+        (Refined, the prompt model's identity with Refine's decoder under "decoder", seconds), on the model
+        thread."""
         return self._on_model_thread(self._refine, request)
 
     def _refine(self, request: PromptRequest):
@@ -316,7 +317,7 @@ class WidgetSession:
         start = time.perf_counter()
         segmenter = self._load_prompt_model(request.device)
         segmenter.set_image(request.pixels, request.hounsfield, request.window)
-        return refine(segmenter, request.text_mask), segmenter.identity, time.perf_counter() - start
+        return refine(segmenter, request.text_mask), segmenter.refine_identity, time.perf_counter() - start
 
     def follow_steps(self, request: FollowRequest, cancel: threading.Event):
         """A generator for a napari worker: yields (slices done, slices expected) while the model thread

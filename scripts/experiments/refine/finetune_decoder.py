@@ -4,11 +4,15 @@ worse than LSMS's on the patient LSMS trained on; does a decoder that saw these 
 The image encoder and the prompt encoder stay frozen (the slices' embeddings are computed once); each training
 lesion (a connected part of a training mask) gives a box prompt, jittered as LSMS's parts would be (each side
 moved by up to 15 % of the box's size, then grown by Refine's 4-px margin), and the decoder learns the lesion's
-mask (Dice + BCE). Writes a full LiteMedSAM state dict (``PromptSegmenter(weights=...)`` loads it, strict) and
-scores it on validation like lsms-eval: ``--prompt box`` and ``--refine sam`` with the default model.
+mask (Dice + BCE). Writes a full LiteMedSAM state dict (``PromptSegmenter(weights=...)`` loads it, strict;
+``export_decoder.py`` makes Refine's decoder file of it) and scores it on validation like lsms-eval: ``--prompt
+box``, and ``--refine sam`` with the trained decoder outlining (agreement 0.7).
+
+The shipped decoder (lsms_core/weights/litemedsam-refine-decoder.safetensors) is the third command's.
 
     .venv/bin/python scripts/experiments/refine/finetune_decoder.py data/RefLiTS runs/refine-decoder --steps 1200
     .venv/bin/python scripts/experiments/refine/finetune_decoder.py data/RefLiTS runs/refine-lsms --steps 1200 --lsms-boxes
+    .venv/bin/python scripts/experiments/refine/finetune_decoder.py data/RefLiTS runs/refine-lsms-2400 --steps 2400 --lsms-boxes
 """
 
 from __future__ import annotations
@@ -113,13 +117,13 @@ def main() -> None:
         if (step + 1) % 100 == 0:
             print(f"step {step + 1}: loss {np.mean(losses[-100:]):.4f} ({time.perf_counter() - start:.0f} s)", flush=True)
     weights = out / "lite_medsam_reflits_decoder.pth"
-    torch.save(model.eval().state_dict(), weights)
-    tuned = PromptSegmenter(device="cpu", weights=weights)
+    torch.save(model.eval().state_dict(), weights)  # export_decoder.py turns it into Refine's decoder file
+    tuned = PromptSegmenter(device="cpu", weights=weights, refine_decoder="zero-shot")  # its own decoder refines
     report = {"steps": args.steps, "lr": args.lr, "lesions": len(lesions), "lsms_boxes": args.lsms_boxes,
               "seconds": time.perf_counter() - start}
     for split in ("val",):
         box = evaluate_prompts(args.dataset, split, "box", prompt_segmenter=tuned)
-        refined = evaluate_refined("default", args.dataset, split, prompt_segmenter=tuned)
+        refined = evaluate_refined("default", args.dataset, split, prompt_segmenter=tuned, agreement=0.7)
         report[split] = {"box": {k: box[k] for k in ("dice", "boundary_f1", "hit_rate")},
                          "refine": {k: refined[k] for k in ("dice", "boundary_f1", "hit_rate", "pointing")},
                          "lsms": {k: refined["unrefined"][k] for k in ("dice", "boundary_f1", "hit_rate", "pointing")}}

@@ -3,8 +3,8 @@
 For every record of a split: the default model's answer (LSMS + selector), then each variant of Refine, all
 scored like lsms-eval (mean per-image Dice, boundary F1; hit / pointing / leak on the referring cases):
 
-- ``shipped``: lsms_core.prompt.prompts.refine (each part's box grown by 4 px of the input, the outline kept
-  where its IoU with the part is >= 0.7);
+- ``shipped``: lsms_core.prompt.prompts.refine as it was shipped then (LiteMedSAM's own decoder; each part's box
+  grown by 4 px of the input, the outline kept where its IoU with the part is >= 0.7);
 - ``apart``: the same, but the outline never takes pixels of the slice's *other* lesion candidates (those the
   finder found and the selector did not choose): the redraw cannot merge the named lesion with a neighbour;
 - ``apart-near-K``: ``apart``, and the outline limited to K px (8-connected steps) around the part.
@@ -24,7 +24,9 @@ from scipy import ndimage
 from lsms_core.inference import Segmenter
 from lsms_core.metrics import boundary_f1, dice_iou
 from lsms_core.prompt import PromptSegmenter
-from lsms_core.prompt.prompts import REFINE_AGREEMENT, grown_box, input_margin, mask_parts, box_of
+from lsms_core.prompt.prompts import grown_box, input_margin, mask_parts, box_of
+
+REFINE_AGREEMENT = 0.7  # Refine's gate when these variants were tried (with LiteMedSAM's own decoder)
 from lsms_core.referring import referring_instances, score_referring
 from training.evaluate import split_records
 from training.prompt_eval import set_record_image
@@ -50,7 +52,7 @@ def main(dataset_dir: str, split: str) -> None:
     masks = {r["id"]: dataset.read_mask(r) for r in records}
     cases = referring_instances(records, lambda r: masks[r["id"]])
     segmenter = Segmenter("default", device="cpu")
-    sam = PromptSegmenter(device="cpu")
+    sam = PromptSegmenter(device="cpu", refine_decoder="zero-shot")  # Refine as it was then
     variants = {"lsms": None, "shipped": ("none", None), "apart": ("others", None), "apart-near-2": ("others", 2),
                 "apart-near-4": ("others", 4), "near-2": ("none", 2)}
     scores: dict[str, dict[str, list]] = {v: defaultdict(list) for v in variants}

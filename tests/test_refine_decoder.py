@@ -97,3 +97,60 @@ def test_refine_outlines_with_its_decoder_and_clicks_keep_litemedsams(segmenters
         np.testing.assert_array_equal(tuned_out, zero_out)  # a box or click is LiteMedSAM's own decoder's
     assert tuned.refine_identity["decoder"]["sha256"] == file_sha256(REFINE_DECODER_FILE)
     assert tuned.refine_identity["sha256"] == WEIGHTS_SHA256 == zero_shot.refine_identity["decoder"]["sha256"]
+
+
+def test_lsms_train_refine_writes_the_decoder_refine_then_uses_for_that_checkpoint(mini_dataset, tiny_checkpoint):
+    """``lsms-train-refine`` (a few steps on real LiTS slices) writes the decoder next to the checkpoint, scores
+    validation with it, and Refine picks it for that checkpoint (the shipped one for any other)."""
+    import json
+    import subprocess
+    import sys
+
+    from lsms_core.prompt.refine_decoder import paired_decoder_path, refine_decoder_for
+
+    assert refine_decoder_for(tiny_checkpoint) == "default" and refine_decoder_for("default") == "default"
+    done = subprocess.run([sys.executable, "-m", "training.refine_cli", str(mini_dataset), "--checkpoint",
+                           str(tiny_checkpoint), "--steps", "12", "--device", "cpu", "--json"],
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    paired = paired_decoder_path(tiny_checkpoint)
+    assert report["out"] == str(paired) and paired.name == "tiny.refine-decoder.safetensors"
+    assert report["examples"] >= 5 and report["val"]["refined"]["n"] == report["val"]["lsms"]["n"] == 6
+    assert refine_decoder_for(tiny_checkpoint) == str(paired)
+    decoder, identity = load_refine_decoder(paired)
+    assert identity["image_encoder_sha256"] == WEIGHTS_SHA256
+    zero_shot, _ = load_prompt_model()
+    assert any(not torch.equal(value.half().float(), decoder.state_dict()[name])  # trained, not copied
+               for name, value in zero_shot.mask_decoder.state_dict().items())
+    from training.prompt_eval import evaluate_refined
+
+    evaluated = evaluate_refined(str(tiny_checkpoint), str(mini_dataset), "val", device="cpu")  # lsms-eval --refine
+    assert evaluated["prompt_model"]["decoder"]["sha256"] == file_sha256(paired)
+    segmenter = PromptSegmenter(device="cpu", compiled="off")
+    segmenter.use_refine_decoder(refine_decoder_for(tiny_checkpoint))
+    assert segmenter.refine_identity["decoder"]["sha256"] == file_sha256(paired)
+    segmenter.use_refine_decoder(refine_decoder_for("default"))
+    assert segmenter.refine_identity["decoder"]["sha256"] == file_sha256(REFINE_DECODER_FILE)
+
+
+def test_lsms_train_refine_refuses_what_it_cannot_use(mini_dataset, tmp_path):
+    from training.refine_cli import main
+
+    def error(argv):
+        import contextlib
+        import io
+
+        stderr = io.StringIO()
+        with contextlib.redirect_stderr(stderr):
+            code = main(argv)
+        return code, stderr.getvalue()
+
+    code, message = error([str(mini_dataset), "--steps", "5"])
+    assert code == 2 and "--out is needed with the default checkpoint" in message
+    code, message = error([str(mini_dataset), "--checkpoint", str(tmp_path / "none.safetensors")])
+    assert code == 2 and "none.safetensors does not exist" in message
+    code, message = error([str(tmp_path / "no-dataset"), "--out", str(tmp_path / "d.safetensors")])
+    assert code == 2 and "no-dataset" in message and not (tmp_path / "d.safetensors").exists()
+    code, message = error([str(mini_dataset), "--out", str(tmp_path / "d.safetensors"), "--steps", "0"])
+    assert code == 2 and "--steps must be at least 1" in message

@@ -37,10 +37,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--refine-agreement", type=float, default=REFINE_AGREEMENT,
                         help="--refine: the outline replaces a part only where their IoU is at least this; 0 takes "
                              f"every outline (default {REFINE_AGREEMENT:g})")
-    parser.add_argument("--refine-decoder", default="default",
+    parser.add_argument("--refine-decoder", default=None,
                         help="--refine: the prompt model's mask decoder that outlines the parts: 'default' (Refine's "
-                             "own, fine-tuned on RefLiTS's training split), 'zero-shot' (LiteMedSAM's), or a file "
-                             "written by scripts/experiments/refine/export_decoder.py")
+                             "shipped one, fine-tuned on RefLiTS's training split), 'zero-shot' (LiteMedSAM's), or a "
+                             "file written by lsms-train-refine (default: the one lsms-train-refine put next to "
+                             "--checkpoint, else the shipped one)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     return parser

@@ -19,6 +19,7 @@ from lsms_core.dataset import DatasetError
 from lsms_core.inference import Segmenter
 from lsms_core.prompt import PromptSegmenter
 from lsms_core.prompt.prompts import REFINE_AGREEMENT, REFINE_MARGIN, predict_parts, refine
+from lsms_core.prompt.refine_decoder import refine_decoder_for
 from lsms_core.windows import DEFAULT_WINDOW, Window
 
 from .evaluate import TEXT_MODES, expression, score_split, split_records
@@ -67,18 +68,20 @@ def evaluate_refined(checkpoint: str, dataset_dir: str, split: str = "test", tex
                      refiner: str = "sam", device: str = "auto", progress: bool = False,
                      segmenter: Segmenter | None = None, prompt_segmenter: PromptSegmenter | None = None,
                      margin: float = REFINE_MARGIN, agreement: float = REFINE_AGREEMENT,
-                     refine_decoder: str = "default") -> dict:
+                     refine_decoder: str | None = None) -> dict:
     """Scores of LSMS's masks redrawn by the prompt model (one box per connected part, grown by ``margin``
     px of its input, the outline kept where its IoU with the part is >= ``agreement``), and in
     ``unrefined`` the same figures of LSMS's own masks on the same records. refine_decoder: the mask
-    decoder that outlines (``PromptSegmenter``'s argument; not used when ``prompt_segmenter`` is given)."""
+    decoder that outlines (``PromptSegmenter``'s argument; None: the one made for ``checkpoint``,
+    ``refine_decoder_for``; not used when ``prompt_segmenter`` is given)."""
     if refiner not in REFINERS:
         raise ValueError(f"refiner must be one of {REFINERS}, got {refiner!r}")
     if text_mode not in TEXT_MODES:
         raise ValueError(f"text mode must be one of {TEXT_MODES}, got {text_mode!r}")
     split_records(dataset_dir, split)
     segmenter = segmenter or Segmenter(checkpoint, device=device)
-    prompt_segmenter = prompt_segmenter or PromptSegmenter(device=device, refine_decoder=refine_decoder)
+    if prompt_segmenter is None:
+        prompt_segmenter = PromptSegmenter(device=device, refine_decoder=refine_decoder or refine_decoder_for(checkpoint))
     outlined_by = prompt_segmenter.refine_identity  # loads the decoder: a bad file is reported before the run
     proposals: dict[str, np.ndarray] = {}
     prompts = redrawn = kept = 0

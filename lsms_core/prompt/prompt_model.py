@@ -244,6 +244,12 @@ class PromptSegmenter:
         """Name, weights SHA-256, preset and source: what provenance records say drew a mask."""
         return dict(self._identity)
 
+    def use_refine_decoder(self, choice: str | os.PathLike) -> None:
+        """Make ``choice`` (as the constructor's ``refine_decoder``) Refine's decoder from now on; loaded when first
+        used (an unchanged choice keeps the loaded one)."""
+        if str(choice) != str(self._refine_choice):
+            self._refine_choice, self._refine_decoder = choice, None
+
     @property
     def refine_identity(self) -> dict:
         """What Refine's outlines come from: ``identity`` (the image and prompt encoders) with the decoder's
@@ -391,6 +397,11 @@ class PromptSegmenter:
             boxes.append((x - side / 2, y - side / 2, x + side / 2, y + side / 2))
         boxes = np.array(boxes)
         return (float(boxes[:, 0].min()), float(boxes[:, 1].min()), float(boxes[:, 2].max()), float(boxes[:, 3].max()))
+
+    def encoding(self) -> _Encoded:
+        """The current slice's encoding: ``embedding`` (1,256,64,64), ``shape`` (H,W) of the slice, ``filled``
+        (h,w) of the 256x256 input it fills, ``grey`` (H,W) (what training Refine's decoder reads)."""
+        return self._encoded()
 
     def _encoded(self) -> _Encoded:
         if self._current is None:

@@ -29,6 +29,23 @@ FORMAT_VERSION = "1"
 MAX_DECODER_BYTES = 256 << 20  # the decoder is 8 MB in float16, 16 MB in float32
 
 
+def paired_decoder_path(checkpoint: str | os.PathLike) -> Path:
+    """Where ``lsms-train-refine`` puts the refine decoder of an LSMS checkpoint file: next to it,
+    ``<stem>.refine-decoder.safetensors``."""
+    checkpoint = Path(checkpoint).expanduser()
+    return checkpoint.with_name(f"{checkpoint.stem}.refine-decoder.safetensors")
+
+
+def refine_decoder_for(checkpoint: str | os.PathLike) -> str:
+    """The refine decoder Refine uses on the answers of ``checkpoint`` ("default" or a file): the one
+    ``lsms-train-refine`` trained for it when it lies next to it, else ``"default"`` (the shipped one, trained on
+    the default model's answers)."""
+    if str(checkpoint) == "default":
+        return "default"
+    paired = paired_decoder_path(checkpoint)
+    return str(paired) if paired.is_file() else "default"
+
+
 class RefineDecoderError(ValueError):
     """A refine decoder file that cannot be used (missing, a pickle, damaged, another model's tensors)."""
 

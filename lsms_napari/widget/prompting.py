@@ -294,7 +294,8 @@ class PromptPanel(QGroupBox):
         if not mask.any():
             self.widget._fail(f'"{layer.name}" is empty: there is no outline to refine')
             return None
-        request = self._request(image, proposal.request.pixels, text_mask=mask)
+        request = replace(self._request(image, proposal.request.pixels, text_mask=mask),
+                          checkpoint=proposal.request.checkpoint)
         self.refine_button.setEnabled(False)
         self.widget._say(f'Refining "{layer.name}" with {PROMPT_ENGINE}...')
         return start_worker(self.widget.session.refine, request, description=f"Refine with {PROMPT_ENGINE}",
@@ -321,7 +322,8 @@ class PromptPanel(QGroupBox):
         self.viewer.layers.selection.active = new
         kept = (f", {refined.kept} kept as {LSMS_ENGINE} drew {'them' if refined.kept != 1 else 'it'} (the "
                 f"outline {PROMPT_ENGINE} drew there disagreed)" if refined.kept else "")
-        self.widget._say(f'"{layer.name}" refined by {PROMPT_ENGINE} (its Refine decoder): {refined.redrawn} part'
+        decoder = identity.get("decoder", {}).get("name", "its own decoder")
+        self.widget._say(f'"{layer.name}" refined by {PROMPT_ENGINE} ({decoder}): {refined.redrawn} part'
                          f"{'s' if refined.redrawn != 1 else ''} redrawn{kept} in {seconds * 1000:.0f} ms; the "
                          "unrefined layer is hidden.")
         self.widget.update_measurements()

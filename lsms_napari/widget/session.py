@@ -104,6 +104,7 @@ class PromptRequest:
     boxes: list[tuple[float, float, float, float]]
     text_mask: np.ndarray | None = None
     device: str = "auto"
+    checkpoint: str = "default"  # the LSMS checkpoint that made text_mask: Refine uses the decoder made for it
 
 
 @dataclass
@@ -313,9 +314,11 @@ class WidgetSession:
 
     def _refine(self, request: PromptRequest):
         from lsms_core.prompt.prompts import refine
+        from lsms_core.prompt.refine_decoder import refine_decoder_for
 
         start = time.perf_counter()
         segmenter = self._load_prompt_model(request.device)
+        segmenter.use_refine_decoder(refine_decoder_for(request.checkpoint))
         segmenter.set_image(request.pixels, request.hounsfield, request.window)
         return refine(segmenter, request.text_mask), segmenter.refine_identity, time.perf_counter() - start
 

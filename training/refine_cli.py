@@ -95,8 +95,9 @@ def train(args: argparse.Namespace, checkpoint: str, out: Path) -> dict:
     save_refine_decoder(decoder, out, encoder.identity["sha256"], made_by)
     report = {"out": str(out), "examples": len(examples), "seconds": round(time.perf_counter() - start, 1)}
     if not args.no_eval and AnnotationDataset.open(args.dataset).select("val", expressions=True):
+        encoder.use_refine_decoder(out)  # the same LiteMedSAM, now outlining with the new decoder
         refined = evaluate_refined(checkpoint, args.dataset, "val", segmenter=segmenter, progress=not args.json,
-                                   prompt_segmenter=PromptSegmenter(device=args.device, refine_decoder=out))
+                                   prompt_segmenter=encoder)
         keys = ("dice", "boundary_f1", "hit_rate", "pointing", "n")
         report["val"] = {"refined": {k: refined[k] for k in keys},
                          "lsms": {k: refined["unrefined"][k] for k in keys}}

@@ -31,6 +31,7 @@ from ..pixels import Slice, pixels_and_units
 from ..preprocessing import to_output_mask, to_prompt_input, to_unit_grey
 from ..windows import DEFAULT_WINDOW, Window
 from .prompts import parts_at
+from .refine_decoder import new_mask_decoder
 from .sam_decoder import MaskDecoder, PromptEncoder
 from .tiny_vit import IMAGE_SIZE, TinyViT, fuse_batch_norms
 
@@ -71,7 +72,7 @@ class LiteMedSAM(nn.Module):
         self.image_encoder = TinyViT()
         self.prompt_encoder = PromptEncoder(embed_dim=256, image_embedding_size=(64, 64),
                                             input_image_size=(IMAGE_SIZE, IMAGE_SIZE), mask_in_chans=16)
-        self.mask_decoder = MaskDecoder(transformer_dim=256, num_multimask_outputs=3)
+        self.mask_decoder = new_mask_decoder()
 
     def decode(self, embedding: torch.Tensor, points: tuple[torch.Tensor, torch.Tensor] | None,
                boxes: torch.Tensor | None, multimask: bool = False, mask_decoder: MaskDecoder | None = None

@@ -57,17 +57,26 @@ def checkpoint_identity(path: Path, config: LSMSConfig, extra: dict[str, Any], s
 
 
 def resolve_checkpoint(path: str | os.PathLike) -> Path:
-    """``"default"`` -> the model shipped in the package; otherwise the path, checked to exist."""
-    if str(path) == "default":
-        if not DEFAULT_CHECKPOINT.is_file():
+    """A shipped model's name (``"default"``/``"liver"``, ``"qata"``, ``"lung-ct"``: lsms_core.models) -> its
+    file in the package; otherwise the path, checked to exist. ``"auto"`` is not a file: the caller chooses a
+    model for its image first (``lsms_core.models.resolve_auto``)."""
+    from .models import AUTO, SHIPPED, shipped_name, shipped_path
+
+    name = shipped_name(str(path))
+    if name is not None:
+        shipped = shipped_path(name)
+        if not shipped.is_file():
             raise CheckpointError(
-                f"the default model is not installed ({DEFAULT_CHECKPOINT} is missing): reinstall "
-                "lsms-napari, or pass --checkpoint PATH to a model trained with lsms-train")
-        return DEFAULT_CHECKPOINT
+                f"the {name} model is not installed ({shipped} is missing): reinstall lsms-napari, or pass "
+                "--checkpoint PATH to a model trained with lsms-train")
+        return shipped
+    if str(path) == AUTO:
+        raise CheckpointError("'auto' chooses a model by the image: it needs an image to choose for (lsms-segment "
+                              "and the widget do this); elsewhere name a model or a checkpoint file")
     resolved = Path(path).expanduser()
     if not resolved.is_file():
         raise CheckpointError(f"checkpoint {resolved} does not exist: pass a .safetensors file written by "
-                              "lsms-train, or 'default' for the shipped model")
+                              f"lsms-train, or a shipped model's name ({', '.join(['default', *SHIPPED])})")
     return resolved
 
 

@@ -220,6 +220,16 @@ def body_mask(pixels: np.ndarray) -> np.ndarray:
     return ndimage.binary_fill_holes(labels == 1 + int(np.argmax(sizes)))
 
 
+def lung_share(pixels: np.ndarray) -> float | None:
+    """The share of the body (``body_mask``) that lung fills (-950..-500 HU), or None for a slice with almost no
+    body (fewer than 64 pixels)."""
+    body = body_mask(pixels)
+    area = int(body.sum())
+    if area < 64:
+        return None
+    return float(np.sum(body & (pixels > LUNG_HU[0]) & (pixels < LUNG_HU[1]))) / area
+
+
 def anatomy_outside_abdomen(pixels: np.ndarray) -> list[str]:
     """Reasons (HU statistics) that a slice is not abdominal: a skull (bone ring enclosing most of the
     body) or lungs filling a large share of the body; [] when neither."""
@@ -231,7 +241,7 @@ def anatomy_outside_abdomen(pixels: np.ndarray) -> list[str]:
         return []
     enclosed = ndimage.binary_fill_holes((pixels > BONE_HU) & body)
     skull = float(enclosed.sum()) / area
-    lungs = float(np.sum(body & (pixels > LUNG_HU[0]) & (pixels < LUNG_HU[1]))) / area
+    lungs = lung_share(pixels) or 0.0
     reasons = []
     if skull >= SKULL_SHARE:
         reasons.append(f"a ring of bone encloses {100 * skull:.0f}% of the body, as a skull does: it looks like a "

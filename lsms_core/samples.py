@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from .image_io import Slice, read_slice
 from .windows import DEFAULT_WINDOW
@@ -27,7 +28,18 @@ SAMPLES = {
     # An abdominal MR slice whose liver lesion a reader outlined in the file (overlay 6000).
     "mr": Sample("mr", "Abdominal MR slice, liver lesion outlined in the file, DICOM "
                  "(pydicom-data MR-SIEMENS-DICOM-WithOverlays.dcm)", "the lesion in the right lobe"),
+    # Real patients' images of the public sets the chest models were trained on, from their test splits.
+    "qata": Sample("qata", "Chest radiograph with COVID-19 infection (QaTa-COV19 test split; SGSeg's copy, MIT)",
+                   "the infection in the left lung"),
+    "lung-ct": Sample("lung-ct", "Chest CT slice with COVID-19 infection (MedSeg COVID-19 CT set, test split; "
+                      "Inf-Net's copy, MIT; lung-windowed grey, not HU)", "the lung infection"),
 }
+
+# The sample images shipped in the package (lsms_core/sample_images/ATTRIBUTION.md: sources and licences), with
+# the DICOM Modality and BodyPartExamined a header would give them (they are PNGs: the model is chosen by these).
+SAMPLE_IMAGES = {"qata": ("qata-test-chest-xray.png", "DX", "CHEST"),
+                 "lung-ct": ("medseg-covid-ct-test-18.png", "CT", "CHEST")}
+SAMPLE_IMAGE_DIR = Path(__file__).parent / "sample_images"
 
 
 # The DICOM samples' files in pydicom-data: napari's File > Open Sample reads the same ones.
@@ -55,4 +67,8 @@ def load_sample(key: str) -> Slice:
                      None, None)
     if key in DICOM_SAMPLE_FILES:
         return read_slice(dicom_sample_path(key))
+    if key in SAMPLE_IMAGES:
+        name, modality, body_part = SAMPLE_IMAGES[key]
+        image = read_slice(SAMPLE_IMAGE_DIR / name, hounsfield=False)
+        return Slice(image.pixels, False, modality, None, None, None, image.source, None, body_part)
     raise KeyError(f"unknown sample {key!r}; choose one of {', '.join(SAMPLES)}")

@@ -1,6 +1,7 @@
 """File > Open Sample > lsms-napari: a RefLiTS CT slice, the whole LiTS volume it comes from, a DICOM head
 CT slice, a MONOCHROME1 radiograph, an abdominal MR slice with a lesion outlined in the file (opened as a
-Labels layer too)."""
+Labels layer too), and real patients' chest images of the chest models' test splits (a QaTa-COV19 radiograph,
+a COVID-19 chest CT slice)."""
 
 from __future__ import annotations
 
@@ -59,3 +60,23 @@ def abdominal_mr() -> list[tuple]:
     """An abdominal MR slice from pydicom-data (MR-SIEMENS-DICOM-WithOverlays.dcm) and, as a Labels
     layer "drawn in the file", the liver lesion a reader outlined in its overlay plane."""
     return _dicom_sample("mr")
+
+
+def _shipped_image(key: str, name: str) -> list[tuple]:
+    """A sample PNG shipped in the package, with the Modality and BodyPartExamined that choose its model."""
+    image = load_sample(key)
+    volume = Volume(image.pixels[None], False, image.modality, None, None, None, [None], [], None, [],
+                    body_part=image.body_part)
+    data, kwargs, kind = volume_layer_data(volume, name)
+    kwargs["metadata"]["lsms"]["description"] = SAMPLES[key].title
+    return [(data, kwargs, kind)]
+
+
+def qata_radiograph() -> list[tuple]:
+    """A chest radiograph of QaTa-COV19's test split (224x224, 8-bit; COVID-19 infection in both lungs)."""
+    return _shipped_image("qata", "QaTa-COV19 chest radiograph")
+
+
+def lung_ct_slice() -> list[tuple]:
+    """An axial chest CT slice of the MedSeg COVID-19 CT set's test split (lung-windowed 8-bit grey, not HU)."""
+    return _shipped_image("lung-ct", "Chest CT slice (COVID-19)")

@@ -25,7 +25,8 @@ def test_manifest_is_valid_and_names_the_widget():
     manifest = PluginManifest.from_distribution("lsms-napari")
     assert [w.display_name for w in manifest.contributions.widgets] == ["Referring Lesion Segment"]
     assert {s.key for s in manifest.contributions.sample_data} == {"reflits", "lits-volume", "dicom-ct",
-                                                                   "chest-radiograph", "abdominal-mr"}
+                                                                   "chest-radiograph", "abdominal-mr",
+                                                                   "qata-radiograph", "lung-ct"}
 
 
 def test_reader_gives_hu_spacing_and_window_for_ct(make_napari_viewer):
@@ -68,7 +69,8 @@ def test_reader_declines_other_files_and_explains_bad_dicom(tmp_path):
 
 
 @pytest.mark.parametrize("key,shape,hounsfield", [("reflits", (128, 128), True), ("dicom-ct", (512, 512), True),
-                                                  ("chest-radiograph", (1955, 1841), False)])
+                                                  ("chest-radiograph", (1955, 1841), False),
+                                                  ("qata-radiograph", (224, 224), False), ("lung-ct", (359, 373), False)])
 def test_samples_open(make_napari_viewer, key, shape, hounsfield, lits):
     viewer = make_napari_viewer()
     [layer] = viewer.open_sample("lsms-napari", key)

@@ -35,6 +35,12 @@ class TrainConfig:
     train_text_layers: tuple[int, ...] = ()
     text_lr: float | None = None  # learning rate of trained text layers (default: lr)
     augment: bool = False
+    # Share of the lines without an instance number (those outlining the slice's findings as a whole, as QaTa's
+    # sentences do) whose words are replaced by the neutral text in training, so that lsms-eval --text-mode
+    # neutral measures what the words add, not a text the model never saw (the paper's partial-text rows).
+    neutral_share: float = 0.0
+    vertical_flips: bool = True
+    workers: int = 0  # processes that read and augment samples ahead of the model (0: in the training process)  # with augment: also upside-down flips (upper<->lower swapped in the text)
     init_mscan: str | None = None  # SegNeXt MSCAN ImageNet weights to start the encoder from
     window_center: float = PreprocessConfig.window_center
     window_width: float = PreprocessConfig.window_width
@@ -73,6 +79,9 @@ class TrainConfig:
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise ValueError(f"--{name.replace('_', '-')} must be a whole number >= {low}, got {value!r}")
         number("lr", 0.0, 1.0, low_open=True)
+        number("neutral_share", 0.0, 1.0)
+        if not isinstance(self.workers, int) or isinstance(self.workers, bool) or not 0 <= self.workers <= 64:
+            raise ValueError(f"--workers must be a whole number from 0 to 64, got {self.workers!r}")
         number("weight_decay", 0.0, 10.0)
         number("temperature", 0.0, 100.0, low_open=True)
         number("contrastive_weight", 0.0, 100.0)

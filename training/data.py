@@ -27,6 +27,7 @@ from lsms_core.preprocessing import normalise as _normalise
 from lsms_core.preprocessing import resize_grey, to_model_target, to_unit_grey
 from lsms_core.selection import ALL_LESIONS_TEXT
 
+NEUTRAL_TEXT = "a lesion"  # what lsms-eval --text-mode neutral gives the model instead of the words
 _SWAPS = {"horizontal": ("left", "right"), "vertical": ("upper", "lower")}
 
 
@@ -123,7 +124,8 @@ class ReferringSamples(torch.utils.data.Dataset):
 
     def __init__(self, dataset: AnnotationDataset | list[AnnotationDataset], split: str | None,
                  prep: PreprocessConfig, augment: bool = False, seed: int = 0, cache_bytes: int = 2 << 30,
-                 kinds: tuple[str, ...] = (), finder: bool = False) -> None:
+                 kinds: tuple[str, ...] = (), finder: bool = False, vertical_flips: bool = True,
+                 neutral_share: float = 0.0) -> None:
         self.datasets = list(dataset) if isinstance(dataset, (list, tuple)) else [dataset]
         self.dataset = self.datasets[0]
         self.records: list[dict] = []
@@ -140,6 +142,8 @@ class ReferringSamples(torch.utils.data.Dataset):
             raise DatasetError(empty_split_message(self.datasets, split, kinds))
         self.prep = prep
         self.augment = augment
+        self.vertical_flips = vertical_flips
+        self.neutral_share = neutral_share
         self.seed = seed
         self._grey = BoundedCache(cache_bytes)
         self._targets = BoundedCache(cache_bytes)
@@ -187,9 +191,12 @@ class ReferringSamples(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> Sample:
         record = self.records[index]
         grey, target, text = self.grey(record, index), self.target(index), record["text"]
+        generator = torch.Generator().manual_seed(hash((self.seed, self.epoch, index)) & 0x7FFFFFFF)
+        if self.neutral_share and record.get("instance") is None \
+                and float(torch.rand((), generator=generator)) < self.neutral_share:
+            text = NEUTRAL_TEXT
         if self.augment:
-            generator = torch.Generator().manual_seed(hash((self.seed, self.epoch, index)) & 0x7FFFFFFF)
-            grey, target, text = augment_sample(grey, target, text, generator)
+            grey, target, text = augment_sample(grey, target, text, generator, self.vertical_flips)
         return Sample(grey, target, text, index)
 
 
@@ -207,14 +214,15 @@ def _swap_words(text: str, pair: tuple[str, str]) -> str:
     return re.sub(rf"\b({a}|{b})\b", lambda m: b if m.group(1) == a else a, text)
 
 
-def augment_sample(grey: torch.Tensor, target: torch.Tensor, text: str,
-                   generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, str]:
+def augment_sample(grey: torch.Tensor, target: torch.Tensor, text: str, generator: torch.Generator,
+                   vertical_flips: bool = True) -> tuple[torch.Tensor, torch.Tensor, str]:
     """Flips that keep the text true (left<->right, upper<->lower swapped in it), a small random
-    zoom/shift, and brightness/contrast jitter. No rotations: they would change 'upper'."""
+    zoom/shift, and brightness/contrast jitter. No rotations: they would change 'upper'.
+    ``vertical_flips`` False: no upside-down images (a chest radiograph never comes that way)."""
     rand = lambda: float(torch.rand((), generator=generator))  # noqa: E731
     if rand() < 0.5:
         grey, target, text = grey.flip(-1), target.flip(-1), _swap_words(text, _SWAPS["horizontal"])
-    if rand() < 0.5:
+    if rand() < 0.5 and vertical_flips:
         grey, target, text = grey.flip(-2), target.flip(-2), _swap_words(text, _SWAPS["vertical"])
     scale = 1.0 + 0.2 * (rand() - 0.5)
     shift = [0.1 * (rand() - 0.5), 0.1 * (rand() - 0.5)]

@@ -26,6 +26,36 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("source")
     imp.add_argument("dataset")
     imp.add_argument("--modality", default="OT", help="DICOM modality of the images (CR, CT, ...; default OT)")
+    qata = sub.add_parser("import-qata", help="QaTa-COV19 (SGSeg's or LViT's layout) -> new dataset, with one line "
+                                              "per lung on bilateral findings")
+    qata.add_argument("source", help="SGSeg's data/QaTa folder or LViT's QaTa-COV19 folder")
+    qata.add_argument("dataset")
+    qata.add_argument("--captions", choices=("patient", "as-published"), default="patient",
+                      help="patient: left/right of the published sentences (which name the image's side) swapped to "
+                           "the patient's, as radiologists speak; as-published: kept")
+    qata.add_argument("--no-sides", action="store_true", help="no per-lung lines, only the published sentences")
+    qata.add_argument("--limit", type=int, help="only the first N images of each split (a small copy)")
+    pairs = sub.add_parser("import-pairs", help="image and mask folders (a split per pair of folders) -> new dataset")
+    pairs.add_argument("dataset")
+    pairs.add_argument("--pair", nargs=3, action="append", required=True, metavar=("SPLIT", "IMAGES", "MASKS"),
+                       help="a split (train, val, test) and its image and mask folders (matched by file stem); "
+                            "repeatable")
+    pairs.add_argument("--text", required=True, help="the expression every line gets, e.g. 'the lung infection'")
+    pairs.add_argument("--modality", default="OT", help="DICOM modality of the images (CT, CR, ...; default OT)")
+    pairs.add_argument("--orient", default="as-is", choices=("as-is", "transpose", "rot90", "rot180", "rot270",
+                                                             "flip-lr", "flip-ud"),
+                       help="put a set published on its side right (the same for masks)")
+    pairs.add_argument("--group-by", metavar="REGEX", help="regular expression whose first group names the patient "
+                                                            "in a file stem (default: every image its own group)")
+    pairs.add_argument("--val-share", type=float, default=0.0, help="share of the train pairs moved to val, by name")
+    pairs.add_argument("--prefix", default="pairs", help="prefix of the split groups")
+    pairs.add_argument("--pixels-note", default="", help="what the pixels are, e.g. 'windowed 8-bit grey, not HU'")
+    pairs.add_argument("--source-note", default="", help="where the set comes from (repository, commit, licence)")
+    covid = sub.add_parser("import-covid-ct", help="the COVID-19 CT segmentation set (Inf-Net's Dataset folder) -> "
+                                                   "new dataset with expressions from its real masks")
+    covid.add_argument("source", help="Inf-Net's Dataset folder (git archive e9adc05 Dataset)")
+    covid.add_argument("dataset")
+    covid.add_argument("--val-share", type=float, default=0.2, help="share of the training slices moved to val")
     exp = sub.add_parser("export-lvit", help="dataset -> LViT layout")
     exp.add_argument("dataset")
     exp.add_argument("output")
@@ -125,6 +155,44 @@ def _import(args: argparse.Namespace) -> int:
     return 0
 
 
+def _import_qata(args: argparse.Namespace) -> int:
+    from .importers.qata import import_qata
+
+    bar, update = progress_bar("import-qata")
+    with bar:
+        dataset, counts = import_qata(args.source, args.dataset, captions=args.captions, sides=not args.no_sides,
+                                      limit=args.limit, progress=update)
+    print(f"imported {counts['images']} images ({counts['lines']} annotations, {counts['side_lines']} of them one "
+          f"lung's part; {counts['duplicates']} duplicate images dropped) into {args.dataset}")
+    return 0
+
+
+def _import_pairs(args: argparse.Namespace) -> int:
+    from .importers.pairs import import_pairs
+
+    bar, update = progress_bar("import-pairs")
+    with bar:
+        _, counts = import_pairs(args.dataset, [tuple(p) for p in args.pair], args.text, modality=args.modality,
+                                 orient=args.orient, prefix=args.prefix, group_by=args.group_by,
+                                 val_share=args.val_share, pixels_note=args.pixels_note,
+                                 provenance={"source": args.source_note} if args.source_note else None,
+                                 progress=update)
+    print(f"imported {sum(counts.values())} pairs ({', '.join(f'{k} {v}' for k, v in counts.items())}) into "
+          f"{args.dataset}")
+    return 0
+
+
+def _import_covid_ct(args: argparse.Namespace) -> int:
+    from .importers.covid_ct import import_covid_ct
+
+    bar, update = progress_bar("import-covid-ct")
+    with bar:
+        _, counts = import_covid_ct(args.source, args.dataset, val_share=args.val_share, progress=update)
+    print(f"imported {sum(counts.values())} annotations ({', '.join(f'{k} {v}' for k, v in counts.items())}) into "
+          f"{args.dataset}")
+    return 0
+
+
 def _export(args: argparse.Namespace) -> int:
     from lsms_core.dataset.lvit import export_lvit
 
@@ -208,7 +276,7 @@ def _build_synth(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"validate": _validate, "set-split": _set_split, "import-lvit": _import, "export-lvit": _export, "build-lits": _build_lits,
+COMMANDS = {"validate": _validate, "set-split": _set_split, "import-lvit": _import, "import-qata": _import_qata, "import-pairs": _import_pairs, "import-covid-ct": _import_covid_ct, "export-lvit": _export, "build-lits": _build_lits,
             "build-synth": _build_synth}
 
 if __name__ == "__main__":

@@ -17,7 +17,8 @@ from lsms_core.preprocessing import ImageError
 from lsms_core.metrics import Scores, boundary_f1
 from lsms_core.referring import ReferringScores, referring_instances, score_referring
 
-NEUTRAL_TEXT = "a lesion"
+from .data import NEUTRAL_TEXT
+
 TEXT_MODES = ("as-is", "neutral")
 
 

@@ -39,6 +39,15 @@ def build_parser() -> argparse.ArgumentParser:
                                                               "(default: none, frozen and cached)")
     p.add_argument("--text-lr", type=float, help="learning rate of the fine-tuned text layers (default: --lr)")
     p.add_argument("--augment", action="store_true", help="flips with matching text, zoom/shift, intensity jitter")
+    p.add_argument("--workers", type=int, default=defaults.workers,
+                   help="processes that read and augment samples ahead of the model (0: none; on a machine with "
+                        "spare cores or a GPU, 2-8)")
+    p.add_argument("--no-vertical-flips", action="store_true",
+                   help="with --augment: left-right flips only (chest radiographs are never upside down)")
+    p.add_argument("--neutral-share", type=float, default=defaults.neutral_share, metavar="P",
+                   help="replace the words of this share of the instance-less lines (whole-finding sentences, as "
+                        "QaTa's) by the neutral text 'a lesion' in training, so that lsms-eval --text-mode neutral "
+                        "measures what the words add")
     p.add_argument("--mix", action="append", default=[], metavar="DATASET",
                    help="another dataset (e.g. lsms-data build-synth) whose train and val splits are mixed in; "
                         "repeatable")
@@ -107,6 +116,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         contrastive_weight=args.contrastive_weight, boundary_weight=args.boundary_weight,
         temperature=args.temperature, text_encoder=args.text_encoder, max_tokens=args.max_tokens,
         train_text_layers=parse_layers(args.train_text_layers), text_lr=args.text_lr, augment=args.augment,
+        vertical_flips=not args.no_vertical_flips, neutral_share=args.neutral_share,
+        workers=args.workers,
         init_mscan=args.init_mscan, window_center=args.window[0], window_width=args.window[1], seed=args.seed,
         device=args.device, amp=not args.no_amp, channels_last=args.channels_last,
         save_every_steps=args.save_every_steps, model_name=args.model_name, half_checkpoints=args.half_checkpoints,

@@ -39,6 +39,8 @@ from .data import (ReferringSamples, TextFeatureCache, collate, epoch_order, gro
 from .state import Progress, read_state, restore_state, save_state
 
 LOG_FILE = "log.jsonl"
+MACHINE_SETTINGS = ("device", "workers")  # a resumed run takes these from its new command line, not its state
+PROGRESS_EVERY = 100  # iterations between "progress" events when no progress bar is shown
 RUN_FILES = ("best.safetensors", "last.safetensors", "train_state.safetensors", LOG_FILE)  # what a run writes
 GROUNDING_FLAGS = ("position_encoding",)  # ModelConfig additions that start at zero
 SELECTOR_FIELDS = ("select_lesions", "selector_hidden", "selector_features", "selector_kind", "selector_layers",
@@ -92,10 +94,10 @@ class Trainer:
         resumed = read_state(self.output) if resume else None
         if resumed is not None:
             stored = TrainConfig.from_json(resumed[1]["config"])
-            changed = stored.differences(config)
+            changed = stored.differences(config, ignore=MACHINE_SETTINGS)
             if changed and self.is_main:
                 print(f"lsms-train: resuming with the stored settings; ignoring {sorted(changed)}")
-            config = TrainConfig(**{**stored.__dict__, "device": config.device})
+            config = TrainConfig(**{**stored.__dict__, **{k: getattr(config, k) for k in MACHINE_SETTINGS}})
         self.config = config
         self.show_progress = show_progress and self.is_main
         self.device = resolve_device(config.device)
@@ -117,7 +119,8 @@ class Trainer:
         datasets = [open_training_dataset(path) for path in (config.dataset, *config.mix)]
         kinds = () if finder else tuple(config.expression_kinds)
         self.train_samples = ReferringSamples(datasets, config.train_split, self.prep, config.augment, config.seed,
-                                              kinds=kinds, finder=finder)
+                                              kinds=kinds, finder=finder, vertical_flips=config.vertical_flips,
+                                              neutral_share=config.neutral_share)
         with_val = [d for d in datasets if any(not kinds or set(r.get("expression_kinds") or ()) & set(kinds)
                                                for r in d.select(config.val_split))]
         self.val_samples = (ReferringSamples(with_val, config.val_split, self.prep, kinds=kinds, finder=finder)
@@ -323,18 +326,20 @@ class Trainer:
 
             bar = tqdm(total=len(batches), initial=skip, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch",
                        dynamic_ncols=True, disable=None)  # None: off when stderr is not a terminal
-        for batch_indices in batches[skip:]:
-            terms = self._step([self.train_samples[i] for i in batch_indices])
+        for batch_indices, samples in zip(batches[skip:], self._load(batches[skip:])):
+            terms = self._step(samples)
             seen += len(batch_indices)
             for name, value in terms.items():
                 totals[name] = totals.get(name, 0.0) + value * len(batch_indices)
             self.progress.step_in_epoch += 1
             self.progress.iteration += 1
-            if bar is not None:
+            if bar is not None and not bar.disable:
                 rate = seen * self.world / max(time.perf_counter() - start, 1e-9)
                 bar.set_postfix(loss=f"{terms['total']:.4f}", img_s=f"{rate:.1f}",
                                 lr=f"{self.optimizer.param_groups[0]['lr']:.2e}")
                 bar.update(1)
+            elif self.is_main and self.progress.iteration % PROGRESS_EVERY == 0:  # no terminal: the log says it
+                self._say_progress(epoch, seen, time.perf_counter() - start)
             if cfg.save_every_steps and self.progress.iteration % cfg.save_every_steps == 0:
                 self._save_state()
         if bar is not None:
@@ -363,6 +368,32 @@ class Trainer:
                 self._save_checkpoint("best.safetensors", epoch + 1, scores)
             self._save_checkpoint("last.safetensors", epoch + 1, scores)
         self._save_state()
+        self._log(record)
+
+    def _load(self, batches: list[list[int]]):
+        """The samples of ``batches``, in order: read and augmented here, or by ``config.workers`` processes
+        ahead of the model (each keeps its own cache; samples are a function of (seed, epoch, index), so both
+        ways give the same batches)."""
+        if not self.config.workers or not batches:
+            return ([self.train_samples[i] for i in batch] for batch in batches)
+        # Its own generator: the workers' seeds must not be drawn from the global one the model's dropout uses.
+        loader = torch.utils.data.DataLoader(self.train_samples, batch_sampler=batches, collate_fn=list,
+                                             num_workers=self.config.workers, prefetch_factor=4,
+                                             generator=torch.Generator().manual_seed(self.config.seed))
+        return iter(loader)
+
+    def _say_progress(self, epoch: int, seen: int, elapsed: float) -> None:
+        """Without a terminal (a run in the background, the widget's Train): one line on stderr and a "progress"
+        event in the log with samples/s of this epoch so far and the time left for the whole run."""
+        rate = seen * self.world / max(elapsed, 1e-9)
+        left = (self.total_iterations - self.progress.iteration) * self.config.batch_size * self.world / max(rate, 1e-9)
+        record = {"event": "progress", "epoch": epoch + 1, "iteration": self.progress.iteration,
+                  "iterations": self.total_iterations, "images_per_s": round(rate, 2), "eta_s": round(left),
+                  "time": time.time()}
+        if self.show_progress:  # not under --no-progress (the widget reads the log, and stderr for errors)
+            print(f"lsms-train: epoch {epoch + 1}/{self.config.epochs}, iteration {self.progress.iteration}/"
+                  f"{self.total_iterations}, {rate:.1f} samples/s, about {format_duration(left)} left (training only)",
+                  file=sys.stderr, flush=True)
         self._log(record)
 
     def _step(self, samples) -> dict[str, float]:
@@ -487,6 +518,14 @@ def _init_distributed() -> tuple[int, int]:
     if dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
+
+
+def format_duration(seconds: float) -> str:
+    """``1 h 05 min`` or ``7 min`` (rounded to minutes; under a minute: ``< 1 min``)."""
+    minutes = int(round(seconds / 60))
+    if minutes < 1:
+        return "< 1 min"
+    return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{minutes} min"
 
 
 def _barrier(world: int) -> None:

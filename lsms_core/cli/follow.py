@@ -44,9 +44,11 @@ def follow_volume(args: argparse.Namespace) -> int:
     from ..follow import follow_lesion
     from ..follow_engines import DEFAULT_ENGINE, make_proposer
     from ..inference import Segmenter, clean_expression
+    from ..models import resolve_auto
     from ..volume_io import read_volume
     from ..volume_measure import measure_volume
     from .common import progress_bar
+    from .segment import say_choice
 
     start = time.perf_counter()
     clean_expression(args.text)
@@ -67,6 +69,9 @@ def follow_volume(args: argparse.Namespace) -> int:
     depth = len(volume.pixels)
     if not 0 <= args.slice < depth:
         raise ValueError(f"--slice {args.slice} is outside the volume's slices 0..{depth - 1}")
+    seed_slice = volume.slice(args.slice)  # a volume is CT: "auto" chooses the chest or the liver model by it
+    args.checkpoint, choice = resolve_auto(args.checkpoint, seed_slice.pixels, seed_slice.hounsfield, "CT",
+                                           seed_slice.body_part, "ct")
     segmenter = Segmenter(args.checkpoint, device=args.device, text_encoder_path=args.text_encoder)
     seed = segmenter.segment(volume.slice(args.slice), args.text)
     if not seed.mask.any():
@@ -89,7 +94,9 @@ def follow_volume(args: argparse.Namespace) -> int:
               "slices": result.slices, "stops": {k: {"slice": v.slice, "reason": v.reason}
                                                  for k, v in result.stops.items()},
               "measurements": measured.to_record(), "model": segmenter.describe(),
-              "seconds": round(time.perf_counter() - start, 3), "notes": volume.notes}
+              "seconds": round(time.perf_counter() - start, 3), "notes": volume.notes,
+              "model_choice": None if choice is None else {"name": choice.name, "reason": choice.reason}}
+    say_choice(choice)
     if args.json:
         print(json.dumps(report, sort_keys=True))
     else:

@@ -19,10 +19,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lsms-segment", description=__doc__)
     parser.add_argument("image", nargs="?", help="a DICOM file, a PNG/JPEG/TIFF, or a .npy array (HU for CT); "
                         "with --follow: a DICOM series folder, a NIfTI/NRRD file or a (Z,H,W) .npy")
-    parser.add_argument("--sample", choices=("reflits", "ct", "xray", "mr"),
+    parser.add_argument("--sample", choices=("reflits", "ct", "xray", "mr", "qata", "lung-ct"),
                         help="segment a bundled sample slice instead of IMAGE (reflits: LiTS CT slice with four tumours)")
     parser.add_argument("--text", required=True, help='the referring expression, e.g. "the largest lesion"')
-    parser.add_argument("--checkpoint", default="default", help="a .safetensors checkpoint, or 'default'")
+    parser.add_argument("--checkpoint", default="auto",
+                        help="auto (default): the shipped model for the image (a radiograph: qata; a chest CT: "
+                             "lung-ct; other CT: liver), said on stderr and in --json; or a shipped model's name "
+                             "(default = liver, qata, lung-ct) or a .safetensors checkpoint")
+    parser.add_argument("--image-kind", choices=("auto", "xray", "ct"), default="auto",
+                        help="what a header-less image (PNG, JPEG, TIFF, .npy) is, for --checkpoint auto: xray "
+                             "gets the X-ray model (a DICOM's own Modality wins)")
     parser.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda or cuda:N")
     parser.add_argument("-o", "--output", required=True,
                         help="where to write the mask (binary PNG, 0/255; with --follow: .nii.gz, .nii or .npy)")
@@ -91,6 +97,7 @@ def _segment(args: argparse.Namespace) -> int:
         image = load_sample(args.sample)
     else:
         image = read_slice(args.image, frame=args.frame, hounsfield=units)
+    choice = _choose_model(args, image)
     segmenter = _open_segmenter(args)
     loaded = time.perf_counter()
     outside = _domain_warning(image, args.checkpoint)
@@ -103,12 +110,32 @@ def _segment(args: argparse.Namespace) -> int:
               "output": str(output), "pixels": int(mask.sum()), "height": image.shape[0], "width": image.shape[1],
               "seconds": round(time.perf_counter() - start, 4), "load_seconds": round(loaded - start, 4),
               "segment_seconds": round(result.seconds, 4), "model": segmenter.describe(), "text": result.text,
-              "hounsfield": image.hounsfield, "notes": result.notes, "outside_domain": outside}
+              "hounsfield": image.hounsfield, "notes": result.notes, "outside_domain": outside,
+              "model_choice": None if choice is None else {"name": choice.name, "reason": choice.reason}}
+    say_choice(choice)
     if args.json:
         print(json.dumps(report, sort_keys=True))
     else:
         print(f"{report['pixels']} pixels -> {output} ({report['seconds']:.2f} s, {result.device})")
     return 0
+
+
+def _choose_model(args: argparse.Namespace, image):
+    """With ``--checkpoint auto``: the shipped model for ``image`` (a Slice), put into ``args.checkpoint``; else None
+    (the model named is used as given). ``say_choice`` tells the user once the run succeeded (an error stays one
+    line)."""
+    from ..models import resolve_auto
+
+    args.checkpoint, choice = resolve_auto(args.checkpoint, image.pixels, image.hounsfield, image.modality,
+                                           image.body_part, args.image_kind)
+    return choice
+
+
+def say_choice(choice) -> None:
+    """The automatic choice of model, and why, on stderr (nothing when the user named the model)."""
+    if choice is not None:
+        print(f"lsms-segment: model: {choice.describe()} (--checkpoint NAME or PATH to choose another)",
+              file=sys.stderr)
 
 
 def _open_segmenter(args: argparse.Namespace):

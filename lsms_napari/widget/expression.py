@@ -14,10 +14,17 @@ EMPTY_EXPRESSION = ("the expression is empty: type what to segment, e.g. 'the la
                     "lobe', or fill the structured fields")
 STATUS_TEXT_CHARS = 80  # an expression longer than this is cut with "…" in the status line
 
+# The chest's findings (the X-ray and lung CT models' words: QaTa-COV19's sentences, docs/chest.md).
+CHEST_TYPES = ("unilateral pulmonary infection", "bilateral pulmonary infection", "infection", "opacity",
+               "ground-glass opacity", "consolidation")
 LESION_TYPES = ("", "lesion", "tumour", "cyst", "hemangioma", "hepatocellular carcinoma", "metastasis",
-                "focal nodular hyperplasia", "abscess", "nodule")
+                "focal nodular hyperplasia", "abscess", "nodule", *CHEST_TYPES)
+# Lungs and their zones are the patient's (radiological convention: the patient's left is the image's right).
+LUNG_LOCATIONS = ("left lung", "right lung", "both lungs", "upper left lung", "middle left lung", "lower left lung",
+                  "upper right lung", "middle right lung", "lower right lung", "lower left lung and lower right lung")
 LOCATIONS = ("", "segment I", "segment II", "segment III", "segment IV", "segment V", "segment VI",
-             "segment VII", "segment VIII", "right lobe", "left lobe", "caudate lobe")
+             "segment VII", "segment VIII", "right lobe", "left lobe", "caudate lobe", *LUNG_LOCATIONS)
+COUNTS = ("", "one", "two", "three", "four", "five", "six")  # infected areas (QaTa counts up to six lung zones)
 SIZES = ("", "largest", "second largest", "smallest")
 SHAPES = ("", "round", "oval", "irregular", "lobulated")
 BOUNDARIES = ("", "clear", "ill-defined")
@@ -25,7 +32,7 @@ ENHANCEMENTS = ("", "ring", "non-ring", "arterial", "no")
 
 # attribute field -> expression kind (schema.EXPRESSION_KINDS)
 FIELD_KINDS = {"lesion_type": "type", "location": "location", "size": "size", "shape": "shape",
-               "boundary": "boundary", "enhancement": "enhancement", "diameter_mm": "diameter"}
+               "boundary": "boundary", "enhancement": "enhancement", "diameter_mm": "diameter", "count": "count"}
 
 
 def compose_expression(free_text: str, fields: dict[str, str | float | None]) -> str:
@@ -33,6 +40,8 @@ def compose_expression(free_text: str, fields: dict[str, str | float | None]) ->
     free = " ".join((free_text or "").split())
     if free:
         return free
+    if fields.get("lesion_type") in CHEST_TYPES or fields.get("location") in LUNG_LOCATIONS or fields.get("count"):
+        return _chest_sentence(fields)
     kind = fields.get("lesion_type") or "lesion"
     size = fields.get("size")
     text = f"The {size} {kind}" if size else f"A {kind}"
@@ -51,6 +60,21 @@ def compose_expression(free_text: str, fields: dict[str, str | float | None]) ->
     if details:
         text += ", with " + ", ".join(details[:-1]) + (" and " if len(details) > 1 else "") + details[-1]
     return text + "."
+
+
+def _chest_sentence(fields: dict) -> str:
+    """QaTa-COV19's sentence shape, which the X-ray model was trained on: "bilateral pulmonary infection, two
+    infected areas, lower left lung and lower right lung." (parts the fields leave empty are left out)."""
+    kind = fields.get("lesion_type") or "pulmonary infection"
+    count, location = fields.get("count"), fields.get("location")
+    if not kind.endswith("pulmonary infection"):  # "the consolidation in the left lung."
+        return f"The {kind}" + (f" in the {location}" if location else "") + "."
+    parts = [kind]
+    if count:
+        parts.append(f"{count} infected area{'' if count == 'one' else 's'}")
+    if location:
+        parts.append(location)
+    return ", ".join(parts) + "."
 
 
 def expression_kinds(fields: dict[str, str | float | None]) -> list[str]:

@@ -20,9 +20,10 @@ class StructuredFields(QGroupBox):
         form = QFormLayout(self)
         self.field_combos: dict[str, QComboBox] = {}
         for key, label, choices in (("lesion_type", "Lesion type", ex.LESION_TYPES),
-                                    ("location", "Segment / lobe", ex.LOCATIONS), ("size", "Size", ex.SIZES),
+                                    ("location", "Segment / lobe / lung", ex.LOCATIONS), ("size", "Size", ex.SIZES),
                                     ("shape", "Shape", ex.SHAPES), ("boundary", "Boundary", ex.BOUNDARIES),
-                                    ("enhancement", "Enhancement", ex.ENHANCEMENTS)):
+                                    ("enhancement", "Enhancement", ex.ENHANCEMENTS),
+                                    ("count", "Infected areas", ex.COUNTS)):
             combo = QComboBox()
             combo.addItems(list(choices))
             form.addRow(label, combo)

@@ -39,7 +39,8 @@ class TrainingPanel(QVBoxLayout):
     dataset" (or "Resume training" after a cancel; the resumed run keeps its own settings), "Cancel
     training", "Start over" (forget the cancelled run), "Use new model". ``say``/``fail`` write the data
     status line; ``use_model(path)`` switches the model picker to a checkpoint; ``current_model()`` is
-    the model in use ("default" or a checkpoint path; ValueError when none is chosen)."""
+    the model in use (a shipped model's name, the automatic choice's for the current image, or a checkpoint path;
+    ValueError when none is chosen)."""
 
     def __init__(self, parent, say: Callable[[str], None], fail: Callable[[str], None],
                  use_model: Callable[[str], None], current_model: Callable[[], str]) -> None:

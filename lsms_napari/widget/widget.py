@@ -90,6 +90,7 @@ class ReferringLesionSegmentWidget(QWidget):
         self._request_id = 0
         self._composed = ""  # the expression the structured fields wrote into the box last
         self._fields_note = ""  # said with the result when Segment left the structured fields out
+        self._model_note = ""  # which shipped model the automatic choice took for the image, and why
         self._domain_note = ""  # said with the result when the image is outside the model's domain (once per image)
         self.domain_guard = DomainGuard()
         self._build()
@@ -220,7 +221,7 @@ class ReferringLesionSegmentWidget(QWidget):
         row.addWidget(self.export_mask_button)
         data_layout.addLayout(row)
         self.training_panel = TrainingPanel(self, self._say_data, self._fail_data, self._use_model,
-                                            self.model_picker.checkpoint)
+                                            self.checkpoint)
         self.training_panel.train_button.clicked.connect(lambda: self.train())
         self.epochs, self.train_button = self.training_panel.epochs, self.training_panel.train_button
         self.image_size, self.learning_rate = self.training_panel.image_size, self.training_panel.learning_rate
@@ -275,7 +276,23 @@ class ReferringLesionSegmentWidget(QWidget):
 
     # --- model --------------------------------------------------------------------------------
     def checkpoint(self) -> str:
-        return self.model_picker.checkpoint()
+        """The checkpoint the current image gets: the picked model, or for the automatic choice the shipped model
+        for it (lsms_core.models); ValueError when a checkpoint file is wanted but not given."""
+        return self.model_choice()[0]
+
+    def model_choice(self, layer: Image | None = None, pixels: np.ndarray | None = None):
+        """(checkpoint, ModelChoice or None) for ``layer`` (default: the widget's image) and its slice ``pixels``
+        (default: the displayed one); the choice is None when a model was picked by hand."""
+        layer = layer if layer is not None else self.image_layer()
+        if layer is None:
+            return self.model_picker.checkpoint_for(None, False, "", "")
+        info = SourceInfo.of(layer)
+        if pixels is None:
+            try:
+                pixels = self.current_slice(layer)[0]
+            except ValueError:
+                pixels = None
+        return self.model_picker.checkpoint_for(pixels, info.hounsfield, info.modality, info.body_part)
 
     def preload_model(self) -> None:
         """Load the chosen model in the background so the first Segment is fast."""
@@ -313,13 +330,14 @@ class ReferringLesionSegmentWidget(QWidget):
         try:
             text, attributes, dropped = ex.text_and_attributes(self.expression.text(), self.fields())
             pixels, index = self.current_slice(layer)
-            checkpoint = self.checkpoint()
+            checkpoint, choice = self.model_choice(layer, pixels)
         except (ExpressionError, ValueError) as error:
             self._fail(str(error))
             return
         info = SourceInfo.of(layer)
         warning = self.domain_guard.check(layer, pixels, checkpoint)  # once per image; Segment goes on
         self._domain_note = f" Note: {warning}" if warning else ""
+        self._model_note = f" Model: {choice.describe()}." if choice is not None else ""
         if warning:
             show_warning(warning)
         kinds = ex.expression_kinds(attributes)
@@ -331,7 +349,7 @@ class ReferringLesionSegmentWidget(QWidget):
         request_id = self._request_id
         loading = not self.session.is_loaded(checkpoint, request.device)
         self._say(("Loading the model, then segmenting" if loading else "Segmenting") + f' "{ex.elide(text)}"...'
-                  + self._domain_note)
+                  + self._model_note + self._domain_note)
         self.segment_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
         self._worker = start_worker(self.session.run, request, description=f"Segment: {text[:40]}",
@@ -394,7 +412,8 @@ class ReferringLesionSegmentWidget(QWidget):
         self._say(f'"{ex.elide(request.text)}": {found}{where} in {proposal.seconds:.2f} s '
                   f'({proposal.model.get("name")}).{matching.hint(proposal)} Correct it with the brush, then Save '
                   'annotation.'
-                  + self._fields_note + self._domain_note + "".join(f" Note: {n}." for n in proposal.notes))
+                  + self._fields_note + self._model_note + self._domain_note
+                  + "".join(f" Note: {n}." for n in proposal.notes))
         for note in proposal.notes:
             show_warning(note)
         self.update_measurements()

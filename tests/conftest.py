@@ -175,3 +175,41 @@ def drag_canvas(qtbot, viewer, layer, start: tuple[float, float], end: tuple[flo
         qtbot.mouseMove(native, QPoint(int(a.x() + (b.x() - a.x()) * t), int(a.y() + (b.y() - a.y()) * t)))
         qtbot.wait(5)  # each move delivered before the next, as a hand drags
     qtbot.mouseRelease(native, Qt.LeftButton, Qt.NoModifier, b)
+
+
+@pytest.fixture
+def open_widget(make_napari_viewer, monkeypatch, tmp_path):
+    """open_widget(sample key) -> (viewer, widget, layers): a real viewer on an lsms-napari sample, the
+    widget docked (CPU, saving to tmp_path/annotations), napari's warnings recorded in ``widget.warned``."""
+    from lsms_napari.widget import ReferringLesionSegmentWidget
+    from lsms_napari.widget import widget as widget_module
+
+    monkeypatch.setenv("LSMS_NAPARI_SECRET", "test-secret")
+    warned: list[str] = []
+    monkeypatch.setattr(widget_module, "show_warning", warned.append)
+
+    def make(key: str):
+        viewer = make_napari_viewer()
+        layers = viewer.open_sample("lsms-napari", key)
+        widget = ReferringLesionSegmentWidget(viewer)
+        viewer.window.add_dock_widget(widget)
+        widget.device_combo.setCurrentText("cpu")
+        widget.dataset_path.setText(str(tmp_path / "annotations"))
+        widget.warned = warned
+        return viewer, widget, layers
+
+    return make
+
+
+def type_and_segment(qtbot, viewer, widget, text: str, timeout_ms: int = 180_000):
+    """Type ``text`` into the Expression box as a user would, click Segment, wait for the new Labels layer."""
+    from napari.layers import Labels
+    from qtpy.QtCore import Qt
+
+    before = len([layer for layer in viewer.layers if isinstance(layer, Labels)])
+    widget.expression.clear()
+    qtbot.keyClicks(widget.expression, text)
+    qtbot.mouseClick(widget.segment_button, Qt.LeftButton)
+    qtbot.waitUntil(lambda: len([layer for layer in viewer.layers if isinstance(layer, Labels)]) == before + 1,
+                    timeout=timeout_ms)
+    return viewer.layers[-1]

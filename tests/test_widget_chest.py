@@ -4,44 +4,32 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from napari.layers import Labels
 from PIL import Image
 from qtpy.QtCore import Qt
 
 from lsms_core.dataset import AnnotationDataset
 from lsms_core.dataset.validate import validate_dataset
 from lsms_core.metrics import dice_iou
-from lsms_napari.widget import ReferringLesionSegmentWidget
 from lsms_napari.widget.model_picker import SHIPPED_BY_TITLE
 
+from conftest import type_and_segment
 from test_qata_import import QATA
 
 SEGMENT_TIMEOUT_MS = 180_000
 
 
 @pytest.fixture
-def chest_widget(make_napari_viewer, monkeypatch, tmp_path):
+def chest_widget(open_widget):
+    """chest_widget(sample key) -> (viewer, widget, image): conftest's open_widget on a one-layer sample."""
     def make(key: str):
-        monkeypatch.setenv("LSMS_NAPARI_SECRET", "test-secret")
-        viewer = make_napari_viewer()
-        [image] = viewer.open_sample("lsms-napari", key)
-        widget = ReferringLesionSegmentWidget(viewer)
-        viewer.window.add_dock_widget(widget)
-        widget.device_combo.setCurrentText("cpu")
-        widget.dataset_path.setText(str(tmp_path / "annotations"))
+        viewer, widget, [image] = open_widget(key)
         return viewer, widget, image
 
     return make
 
 
-def _segment(qtbot, viewer, widget, text: str) -> Labels:
-    before = len([layer for layer in viewer.layers if isinstance(layer, Labels)])
-    widget.expression.clear()
-    qtbot.keyClicks(widget.expression, text)
-    qtbot.mouseClick(widget.segment_button, Qt.LeftButton)
-    qtbot.waitUntil(lambda: len([layer for layer in viewer.layers if isinstance(layer, Labels)]) == before + 1,
-                    timeout=SEGMENT_TIMEOUT_MS)
-    return viewer.layers[-1]
+def _segment(qtbot, viewer, widget, text: str):
+    return type_and_segment(qtbot, viewer, widget, text, SEGMENT_TIMEOUT_MS)
 
 
 def test_the_xray_sample_gets_the_xray_model_segments_and_saves(qtbot, chest_widget, tmp_path):

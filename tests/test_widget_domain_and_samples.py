@@ -15,47 +15,18 @@ import pytest
 from napari.layers import Image, Labels
 from qtpy.QtCore import Qt
 
+from conftest import type_and_segment
 from lsms_core.dataset import AnnotationDataset
 from lsms_core.dataset.validate import validate_dataset
 from lsms_core.windows import WINDOW_PRESETS, percentile_limits
-from lsms_napari.widget import widget as widget_module
 from lsms_napari.widget.image_picker import AUTO_WINDOW, FILE_WINDOW
 
 ROOT = Path(__file__).resolve().parents[1]
 SEGMENT_TIMEOUT_MS = 180_000
 
 
-@pytest.fixture
-def open_widget(make_napari_viewer, monkeypatch, tmp_path):
-    """open_widget(sample key) -> (viewer, widget, layers): a real viewer on an lsms-napari sample, the
-    widget docked (CPU, saving to tmp_path/annotations), napari's warnings recorded in ``widget.warned``."""
-    from lsms_napari.widget import ReferringLesionSegmentWidget
-
-    monkeypatch.setenv("LSMS_NAPARI_SECRET", "test-secret")
-    warned: list[str] = []
-    monkeypatch.setattr(widget_module, "show_warning", warned.append)
-
-    def make(key: str):
-        viewer = make_napari_viewer()
-        layers = viewer.open_sample("lsms-napari", key)
-        widget = ReferringLesionSegmentWidget(viewer)
-        viewer.window.add_dock_widget(widget)
-        widget.device_combo.setCurrentText("cpu")
-        widget.dataset_path.setText(str(tmp_path / "annotations"))
-        widget.warned = warned
-        return viewer, widget, layers
-
-    return make
-
-
-def _segment(qtbot, viewer, widget, text: str) -> Labels:
-    before = len([layer for layer in viewer.layers if isinstance(layer, Labels)])
-    widget.expression.clear()
-    qtbot.keyClicks(widget.expression, text)
-    qtbot.mouseClick(widget.segment_button, Qt.LeftButton)
-    qtbot.waitUntil(lambda: len([layer for layer in viewer.layers if isinstance(layer, Labels)]) == before + 1,
-                    timeout=SEGMENT_TIMEOUT_MS)
-    return viewer.layers[-1]
+def _segment(qtbot, viewer, widget, text: str):
+    return type_and_segment(qtbot, viewer, widget, text, SEGMENT_TIMEOUT_MS)
 
 
 # --- the model's domain --------------------------------------------------------------------------

@@ -11,8 +11,6 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import shutil
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +18,7 @@ import numpy as np
 from ..config import PreprocessConfig
 from ..preprocessing import luminance
 from ..windows import percentile_limits, window_limits
+from .staging import check_new_destination, staged_dataset
 from .store import AnnotationDataset, DatasetError
 
 LVIT_SPLITS = {"Train": "train", "Val": "val", "Test": "test"}
@@ -101,8 +100,7 @@ def import_lvit(source: str | os.PathLike, destination: str | os.PathLike, modal
     folders = [(name, source / f"{name}_Folder") for name in LVIT_SPLITS if (source / f"{name}_Folder").is_dir()]
     if not folders:
         raise DatasetError(f"{source} has no Train_Folder, Val_Folder or Test_Folder: not an LViT layout")
-    if destination.exists() and (not destination.is_dir() or any(destination.iterdir())):
-        raise DatasetError(f"{destination} exists and is not empty; import into a new folder")
+    check_new_destination(destination)
     jobs = []
     for name, folder in folders:
         table_path = next((p for p in (folder / f"{name}_text.xlsx", source / f"{name}_text.xlsx") if p.is_file()), None)
@@ -118,11 +116,7 @@ def import_lvit(source: str | os.PathLike, destination: str | os.PathLike, modal
             if image_path is None:
                 raise DatasetError(f"no image in {folder / 'img'} for mask {mask_path.name}")
             jobs.append((LVIT_SPLITS[name], image_path, mask_path, texts[mask_path.name]))
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    staging = destination.parent / f".{destination.name}.importing-{uuid.uuid4().hex[:12]}"
-    try:
-        dataset = AnnotationDataset.create(staging, modality=modality,
-                                           description=f"imported from LViT layout {source.name}")
+    with staged_dataset(destination, modality, f"imported from LViT layout {source.name}") as dataset:
         for done, (split, image_path, mask_path, text) in enumerate(jobs, start=1):
             try:
                 image = _read_grey(image_path)
@@ -138,12 +132,6 @@ def import_lvit(source: str | os.PathLike, destination: str | os.PathLike, modal
                                    f"imported into {destination}: fix or remove this pair, then import again") from exc
             if progress is not None:
                 progress(done, len(jobs))
-        if destination.exists():
-            destination.rmdir()  # an empty folder: replaced by the finished dataset
-        os.replace(staging, destination)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return AnnotationDataset.open(destination)
 
 

@@ -23,21 +23,18 @@ two splits (stated in the model card). ``val_share`` of the training slices go t
 from __future__ import annotations
 
 import hashlib
-import json
 import os
-import shutil
-import uuid
 from pathlib import Path
 
 import numpy as np
 
-from lsms_core.atomic import atomic_write_bytes
 from lsms_core.dataset.lvit import _read_grey
 from lsms_core.dataset.store import AnnotationDataset, DatasetError
 
 from .chest_sides import patient_sides
 from .pairs import val_from_train
 from .qata import MIN_SIDE_SHARE, side_text
+from lsms_core.dataset.staging import check_new_destination, staged_dataset
 
 FOLDERS = {"train": ("TrainingSet/LungInfection-Train/Doctor-label", "TrainingSet/MultiClassInfection-Train/GT"),
            "test": ("TestingSet/LungInfection-Test", "TestingSet/MultiClassInfection-Test/GT")}
@@ -94,15 +91,9 @@ def import_covid_ct(source: str | os.PathLike, destination: str | os.PathLike, v
             chosen = "val" if split == "train" and val_from_train(image_path.stem, val_share) else split
             jobs.append((chosen, image_path, source / folder / "GT" / f"{image_path.stem}.png",
                          source / classes_folder / f"{image_path.stem}.png"))
-    if destination.exists() and (not destination.is_dir() or any(destination.iterdir())):
-        raise DatasetError(f"{destination} exists and is not empty; import into a new folder")
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    staging = destination.parent / f".{destination.name}.importing-{uuid.uuid4().hex[:12]}"
+    check_new_destination(destination)
     counts = {"train": 0, "val": 0, "test": 0}
-    try:
-        dataset = AnnotationDataset.create(staging, modality="CT", description="COVID-19 CT segmentation (MedSeg)")
-        dataset.info["provenance"] = PROVENANCE
-        atomic_write_bytes(staging / "dataset.json", (json.dumps(dataset.info, indent=2) + "\n").encode())
+    with staged_dataset(destination, "CT", "COVID-19 CT segmentation (MedSeg)", PROVENANCE) as dataset:
         for done, (split, image_path, mask_path, classes_path) in enumerate(jobs, start=1):
             if not mask_path.is_file():
                 raise DatasetError(f"{mask_path} is missing (the mask of {image_path.name}); nothing was imported")
@@ -114,10 +105,4 @@ def import_covid_ct(source: str | os.PathLike, destination: str | os.PathLike, v
             counts[split] += len(lines)
             if progress is not None:
                 progress(done, len(jobs))
-        if destination.exists():
-            destination.rmdir()
-        os.replace(staging, destination)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return AnnotationDataset.open(destination), counts

@@ -13,14 +13,14 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import shutil
-import uuid
 from pathlib import Path
 
 import numpy as np
 
 from lsms_core.dataset.lvit import _read_grey
 from lsms_core.dataset.store import AnnotationDataset, DatasetError
+
+from lsms_core.dataset.staging import check_new_destination, staged_dataset
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 SPLITS = ("train", "val", "test")
@@ -89,21 +89,10 @@ def import_pairs(destination: str | os.PathLike, pairs: list[tuple[str, str, str
             jobs.append((chosen, stem, images[stem], masks[stem]))
     if not jobs:
         raise DatasetError("no image found in the folders given")
-    if destination.exists() and (not destination.is_dir() or any(destination.iterdir())):
-        raise DatasetError(f"{destination} exists and is not empty; import into a new folder")
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    staging = destination.parent / f".{destination.name}.importing-{uuid.uuid4().hex[:12]}"
+    check_new_destination(destination)
     counts = dict.fromkeys(SPLITS, 0)
     turn = ORIENTATIONS[orient]
-    try:
-        dataset = AnnotationDataset.create(staging, modality=modality, description=f"imported pairs ({prefix})")
-        if provenance:
-            import json
-
-            from lsms_core.atomic import atomic_write_bytes
-
-            dataset.info["provenance"] = provenance
-            atomic_write_bytes(staging / "dataset.json", (json.dumps(dataset.info, indent=2) + "\n").encode())
+    with staged_dataset(destination, modality, f"imported pairs ({prefix})", provenance) as dataset:
         for done, (split, stem, image_path, mask_path) in enumerate(jobs, start=1):
             try:
                 image = np.ascontiguousarray(turn(_read_grey(image_path)))
@@ -121,10 +110,4 @@ def import_pairs(destination: str | os.PathLike, pairs: list[tuple[str, str, str
             counts[split] += 1
             if progress is not None:
                 progress(done, len(jobs))
-        if destination.exists():
-            destination.rmdir()
-        os.replace(staging, destination)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return AnnotationDataset.open(destination), counts

@@ -28,8 +28,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +36,7 @@ from lsms_core.dataset.lvit import LVIT_SPLITS, _image_for_mask, _read_grey, rea
 from lsms_core.dataset.store import AnnotationDataset, DatasetError
 
 from .chest_sides import patient_sides
+from lsms_core.dataset.staging import check_new_destination, staged_dataset
 
 SGSEG_SPLITS = {"train": "train", "valid": "val", "test": "test"}
 CAPTION_MODES = ("patient", "as-published")
@@ -179,19 +178,11 @@ def import_qata(source: str | os.PathLike, destination: str | os.PathLike, capti
         jobs = [job for split in SGSEG_SPLITS.values() for job in [j for j in jobs if j["split"] == split][:limit]]
     if not jobs:
         raise DatasetError(f"{source} lists no image")
-    if destination.exists() and (not destination.is_dir() or any(destination.iterdir())):
-        raise DatasetError(f"{destination} exists and is not empty; import into a new folder")
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    staging = destination.parent / f".{destination.name}.importing-{uuid.uuid4().hex[:12]}"
+    check_new_destination(destination)
     counts = {"images": 0, "lines": 0, "duplicates": 0, "side_lines": 0}
     seen: dict[str, str] = {}
-    try:
-        dataset = AnnotationDataset.create(staging, modality=MODALITY, description=f"QaTa-COV19 imported from "
-                                           f"{PROVENANCE[layout]['source']} ({source.name})")
-        dataset.info["provenance"] = {**PROVENANCE[layout], "layout": layout, "captions": captions}
-        from lsms_core.atomic import atomic_write_bytes
-
-        atomic_write_bytes(staging / "dataset.json", (json.dumps(dataset.info, indent=2) + "\n").encode())
+    with staged_dataset(destination, MODALITY, f"QaTa-COV19 imported from {PROVENANCE[layout]['source']} "
+                        f"({source.name})", {**PROVENANCE[layout], "layout": layout, "captions": captions}) as dataset:
         for done, job in enumerate(jobs, start=1):
             try:
                 image = _read_grey(job["image"])
@@ -218,10 +209,4 @@ def import_qata(source: str | os.PathLike, destination: str | os.PathLike, capti
                 counts["side_lines"] += len(lines) - 1
             if progress is not None:
                 progress(done, len(jobs))
-        if destination.exists():
-            destination.rmdir()
-        os.replace(staging, destination)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return AnnotationDataset.open(destination), counts

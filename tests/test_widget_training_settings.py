@@ -75,7 +75,9 @@ def test_the_panel_shows_fine_tuning_defaults(with_dataset):
     settings = [_value(args, flag) for flag in ("--epochs", "--image-size", "--lr", "--batch-size")]
     assert settings == ["5", "256", "0.0003", "8"]
     # fine-tuning the model in use is the default (issue 11, item 3); its architecture comes with it
-    assert widget.training_panel.fine_tune.isChecked() and widget.model_picker.checkpoint() == "default"
+    # the automatic choice gives the liver model to the RefLiTS slice: named "default", as before
+    assert widget.training_panel.fine_tune.isChecked() and widget.model_picker.checkpoint() == "auto"
+    assert widget.checkpoint() == "default"
     assert _value(args, "--init-checkpoint") == "default" and "--preset" not in args
 
 

@@ -39,8 +39,8 @@ class TrainConfig:
     # sentences do) whose words are replaced by the neutral text in training, so that lsms-eval --text-mode
     # neutral measures what the words add, not a text the model never saw (the paper's partial-text rows).
     neutral_share: float = 0.0
-    vertical_flips: bool = True
-    workers: int = 0  # processes that read and augment samples ahead of the model (0: in the training process)  # with augment: also upside-down flips (upper<->lower swapped in the text)
+    vertical_flips: bool = True  # with augment: also upside-down flips (upper<->lower swapped in the text)
+    workers: int = 0  # processes that read and augment samples ahead of the model (0: in the training process)
     init_mscan: str | None = None  # SegNeXt MSCAN ImageNet weights to start the encoder from
     window_center: float = PreprocessConfig.window_center
     window_width: float = PreprocessConfig.window_width

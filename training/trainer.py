@@ -386,7 +386,8 @@ class Trainer:
         """Without a terminal (a run in the background, the widget's Train): one line on stderr and a "progress"
         event in the log with samples/s of this epoch so far and the time left for the whole run."""
         rate = seen * self.world / max(elapsed, 1e-9)
-        left = (self.total_iterations - self.progress.iteration) * self.config.batch_size * self.world / max(rate, 1e-9)
+        samples_left = (self.total_iterations - self.progress.iteration) * self.config.batch_size * self.world
+        left = samples_left / max(rate, 1e-9)
         record = {"event": "progress", "epoch": epoch + 1, "iteration": self.progress.iteration,
                   "iterations": self.total_iterations, "images_per_s": round(rate, 2), "eta_s": round(left),
                   "time": time.time()}

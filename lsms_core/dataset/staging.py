@@ -1,5 +1,5 @@
-"""All or nothing for every importer (import-lvit here, training/importers/): a new dataset built in a hidden folder next to its destination and
-renamed into place only when the whole import succeeded."""
+"""All or nothing for every importer (import-lvit here, training/importers/): a new dataset is built in a
+hidden folder next to its destination and renamed into place only when the whole import succeeded."""
 
 from __future__ import annotations
 

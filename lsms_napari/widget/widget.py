@@ -349,7 +349,7 @@ class ReferringLesionSegmentWidget(QWidget):
         request_id = self._request_id
         loading = not self.session.is_loaded(checkpoint, request.device)
         self._say(("Loading the model, then segmenting" if loading else "Segmenting") + f' "{ex.elide(text)}"...'
-                  + self._model_note + self._domain_note)
+                  + self._domain_note)
         self.segment_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
         self._worker = start_worker(self.session.run, request, description=f"Segment: {text[:40]}",

@@ -220,10 +220,10 @@ def body_mask(pixels: np.ndarray) -> np.ndarray:
     return ndimage.binary_fill_holes(labels == 1 + int(np.argmax(sizes)))
 
 
-def lung_share(pixels: np.ndarray) -> float | None:
-    """The share of the body (``body_mask``) that lung fills (-950..-500 HU), or None for a slice with almost no
-    body (fewer than 64 pixels)."""
-    body = body_mask(pixels)
+def lung_share(pixels: np.ndarray, body: np.ndarray | None = None) -> float | None:
+    """The share of the body (``body_mask``, computed unless given) that lung fills (-950..-500 HU), or None for a
+    slice with almost no body (fewer than 64 pixels)."""
+    body = body_mask(pixels) if body is None else body
     area = int(body.sum())
     if area < 64:
         return None
@@ -241,7 +241,7 @@ def anatomy_outside_abdomen(pixels: np.ndarray) -> list[str]:
         return []
     enclosed = ndimage.binary_fill_holes((pixels > BONE_HU) & body)
     skull = float(enclosed.sum()) / area
-    lungs = lung_share(pixels) or 0.0
+    lungs = lung_share(pixels, body) or 0.0
     reasons = []
     if skull >= SKULL_SHARE:
         reasons.append(f"a ring of bone encloses {100 * skull:.0f}% of the body, as a skull does: it looks like a "

@@ -93,12 +93,10 @@ def _by_image(pixels, hounsfield: bool, modality: str, body: str, kind: str) -> 
     if body:
         return ModelChoice("liver", f"a CT of the {body.lower()} (BodyPartExamined)")
     if hounsfield and pixels is not None:
-        from .domain import lung_share
+        from .domain import LUNG_SHARE, lung_share
 
         share = lung_share(np.asarray(pixels, dtype=np.float32))
         if share is not None:
-            from .domain import LUNG_SHARE
-
             if share >= LUNG_SHARE:
                 return ModelChoice("lung-ct", f"a chest CT (lung fills {100 * share:.0f}% of the body)")
             return ModelChoice("liver", f"a CT slice without much lung ({100 * share:.0f}% of the body): the liver "

@@ -145,12 +145,22 @@ def _set_split(args: argparse.Namespace) -> int:
     return 0
 
 
+def _with_progress(description: str, run):
+    """``run(update)`` with a terminal progress bar whose ``update(done, total)`` it calls; returns its result."""
+    bar, update = progress_bar(description)
+    with bar:
+        return run(update)
+
+
+def _per_split(counts: dict[str, int]) -> str:
+    return ", ".join(f"{split} {count}" for split, count in counts.items())
+
+
 def _import(args: argparse.Namespace) -> int:
     from lsms_core.dataset.lvit import import_lvit
 
-    bar, update = progress_bar("import")
-    with bar:
-        dataset = import_lvit(args.source, args.dataset, modality=args.modality, progress=update)
+    dataset = _with_progress("import", lambda update: import_lvit(args.source, args.dataset, modality=args.modality,
+                                                                  progress=update))
     print(f"imported {len(dataset)} annotations into {args.dataset}")
     return 0
 
@@ -158,10 +168,8 @@ def _import(args: argparse.Namespace) -> int:
 def _import_qata(args: argparse.Namespace) -> int:
     from .importers.qata import import_qata
 
-    bar, update = progress_bar("import-qata")
-    with bar:
-        dataset, counts = import_qata(args.source, args.dataset, captions=args.captions, sides=not args.no_sides,
-                                      limit=args.limit, progress=update)
+    _, counts = _with_progress("import-qata", lambda update: import_qata(
+        args.source, args.dataset, captions=args.captions, sides=not args.no_sides, limit=args.limit, progress=update))
     print(f"imported {counts['images']} images ({counts['lines']} annotations, {counts['side_lines']} of them one "
           f"lung's part; {counts['duplicates']} duplicate images dropped) into {args.dataset}")
     return 0
@@ -170,26 +178,20 @@ def _import_qata(args: argparse.Namespace) -> int:
 def _import_pairs(args: argparse.Namespace) -> int:
     from .importers.pairs import import_pairs
 
-    bar, update = progress_bar("import-pairs")
-    with bar:
-        _, counts = import_pairs(args.dataset, [tuple(p) for p in args.pair], args.text, modality=args.modality,
-                                 orient=args.orient, prefix=args.prefix, group_by=args.group_by,
-                                 val_share=args.val_share, pixels_note=args.pixels_note,
-                                 provenance={"source": args.source_note} if args.source_note else None,
-                                 progress=update)
-    print(f"imported {sum(counts.values())} pairs ({', '.join(f'{k} {v}' for k, v in counts.items())}) into "
-          f"{args.dataset}")
+    _, counts = _with_progress("import-pairs", lambda update: import_pairs(
+        args.dataset, [tuple(p) for p in args.pair], args.text, modality=args.modality, orient=args.orient,
+        prefix=args.prefix, group_by=args.group_by, val_share=args.val_share, pixels_note=args.pixels_note,
+        provenance={"source": args.source_note} if args.source_note else None, progress=update))
+    print(f"imported {sum(counts.values())} pairs ({_per_split(counts)}) into {args.dataset}")
     return 0
 
 
 def _import_covid_ct(args: argparse.Namespace) -> int:
     from .importers.covid_ct import import_covid_ct
 
-    bar, update = progress_bar("import-covid-ct")
-    with bar:
-        _, counts = import_covid_ct(args.source, args.dataset, val_share=args.val_share, progress=update)
-    print(f"imported {sum(counts.values())} annotations ({', '.join(f'{k} {v}' for k, v in counts.items())}) into "
-          f"{args.dataset}")
+    _, counts = _with_progress("import-covid-ct", lambda update: import_covid_ct(
+        args.source, args.dataset, val_share=args.val_share, progress=update))
+    print(f"imported {sum(counts.values())} annotations ({_per_split(counts)}) into {args.dataset}")
     return 0
 
 

@@ -13,7 +13,7 @@ AUTOMATIC = "automatic (by image)"
 DEFAULT_MODEL = SHIPPED["liver"].title
 CHECKPOINT_FILE = "checkpoint file..."
 SHIPPED_BY_TITLE = {model.title: checkpoint_name(name) for name, model in SHIPPED.items()}
-IMAGE_KINDS = {"as its header says": "auto", "X-ray": "xray", "CT": "ct"}
+KIND_TITLES = {"as its header says": "auto", "X-ray": "xray", "CT": "ct"}  # lsms_core.models.IMAGE_KINDS
 
 
 class ModelPicker(QGroupBox):
@@ -26,7 +26,7 @@ class ModelPicker(QGroupBox):
                                     "other CT the liver model (the status line says which ran and why)")
         form.addRow("Model", self.model_combo)
         self.kind_combo = QComboBox()
-        self.kind_combo.addItems(list(IMAGE_KINDS))
+        self.kind_combo.addItems(list(KIND_TITLES))
         self.kind_combo.setToolTip("what an image without a DICOM header (PNG, JPEG, TIFF) is, for the automatic "
                                    "choice; a DICOM file's own Modality wins")
         form.addRow("Image is", self.kind_combo)
@@ -52,7 +52,7 @@ class ModelPicker(QGroupBox):
     def checkpoint_for(self, pixels, hounsfield: bool, modality: str, body_part: str) -> tuple[str, ModelChoice | None]:
         """The checkpoint for an image: the automatic choice (and why) or the model picked by hand (choice None)."""
         return resolve_auto(self.checkpoint(), pixels, hounsfield, modality, body_part,
-                            IMAGE_KINDS[self.kind_combo.currentText()])
+                            KIND_TITLES[self.kind_combo.currentText()])
 
     def device(self) -> str:
         return self.device_combo.currentText()

@@ -34,7 +34,7 @@ from lsms_core.dataset.store import AnnotationDataset, DatasetError
 from .chest_sides import patient_sides
 from .pairs import val_from_train
 from .qata import MIN_SIDE_SHARE, side_text
-from lsms_core.dataset.staging import check_new_destination, staged_dataset
+from lsms_core.dataset.staging import staged_dataset
 
 FOLDERS = {"train": ("TrainingSet/LungInfection-Train/Doctor-label", "TrainingSet/MultiClassInfection-Train/GT"),
            "test": ("TestingSet/LungInfection-Test", "TestingSet/MultiClassInfection-Test/GT")}
@@ -91,7 +91,6 @@ def import_covid_ct(source: str | os.PathLike, destination: str | os.PathLike, v
             chosen = "val" if split == "train" and val_from_train(image_path.stem, val_share) else split
             jobs.append((chosen, image_path, source / folder / "GT" / f"{image_path.stem}.png",
                          source / classes_folder / f"{image_path.stem}.png"))
-    check_new_destination(destination)
     counts = {"train": 0, "val": 0, "test": 0}
     with staged_dataset(destination, "CT", "COVID-19 CT segmentation (MedSeg)", PROVENANCE) as dataset:
         for done, (split, image_path, mask_path, classes_path) in enumerate(jobs, start=1):

@@ -20,7 +20,7 @@ import numpy as np
 from lsms_core.dataset.lvit import _read_grey
 from lsms_core.dataset.store import AnnotationDataset, DatasetError
 
-from lsms_core.dataset.staging import check_new_destination, staged_dataset
+from lsms_core.dataset.staging import staged_dataset
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 SPLITS = ("train", "val", "test")
@@ -89,7 +89,6 @@ def import_pairs(destination: str | os.PathLike, pairs: list[tuple[str, str, str
             jobs.append((chosen, stem, images[stem], masks[stem]))
     if not jobs:
         raise DatasetError("no image found in the folders given")
-    check_new_destination(destination)
     counts = dict.fromkeys(SPLITS, 0)
     turn = ORIENTATIONS[orient]
     with staged_dataset(destination, modality, f"imported pairs ({prefix})", provenance) as dataset:

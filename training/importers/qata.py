@@ -33,10 +33,10 @@ from pathlib import Path
 import numpy as np
 
 from lsms_core.dataset.lvit import LVIT_SPLITS, _image_for_mask, _read_grey, read_text_table
-from lsms_core.dataset.store import AnnotationDataset, DatasetError
+from lsms_core.dataset.staging import staged_dataset
+from lsms_core.dataset.store import AnnotationDataset, DatasetError, image_file_name
 
 from .chest_sides import patient_sides
-from lsms_core.dataset.staging import check_new_destination, staged_dataset
 
 SGSEG_SPLITS = {"train": "train", "valid": "val", "test": "test"}
 CAPTION_MODES = ("patient", "as-published")
@@ -156,7 +156,6 @@ def annotations_for(image: np.ndarray, mask: np.ndarray, job: dict, captions: st
         lines.append({**common, "mask": parts[side], "text": side_text(side, name), "instance": instance,
                       "attributes": {"lesion_type": LESION_TYPE, "location": f"{side} lung"},
                       "expression_kinds": ["location"], "source": {**source, "derived": f"{side} lung"}})
-    lines[0]["instance"] = None
     return lines
 
 
@@ -178,9 +177,8 @@ def import_qata(source: str | os.PathLike, destination: str | os.PathLike, capti
         jobs = [job for split in SGSEG_SPLITS.values() for job in [j for j in jobs if j["split"] == split][:limit]]
     if not jobs:
         raise DatasetError(f"{source} lists no image")
-    check_new_destination(destination)
     counts = {"images": 0, "lines": 0, "duplicates": 0, "side_lines": 0}
-    seen: dict[str, str] = {}
+    seen: set[str] = set()  # the dataset's content names of the images imported so far
     with staged_dataset(destination, MODALITY, f"QaTa-COV19 imported from {PROVENANCE[layout]['source']} "
                         f"({source.name})", {**PROVENANCE[layout], "layout": layout, "captions": captions}) as dataset:
         for done, job in enumerate(jobs, start=1):
@@ -193,11 +191,11 @@ def import_qata(source: str | os.PathLike, destination: str | os.PathLike, capti
             except OSError as exc:
                 raise DatasetError(f"cannot read {job['image']} or its mask ({exc}); nothing was imported into "
                                    f"{destination}") from exc
-            digest = hashlib.sha256(repr(image.shape).encode() + image.tobytes()).hexdigest()
-            if digest in seen:
+            name = image_file_name(image)
+            if name in seen:
                 counts["duplicates"] += 1
             else:
-                seen[digest] = job["image"].name
+                seen.add(name)
                 try:
                     lines = annotations_for(image, mask, job, captions, sides)
                     dataset.add_many(lines)
